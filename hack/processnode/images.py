@@ -1,0 +1,64 @@
+"""The image table: which local command stands in for a container image.
+
+| image                                              | local command                                        |
+|----------------------------------------------------|------------------------------------------------------|
+| contains `vllm` (e.g. vllm/vllm-openai:v0.32.0)    | $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (command ignored) |
+| starts with `ghcr.io/loraplane/loraplane` or `loraplane/` | command + args; command[0] from $VENV/bin when not absolute; PYTHONPATH=<checkout>/operator prepended |
+| anything else                                      | container stays Waiting, reason ImageNotMapped       |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+TABLE_TEXT = (
+    "images containing 'vllm' -> CPU vLLM of the venv; images starting with "
+    "'ghcr.io/loraplane/loraplane' or 'loraplane/' -> this checkout's package"
+)
+
+# Unbuffered Python output, so a container's log file is current when tests and the demo read it.
+COMMON_ENV_DEFAULTS = {"PYTHONUNBUFFERED": "1"}
+
+VLLM_ENV_DEFAULTS = {
+    **COMMON_ENV_DEFAULTS,
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+class ImageNotMapped(Exception):
+    pass
+
+
+@dataclass
+class LocalCommand:
+    argv: list[str]
+    env_defaults: dict[str, str] = field(default_factory=dict)  # used when the pod does not set
+    env_prepend: dict[str, str] = field(default_factory=dict)  # path-like, prepended
+
+
+def resolve(
+    image: str, command: list[str], args: list[str], venv: str, checkout: str
+) -> LocalCommand:
+    if "vllm" in image:
+        vargs = list(args)
+        # The upstream image's entrypoint became `vllm serve`: accept its positional model too.
+        if vargs[:1] == ["serve"]:
+            vargs = vargs[1:]
+        if vargs and not vargs[0].startswith("-"):
+            vargs = ["--model", *vargs]
+        argv = [f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server", *vargs]
+        return LocalCommand(argv, env_defaults=dict(VLLM_ENV_DEFAULTS))
+    if image.startswith("ghcr.io/loraplane/loraplane") or image.startswith("loraplane/"):
+        argv = [*command, *args]
+        if not argv:
+            raise ImageNotMapped(f"image {image} needs an explicit command on this node")
+        if not os.path.isabs(argv[0]) and os.path.exists(f"{venv}/bin/{argv[0]}"):
+            argv[0] = f"{venv}/bin/{argv[0]}"
+        return LocalCommand(argv, env_defaults=dict(COMMON_ENV_DEFAULTS),
+                            env_prepend={"PYTHONPATH": f"{checkout}/operator"})
+    raise ImageNotMapped(f"image {image!r} has no local command; this node maps {TABLE_TEXT}")

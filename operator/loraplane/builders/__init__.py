@@ -1,0 +1,1 @@
+"""Pure builders: a BaseModelDeployment (and friends) in, Kubernetes manifests (dicts) out."""

@@ -1,0 +1,255 @@
+"""The Deployment that runs a base model: vLLM with LoRA enabled, plus the loraplane agent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loraplane.api import BaseModelDeploymentSpec
+from loraplane.builders import naming
+from loraplane.builders.vllm_args import MODEL_MOUNT_CACHE, vllm_args
+
+GPU_RESOURCE = "nvidia.com/gpu"
+STARTUP_PERIOD_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class PodContext:
+    """Operator-level inputs the spec does not carry (image of the agent, ports)."""
+
+    agent_image: str
+    agent_port: int = 8081
+    vllm_port: int = 8000
+
+
+class ResourceError(ValueError):
+    """The spec's resources cannot run the requested parallelism."""
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _resources(spec: BaseModelDeploymentSpec) -> dict[str, Any]:
+    resources: dict[str, Any] = json.loads(json.dumps(spec.engine.resources or {}))
+    tp = spec.engine.tensor_parallel_size
+    if tp > 1:
+        limits = resources.setdefault("limits", {})
+        gpus = limits.get(GPU_RESOURCE)
+        if gpus is None:
+            limits[GPU_RESOURCE] = tp
+        elif int(gpus) < tp:
+            raise ResourceError(
+                f"tensorParallelSize {tp} needs {tp} GPUs per pod, but engine.resources.limits "
+                f"asks for {GPU_RESOURCE}: {gpus}; raise the limit or lower tensorParallelSize"
+            )
+    return resources
+
+
+def _adapter_volume(spec: BaseModelDeploymentSpec) -> dict[str, Any]:
+    store = spec.adapter_store
+    if store.persistent_volume_claim is not None:
+        return {
+            "name": naming.ADAPTER_VOLUME,
+            "persistentVolumeClaim": {"claimName": store.persistent_volume_claim.claim_name},
+        }
+    size = store.empty_dir.size_limit if store.empty_dir is not None else "10Gi"
+    return {"name": naming.ADAPTER_VOLUME, "emptyDir": {"sizeLimit": size}}
+
+
+def vllm_container(
+    spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
+) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        # Runtime load/unload routes exist only with this set (DESIGN.md §4).
+        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"},
+    ]
+    hf = spec.model.source.huggingface
+    if hf is not None:
+        env.append({"name": "HF_HOME", "value": MODEL_MOUNT_CACHE})
+        if hf.token_secret_ref is not None:
+            env.append(_secret_env("HF_TOKEN", hf.token_secret_ref))
+    if spec.engine.api_key_secret_ref is not None:
+        env.append(_secret_env("VLLM_API_KEY", spec.engine.api_key_secret_ref))
+    env += [dict(e) for e in spec.engine.env]
+    mounts: list[dict[str, Any]] = [
+        {"name": naming.ADAPTER_VOLUME, "mountPath": naming.ADAPTER_MOUNT_PATH, "readOnly": True}
+    ]
+    if hf is not None:
+        mounts.append({"name": "loraplane-model-cache", "mountPath": MODEL_MOUNT_CACHE})
+    if spec.engine.tensor_parallel_size > 1:
+        mounts.append({"name": "loraplane-dshm", "mountPath": "/dev/shm"})
+    mounts += [dict(m) for m in spec.template.volume_mounts]
+
+    def health() -> dict[str, Any]:
+        return {"path": "/health", "port": "http"}
+
+    container: dict[str, Any] = {
+        "name": naming.VLLM_CONTAINER,
+        "image": spec.engine.image,
+        "imagePullPolicy": str(
+            getattr(spec.engine.image_pull_policy, "value", None) or spec.engine.image_pull_policy
+        ),
+        "args": vllm_args(spec, served_name, ctx.vllm_port),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": ctx.vllm_port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "startupProbe": {
+            "httpGet": health(),
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "timeoutSeconds": 5,
+            "failureThreshold": math.ceil(
+                spec.engine.startup_timeout_seconds / STARTUP_PERIOD_SECONDS
+            ),
+        },
+        "livenessProbe": {
+            "httpGet": health(),
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": health(),
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 1,
+        },
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def agent_container(
+    spec: BaseModelDeploymentSpec, base_model: str, ctx: PodContext
+) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": "LORAPLANE_AGENT_PORT", "value": str(ctx.agent_port)},
+        {"name": "LORAPLANE_VLLM_URL", "value": f"http://127.0.0.1:{ctx.vllm_port}"},
+        {"name": "LORAPLANE_ADAPTER_ROOT", "value": naming.ADAPTER_MOUNT_PATH},
+        {
+            "name": "LORAPLANE_AGENT_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": naming.agent_secret_name(base_model),
+                    "key": naming.AGENT_TOKEN_KEY,
+                }
+            },
+        },
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    if spec.engine.api_key_secret_ref is not None:
+        env.append(_secret_env("VLLM_API_KEY", spec.engine.api_key_secret_ref))
+    hf = spec.model.source.huggingface
+    if hf is not None and hf.token_secret_ref is not None:
+        env.append(_secret_env("HF_TOKEN", hf.token_secret_ref))
+    return {
+        "name": naming.AGENT_CONTAINER,
+        "image": ctx.agent_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["loraplane-agent"],
+        "env": env,
+        "ports": [{"name": "agent", "containerPort": ctx.agent_port, "protocol": "TCP"}],
+        # The user's mounts too: the agent reads `path` adapter sources from them.
+        "volumeMounts": [
+            {"name": naming.ADAPTER_VOLUME, "mountPath": naming.ADAPTER_MOUNT_PATH},
+            *(dict(m) for m in spec.template.volume_mounts),
+        ],
+        # The pod is Ready only when it serves every adapter it should, which only the agent
+        # knows: vLLM healthy and each adapter the operator marked required registered.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "agent"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 3,
+            "failureThreshold": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "agent"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+    }
+
+
+def pod_template(
+    owner: Mapping[str, Any], spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
+) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    tmpl = spec.template
+    volumes: list[dict[str, Any]] = [_adapter_volume(spec)]
+    if spec.model.source.huggingface is not None:
+        volumes.append({"name": "loraplane-model-cache", "emptyDir": {}})
+    if spec.engine.tensor_parallel_size > 1:
+        # NCCL needs far more shared memory than the runtime's 64 MiB default.
+        volumes.append({"name": "loraplane-dshm", "emptyDir": {"medium": "Memory"}})
+    volumes += [dict(v) for v in tmpl.volumes]
+    pod_spec: dict[str, Any] = {
+        "containers": [
+            vllm_container(spec, served_name, ctx),
+            agent_container(spec, name, ctx),
+        ],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if tmpl.node_selector:
+        pod_spec["nodeSelector"] = dict(tmpl.node_selector)
+    if tmpl.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in tmpl.tolerations]
+    if tmpl.affinity:
+        pod_spec["affinity"] = dict(tmpl.affinity)
+    if tmpl.service_account_name:
+        pod_spec["serviceAccountName"] = tmpl.service_account_name
+    if tmpl.priority_class_name:
+        pod_spec["priorityClassName"] = tmpl.priority_class_name
+    labels = {**(tmpl.labels or {}), **naming.common_labels(name, "model-server")}
+    return {
+        "metadata": {"labels": labels, "annotations": dict(tmpl.annotations or {})},
+        "spec": pod_spec,
+    }
+
+
+def spec_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def deployment(
+    owner: Mapping[str, Any], spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
+) -> dict[str, Any]:
+    """The Deployment of a BaseModelDeployment. Raises ArgsError / ResourceError on a bad spec."""
+    meta = owner["metadata"]
+    name = meta["name"]
+    template = pod_template(owner, spec, served_name, ctx)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": naming.deployment_name(name),
+            "namespace": meta["namespace"],
+            "labels": naming.common_labels(name, "model-server"),
+            "annotations": {naming.ANNOTATION_SPEC_HASH: spec_hash(template)},
+            "ownerReferences": [naming.owner_reference(owner)],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": naming.selector_labels(name)},
+            # Never drop below the requested count while rolling: a model server takes minutes
+            # to start, and a surge pod is cheaper than an outage.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": spec.engine.startup_timeout_seconds + 600,
+            "template": template,
+        },
+    }

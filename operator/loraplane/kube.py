@@ -1,0 +1,122 @@
+"""The few Kubernetes API calls the operator makes, idempotent by construction.
+
+Children are written with server-side apply (field manager `loraplane`, forced): applying the same
+manifest twice is a no-op, a child edited by hand gets our fields back, a deleted one is recreated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
+
+FIELD_MANAGER = "loraplane"
+
+_COLLECTIONS: dict[tuple[str, str], str] = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("loraplane.dev/v1alpha1", "BaseModelDeployment"): "basemodeldeployments",
+    ("loraplane.dev/v1alpha1", "LoRAAdapter"): "loraadapters",
+}
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    plural = _COLLECTIONS[(api_version, kind)]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
+async def _call(
+    api: ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+) -> Any:
+    resp = await api.call_api(
+        path,
+        method,
+        query_params=query or [],
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
+    raw = await resp.read()
+    return json.loads(raw) if raw else None
+
+
+async def get(
+    api: ApiClient, api_version: str, kind: str, namespace: str, name: str
+) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = await _call(
+            api, "GET", f"{collection_path(api_version, kind, namespace)}/{name}"
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return result
+
+
+async def list_objects(
+    api: ApiClient, api_version: str, kind: str, namespace: str, selector: str
+) -> list[dict[str, Any]]:
+    result = await _call(
+        api,
+        "GET",
+        collection_path(api_version, kind, namespace),
+        query=[("labelSelector", selector)],
+    )
+    items: list[dict[str, Any]] = result.get("items", [])
+    return items
+
+
+async def apply(api: ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Server-side apply of `obj` (create or converge), forced: we own what we set."""
+    meta = obj["metadata"]
+    path = f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+    result: dict[str, Any] = await _call(
+        api,
+        "PATCH",
+        path,
+        query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        body=dict(obj),
+        content_type="application/apply-patch+yaml",
+    )
+    return result
+
+
+async def create_if_absent(api: ApiClient, obj: Mapping[str, Any]) -> bool:
+    """Create `obj`; an existing one is left untouched. True when this call created it."""
+    meta = obj["metadata"]
+    try:
+        await _call(
+            api,
+            "POST",
+            collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            body=dict(obj),
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+async def delete(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) -> None:
+    try:
+        await _call(api, "DELETE", f"{collection_path(api_version, kind, namespace)}/{name}")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -1,0 +1,147 @@
+"""Integration fixtures: the real local cluster, the CRDs, the operator, the tiny model.
+
+Nothing here skips: a missing prerequisite fails with a message that says what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.cluster import Cluster, condition, wait_for
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.fixture(scope="session")
+def cluster(loraplane_home: Path) -> Cluster:
+    """The local cluster, brought up once per run (a no-op when it is already up)."""
+    proc = subprocess.run(
+        ["bash", str(REPO / "hack" / "cluster.sh"), "up"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            "the local cluster did not come up (`make cluster-up`):\n"
+            + proc.stdout[-2000:]
+            + proc.stderr[-3000:],
+            pytrace=False,
+        )
+    v = _versions()
+    bins = loraplane_home / "bin"
+    c = Cluster(
+        home=loraplane_home,
+        kubeconfig=loraplane_home / "kubeconfig",
+        kubectl_bin=bins / f"kubectl-{v['KUBERNETES_VERSION']}" / "kubectl",
+        helm_bin=bins / f"helm-{v['HELM_VERSION']}" / "helm",
+    )
+    for path in (c.kubeconfig, c.kubectl_bin):
+        if not path.exists():
+            pytest.fail(f"missing {path}: run `make cluster-up`", pytrace=False)
+    wait_for(
+        "node loraplane-node to be Ready (the process node: hack/processnode)",
+        lambda: condition_true(c.get("node", "loraplane-node", ""), "Ready"),
+        timeout=90,
+    )
+    return c
+
+
+def condition_true(obj: dict[str, object] | None, ctype: str) -> bool:
+    cond = condition(obj, ctype)  # type: ignore[arg-type]
+    return bool(cond and cond.get("status") == "True")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/basemodeldeployments.loraplane.dev",
+        "crd/loraadapters.loraplane.dev",
+    )
+    return cluster
+
+
+@pytest.fixture()
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to drain)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(loraplane_home: Path) -> Path:
+    from tests.support.tinymodel import ensure_tiny_model
+
+    return ensure_tiny_model(loraplane_home)
+
+
+class OperatorProcess:
+    """The operator, run on the host like a developer would (`loraplane-operator`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.log = cluster.home / "logs" / "operator-tests.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "LORAPLANE_OPERATOR_IMAGE": "ghcr.io/loraplane/loraplane:dev",
+            "LORAPLANE_RESYNC_SECONDS": "20",
+            "PYTHONPATH": str(REPO / "operator"),
+        }
+        with self.log.open("ab") as out:
+            out.write(f"\n===== operator start {time.ctime()} =====\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loraplane.main"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        time.sleep(1.0)
+        if self.proc.poll() is not None:
+            pytest.fail(f"the operator exited at start; see {self.log}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def operator(crds: Cluster) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(crds)
+    op.start()
+    yield op
+    op.stop()

@@ -1,0 +1,162 @@
+"""Golden-file tests of the pure builders (UPDATE_GOLDEN=1 regenerates after a deliberate change)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loraplane.api import BaseModelDeploymentSpec
+from loraplane.builders.deployment import PodContext, ResourceError, deployment
+from loraplane.builders.service import agent_token_secret, service
+from loraplane.builders.vllm_args import ArgsError, check_extra_args, vllm_args
+
+GOLDEN = Path(__file__).parent / "golden"
+CTX = PodContext(agent_image="ghcr.io/loraplane/loraplane:0.1.0")
+
+SPECS: dict[str, dict[str, Any]] = {
+    # Llama-3.1-8B on one GPU, rank-64 adapters, 4 GPU slots.
+    "llama-8b-gpu": {
+        "replicas": 2,
+        "model": {
+            "source": {
+                "huggingface": {
+                    "repo": "meta-llama/Llama-3.1-8B-Instruct",
+                    "revision": "0e9e39f249a16976918f6564b8830bc894c89659",
+                    "tokenSecretRef": {"name": "hf-token", "key": "token"},
+                }
+            },
+            "servedName": "llama-3.1-8b",
+            "dtype": "bfloat16",
+            "maxModelLen": 8192,
+        },
+        "lora": {"maxLoras": 4, "maxCpuLoras": 16, "maxLoraRank": 64},
+        "engine": {
+            "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "48Gi"}},
+            "apiKeySecretRef": {"name": "vllm-api-key", "key": "key"},
+        },
+        "template": {
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        },
+        "adapterStore": {"emptyDir": {"sizeLimit": "20Gi"}},
+    },
+    # A GPTQ-quantized 70B across 4 GPUs.
+    "llama-70b-gptq-tp4": {
+        "replicas": 1,
+        "model": {
+            "source": {"huggingface": {"repo": "TheBloke/Llama-2-70B-Chat-GPTQ"}},
+            "quantization": "gptq",
+            "maxModelLen": 4096,
+        },
+        "lora": {"maxLoras": 2, "maxLoraRank": 16, "fullyShardedLoras": True},
+        "engine": {
+            "tensorParallelSize": 4,
+            "startupTimeoutSeconds": 3600,
+            "extraArgs": ["--gpu-memory-utilization", "0.92"],
+        },
+        "adapterStore": {"persistentVolumeClaim": {"claimName": "adapters-70b"}},
+    },
+    # The tiny CPU model the tests and the demo run.
+    "tiny-cpu": {
+        "replicas": 2,
+        "model": {
+            "source": {"path": "/models/tiny-llama"},
+            "dtype": "bfloat16",
+            "maxModelLen": 256,
+        },
+        "lora": {"maxLoras": 2, "maxCpuLoras": 4, "maxLoraRank": 16},
+        "engine": {
+            "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}],
+            "resources": {"requests": {"cpu": "1", "memory": "3Gi"}},
+        },
+        "template": {
+            "volumes": [{"name": "models", "hostPath": {"path": "/var/lib/models"}}],
+            "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+        },
+    },
+}
+
+
+def owner(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "loraplane.dev/v1alpha1",
+        "kind": "BaseModelDeployment",
+        "metadata": {"name": name, "namespace": "models", "uid": f"uid-{name}", "generation": 1},
+    }
+
+
+def check_golden(name: str, obj: Any) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump(obj, sort_keys=True)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs; UPDATE_GOLDEN=1 after a deliberate change"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_deployment_golden(name: str) -> None:
+    spec = BaseModelDeploymentSpec.from_k8s(SPECS[name])
+    served = spec.model.served_name or name
+    check_golden(f"deployment-{name}", deployment(owner(name), spec, served, CTX))
+
+
+def test_service_and_secret_golden() -> None:
+    check_golden("service", service(owner("tiny-cpu"), 8000))
+    check_golden("agent-secret", agent_token_secret(owner("tiny-cpu"), "t0ken"))
+
+
+def test_tp4_gets_four_gpus_and_shared_memory() -> None:
+    spec = BaseModelDeploymentSpec.from_k8s(SPECS["llama-70b-gptq-tp4"])
+    pod = deployment(owner("x"), spec, "x", CTX)["spec"]["template"]["spec"]
+    vllm = pod["containers"][0]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert {"name": "loraplane-dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
+    assert vllm["args"][vllm["args"].index("--tensor-parallel-size") + 1] == "4"
+
+
+def test_too_few_gpus_for_tensor_parallel_is_refused() -> None:
+    raw = {
+        **SPECS["llama-70b-gptq-tp4"],
+        "engine": {"tensorParallelSize": 4, "resources": {"limits": {"nvidia.com/gpu": 2}}},
+    }
+    spec = BaseModelDeploymentSpec.from_k8s(raw)
+    with pytest.raises(ResourceError, match="needs 4 GPUs"):
+        deployment(owner("x"), spec, "x", CTX)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--lora-extra-vocab-size", "256"], "removed in vLLM 0.12"),
+        (["--long-lora-scaling-factors=4"], "removed in vLLM 0.10"),
+        (["--enable-lora-bias"], "removed in vLLM 0.11.1"),
+        (["--api-server-count", "2"], "exactly one API server"),
+        (["--enable-lora"], "always enabled"),
+        (["--max-lora-rank", "32"], "spec.lora.maxLoraRank"),
+        (["--lora-modules", "a=/x"], "LoRAAdapter"),
+    ],
+)
+def test_refused_extra_args(extra: list[str], needle: str) -> None:
+    problems = check_extra_args(extra)
+    assert len(problems) == 1 and needle in problems[0]
+    spec = BaseModelDeploymentSpec.from_k8s({**SPECS["tiny-cpu"], "engine": {"extraArgs": extra}})
+    with pytest.raises(ArgsError, match=needle.split()[0]):
+        vllm_args(spec, "tiny", 8000)
+
+
+def test_accepted_extra_args_come_last_and_data_parallel_pins_one_api_server() -> None:
+    extra = ["--data-parallel-size", "2", "--api-server-count=1"]
+    assert check_extra_args(extra) == []
+    spec = BaseModelDeploymentSpec.from_k8s(
+        {**SPECS["tiny-cpu"], "engine": {"extraArgs": ["--data-parallel-size", "2"]}}
+    )
+    args = vllm_args(spec, "tiny", 8000)
+    assert args[-2:] == ["--data-parallel-size", "2"]
+    assert args[args.index("--api-server-count") + 1] == "1"
