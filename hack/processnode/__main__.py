@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        log.error("another process node already runs for %s (lock %s/processnode.lock)", home,
-                  home)
+        log.error("another process node already runs for %s (lock %s/processnode.lock)", home, home)
         return 1
 
     stop = threading.Event()
@@ -61,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube(args.kubeconfig)
     kubelet = Kubelet(kube, args.node_name, home, venv, checkout, network)
     kubelet.cleanup_leftovers()
-    agent = NodeAgent(kube, args.node_name, kubelet.host_ip, kubelet_version(checkout),
-                      network.mode)
+    agent = NodeAgent(
+        kube, args.node_name, kubelet.host_ip, kubelet_version(checkout), network.mode
+    )
     agent.register()
     watcher = threading.Thread(target=kubelet.run, daemon=True, name="pod-watch")
     watcher.start()
-    log.info("process node %s running (home %s, checkout %s, venv %s)", args.node_name, home,
-             checkout, venv)
+    log.info(
+        "process node %s running (home %s, checkout %s, venv %s)",
+        args.node_name,
+        home,
+        checkout,
+        venv,
+    )
     while not stop.wait(3600):
         pass
     log.info("signal received: stopping pods")

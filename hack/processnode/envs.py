@@ -79,9 +79,7 @@ def field_ref(pod: Obj, path: str, pod_ip: str, host_ip: str) -> str:
     return values[path]()
 
 
-def resolve_env(
-    kube: Kube, pod: Obj, container: Obj, pod_ip: str, host_ip: str
-) -> dict[str, str]:
+def resolve_env(kube: Kube, pod: Obj, container: Obj, pod_ip: str, host_ip: str) -> dict[str, str]:
     ns = pod["metadata"]["namespace"]
     sources = SourceCache(kube, ns)
     env: dict[str, str] = {
@@ -125,9 +123,8 @@ def resolve_env(
                 if ref.get("optional"):
                     continue
                 what = f'{kind[:-1]} "{ref["name"]}"'
-                raise ConfigError(
-                    f"{what} not found" if data is None else f'couldn\'t find key {ref["key"]} in {what}'
-                )
+                missing = "" if data is None else f"couldn't find key {ref['key']} in "
+                raise ConfigError(f"{missing}{what}" + (" not found" if data is None else ""))
             env[name] = data[ref["key"]]
         elif "resourceFieldRef" in vf:
             env[name] = resource_field(container, vf["resourceFieldRef"])

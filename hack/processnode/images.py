@@ -1,10 +1,11 @@
 """The image table: which local command stands in for a container image.
 
-| image                                              | local command                                        |
-|----------------------------------------------------|------------------------------------------------------|
-| contains `vllm` (e.g. vllm/vllm-openai:v0.32.0)    | $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (command ignored) |
-| starts with `ghcr.io/loraplane/loraplane` or `loraplane/` | command + args; command[0] from $VENV/bin when not absolute; PYTHONPATH=<checkout>/operator prepended |
-| anything else                                      | container stays Waiting, reason ImageNotMapped       |
+- image contains `vllm` (e.g. vllm/vllm-openai:v0.32.0):
+  $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (the container command is ignored,
+  like the real image's entrypoint; a leading `serve` or positional model is accepted)
+- image starts with `ghcr.io/loraplane/loraplane` or `loraplane/`: command + args, command[0]
+  taken from $VENV/bin when not absolute and present there; PYTHONPATH=<checkout>/operator prepended
+- anything else: the container stays Waiting with reason ImageNotMapped
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def resolve(
             raise ImageNotMapped(f"image {image} needs an explicit command on this node")
         if not os.path.isabs(argv[0]) and os.path.exists(f"{venv}/bin/{argv[0]}"):
             argv[0] = f"{venv}/bin/{argv[0]}"
-        return LocalCommand(argv, env_defaults=dict(COMMON_ENV_DEFAULTS),
-                            env_prepend={"PYTHONPATH": f"{checkout}/operator"})
+        return LocalCommand(
+            argv,
+            env_defaults=dict(COMMON_ENV_DEFAULTS),
+            env_prepend={"PYTHONPATH": f"{checkout}/operator"},
+        )
     raise ImageNotMapped(f"image {image!r} has no local command; this node maps {TABLE_TEXT}")

@@ -32,7 +32,9 @@ class ApiError(Exception):
 class Kube:
     def __init__(self, kubeconfig: str) -> None:
         cfg = k8s_client.Configuration()
-        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=cfg
+        )
         self.base = cfg.host.rstrip("/")
         self.ca_file: str | None = cfg.ssl_ca_cert
         self.headers = {"Accept": "application/json", "User-Agent": "loraplane-processnode"}

@@ -20,8 +20,9 @@ RELIST_SECONDS = 300
 
 
 class Kubelet:
-    def __init__(self, kube: Kube, node_name: str, home: str, venv: str, checkout: str,
-                 network: Network) -> None:
+    def __init__(
+        self, kube: Kube, node_name: str, home: str, venv: str, checkout: str, network: Network
+    ) -> None:
         self.kube, self.node_name, self.home = kube, node_name, home
         self.venv, self.checkout, self.network = venv, checkout, network
         self.host_ip = GATEWAY
@@ -54,9 +55,13 @@ class Kubelet:
                 rv = listing["metadata"]["resourceVersion"]
                 deadline = time.monotonic() + RELIST_SECONDS
                 while not self._stop.is_set() and time.monotonic() < deadline:
-                    for event in self.kube.watch("/api/v1/pods", timeout_seconds=60,
-                                                 fieldSelector=selector, resourceVersion=rv,
-                                                 allowWatchBookmarks="true"):
+                    for event in self.kube.watch(
+                        "/api/v1/pods",
+                        timeout_seconds=60,
+                        fieldSelector=selector,
+                        resourceVersion=rv,
+                        allowWatchBookmarks="true",
+                    ):
                         if self._stop.is_set():
                             return
                         kind, obj = event["type"], event["object"]
@@ -69,7 +74,7 @@ class Kubelet:
                             self._deleted(obj)
                         else:
                             self._observe(obj)
-            except Exception as exc:  # noqa: BLE001 - relist on anything (410 Gone included)
+            except Exception as exc:  # relist on anything, 410 Gone included
                 if self._stop.is_set():
                     return
                 log.warning("pod watch: %s; relisting", exc)
@@ -101,8 +106,10 @@ class Kubelet:
     def _force_delete(self, pod: Obj) -> None:
         meta = pod["metadata"]
         try:
-            self.kube.delete(pod_path(meta["namespace"], meta["name"]),
-                             {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}})
+            self.kube.delete(
+                pod_path(meta["namespace"], meta["name"]),
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+            )
         except ApiError as exc:
             if exc.status not in (404, 409):
                 log.warning("deleting pod %s/%s: %s", meta["namespace"], meta["name"], exc)

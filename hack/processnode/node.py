@@ -1,4 +1,4 @@
-"""The Node object: registration, status heartbeat and the Lease the node-lifecycle controller reads."""
+"""The Node: registration, status heartbeat, and the Lease the node-lifecycle controller reads."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def _read(path: str) -> str:
 
 
 class NodeAgent:
-    def __init__(self, kube: Kube, name: str, host_ip: str, kubelet_version: str,
-                 network_mode: str) -> None:
+    def __init__(
+        self, kube: Kube, name: str, host_ip: str, kubelet_version: str, network_mode: str
+    ) -> None:
         self.kube, self.name, self.host_ip = kube, name, host_ip
         self.kubelet_version, self.network_mode = kubelet_version, network_mode
         self.since = now()
@@ -57,8 +58,9 @@ class NodeAgent:
             "annotations": {"loraplane.dev/network-mode": self.network_mode},
         }
         try:
-            node = self.kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
-                                                      "metadata": meta})
+            node = self.kube.create(
+                "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": meta}
+            )
             log.info("registered node %s", self.name)
         except ApiError as exc:
             if exc.status != 409:
@@ -81,26 +83,44 @@ class NodeAgent:
                 self._renew_lease()
                 if ticks * LEASE_RENEW_SECONDS % STATUS_SECONDS == 0:
                     self._post_status()
-            except Exception as exc:  # noqa: BLE001 - keep beating; the API may be restarting
+            except Exception as exc:  # keep beating: the API server may be restarting
                 log.warning("node heartbeat: %s", exc)
 
     def _post_status(self) -> None:
         beat = now()
 
         def cond(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
-            return {"type": type_, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": beat, "lastTransitionTime": self.since}
+            return {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": beat,
+                "lastTransitionTime": self.since,
+            }
 
         status = {
             "capacity": CAPACITY,
             "allocatable": CAPACITY,
             "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory",
-                     "process node has sufficient memory available"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure",
-                     "process node has no disk pressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID",
-                     "process node has sufficient PID available"),
+                cond(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "process node has sufficient memory available",
+                ),
+                cond(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "process node has no disk pressure",
+                ),
+                cond(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "process node has sufficient PID available",
+                ),
                 cond("Ready", "True", "KubeletReady", "process node is posting ready status"),
             ],
             "addresses": [
@@ -125,24 +145,31 @@ class NodeAgent:
 
     def _renew_lease(self) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.name}"
-        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS,
-                "renewTime": now_micro()}
+        spec = {
+            "holderIdentity": self.name,
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": now_micro(),
+        }
         try:
             self.kube.merge_patch(path, {"spec": spec})
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            self.kube.create(path.rsplit("/", 1)[0], {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": self.name,
-                    "namespace": "kube-node-lease",
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.name,
-                                         "uid": self.uid}],
+            self.kube.create(
+                path.rsplit("/", 1)[0],
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": "kube-node-lease",
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}
+                        ],
+                    },
+                    "spec": spec,
                 },
-                "spec": spec,
-            })
+            )
 
 
 def kubelet_version(checkout: str) -> str:

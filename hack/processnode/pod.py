@@ -93,7 +93,7 @@ class PodWorker(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception:  # noqa: BLE001 - keep the node alive; the pod is cleaned up below
+        except Exception:  # keep the node alive; clean the pod up
             log.exception("pod worker %s/%s crashed", self.namespace, self.name)
             self._cleanup()
         finally:
@@ -151,10 +151,16 @@ class PodWorker(threading.Thread):
             try:
                 if self.sandbox is None:
                     self.sandbox = self.node.network.setup(self.uid)
-                    log.info("pod %s/%s: IP %s netns %s", self.namespace, self.name,
-                             self.sandbox.ip, self.sandbox.netns)
-                self.volumes = PodVolumes(self.kube, self.node.home, self.pod, self.pod_ip,
-                                          self.host_ip)
+                    log.info(
+                        "pod %s/%s: IP %s netns %s",
+                        self.namespace,
+                        self.name,
+                        self.sandbox.ip,
+                        self.sandbox.netns,
+                    )
+                self.volumes = PodVolumes(
+                    self.kube, self.node.home, self.pod, self.pod_ip, self.host_ip
+                )
                 self.volumes.setup()
                 self.setup_error = ""
                 return True
@@ -168,8 +174,15 @@ class PodWorker(threading.Thread):
         return False
 
     def _start_runner(self, c: Obj, kind: str, into: list[ContainerRunner]) -> ContainerRunner:
-        prev = {s["name"]: s for s in ((self.pod.get("status") or {}).get(
-            "initContainerStatuses" if kind != "app" else "containerStatuses") or [])}
+        prev = {
+            s["name"]: s
+            for s in (
+                (self.pod.get("status") or {}).get(
+                    "initContainerStatuses" if kind != "app" else "containerStatuses"
+                )
+                or []
+            )
+        }
         old = prev.get(c["name"]) or {}
         # After a node restart the old process is gone: its successor counts as a restart.
         restarts = old.get("restartCount", 0) + (1 if old.get("containerID") else 0)
@@ -202,8 +215,7 @@ class PodWorker(threading.Thread):
         then wait for the API deletion (the ReplicaSet or the user removes terminal pods)."""
         self._stop_containers(self.grace_seconds())
         self._report()
-        log.info("pod %s/%s is %s", self.namespace, self.name,
-                 (self._last_sent or {}).get("phase"))
+        log.info("pod %s/%s is %s", self.namespace, self.name, (self._last_sent or {}).get("phase"))
         self._cleanup()
         self.sandbox = None
         while not self._should_stop():
@@ -263,9 +275,13 @@ class PodWorker(threading.Thread):
             any_started=any(r.has_run for r in self.runners),
         )
         status = pod_status(observed)
-        comparable = {**status, "conditions": [
-            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]
-        ]}
+        comparable = {
+            **status,
+            "conditions": [
+                {k: v for k, v in c.items() if k != "lastTransitionTime"}
+                for c in status["conditions"]
+            ],
+        }
         if comparable == self._last_sent:
             return
         try:

@@ -81,7 +81,11 @@ class ProbeLoop(threading.Thread):
     ) -> None:
         super().__init__(daemon=True, name=f"probe-{kind}")
         self.kind, self.probe, self.attempt, self.on_result, self.stop = (
-            kind, probe, attempt, on_result, stop
+            kind,
+            probe,
+            attempt,
+            on_result,
+            stop,
         )
 
     def run(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 CGROUP_ROOT = "/sys/fs/cgroup/unified/loraplane"
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BACKOFF_CAP_SECONDS = 10.0
 # A run this long resets the crash-loop back-off, like the kubelet's (longer) reset window.
 BACKOFF_RESET_SECONDS = 60.0
@@ -126,9 +128,10 @@ class ContainerRunner(threading.Thread):
                 )
                 self._stopping.wait(5)
                 continue
-            except Exception as exc:  # noqa: BLE001 - API hiccups: report and retry
+            except Exception as exc:  # API hiccups and the like: report, retry
                 log.exception("preparing container %s/%s", self.worker.name, self.cname)
-                self._set(state={"waiting": {"reason": "CreateContainerError", "message": str(exc)}})
+                waiting = {"reason": "CreateContainerError", "message": str(exc)}
+                self._set(state={"waiting": waiting})
                 self._stopping.wait(5)
                 continue
             started_at, t0 = now(), time.monotonic()
@@ -153,15 +156,17 @@ class ContainerRunner(threading.Thread):
             log.info("container %s/%s exited with %d", self.worker.name, self.cname, code)
             restart = self.policy == "Always" or (self.policy == "OnFailure" and code != 0)
             if self._stopping.is_set() or not restart:
-                self._set(state={"terminated": terminated}, ready=False)
+                self._set(state={"terminated": terminated}, ready=False, started=False)
                 if not self._stopping.is_set():
                     self.finished.set()
                     self.worker.wake()
                 return
             failures = 1 if time.monotonic() - t0 > BACKOFF_RESET_SECONDS else failures + 1
             delay = min(BACKOFF_CAP_SECONDS, 2.0 ** (failures - 1))
-            message = (f"back-off {delay:g}s restarting failed container={self.cname} "
-                       f"pod={self.worker.name}_{self.worker.namespace}({self.worker.uid})")
+            message = (
+                f"back-off {delay:g}s restarting failed container={self.cname} "
+                f"pod={self.worker.name}_{self.worker.namespace}({self.worker.uid})"
+            )
             self._set(
                 last_state={"terminated": terminated},
                 state={"waiting": {"reason": "CrashLoopBackOff", "message": message}},
@@ -178,7 +183,7 @@ class ContainerRunner(threading.Thread):
         args = [expand(x, pod_env) for x in c.get("args") or []]
         local = images.resolve(c.get("image", ""), command, args, w.node.venv, w.node.checkout)
         env = {
-            "PATH": f"{w.node.venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": f"{w.node.venv}/bin:{SYSTEM_PATH}",
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
         }
@@ -242,8 +247,13 @@ class ContainerRunner(threading.Thread):
             started=not has_startup,
             ready=not has_startup and not has_readiness,
         )
-        log.info("container %s/%s started: pid %d, %s", w.name, self.cname, self.proc.pid,
-                 " ".join(prepared.argv)[:300])
+        log.info(
+            "container %s/%s started: pid %d, %s",
+            w.name,
+            self.cname,
+            self.proc.pid,
+            " ".join(prepared.argv)[:300],
+        )
         self._start_probes()
 
     # --- probes -------------------------------------------------------------------------
@@ -260,8 +270,9 @@ class ContainerRunner(threading.Thread):
             if "livenessProbe" in c:
                 ProbeLoop("liveness", c["livenessProbe"], self._attempt, on_liveness, stop).start()
             if "readinessProbe" in c:
-                ProbeLoop("readiness", c["readinessProbe"], self._attempt, on_readiness,
-                          stop).start()
+                ProbeLoop(
+                    "readiness", c["readinessProbe"], self._attempt, on_readiness, stop
+                ).start()
 
         def on_startup(ok: bool, msg: str) -> bool:
             if ok:
@@ -329,18 +340,20 @@ class ContainerRunner(threading.Thread):
             return
         self._kill_all(signal.SIGTERM)
         if not self._exited.wait(grace):
-            log.info("container %s/%s did not exit in %.0fs: SIGKILL", self.worker.name,
-                     self.cname, grace)
+            log.info(
+                "container %s/%s did not exit in %.0fs: SIGKILL",
+                self.worker.name,
+                self.cname,
+                grace,
+            )
         self._kill_all(signal.SIGKILL)
         self._exited.wait(5)
 
     def _kill_all(self, sig: int, group: bool = True) -> None:
         """Signals the process group and, via the cgroup, descendants that left the group."""
         if self.proc and group:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
         if not self.cgroup:
             return
         if sig == signal.SIGKILL:
@@ -351,10 +364,8 @@ class ContainerRunner(threading.Thread):
             except OSError:
                 pass
         for pid in _cgroup_pids(self.cgroup):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def _make_cgroup(path: str) -> str | None:
@@ -385,10 +396,8 @@ def _remove_cgroup(path: str | None) -> None:
             break
         except OSError:
             time.sleep(0.1)  # the last killed processes are still exiting
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(os.path.dirname(path))  # the pod's cgroup, once its last container is gone
-    except OSError:
-        pass
 
 
 def kill_orphan_cgroups() -> None:
@@ -409,8 +418,6 @@ def kill_orphan_cgroups() -> None:
                         f.write("1")
                 except OSError:
                     for pid in _cgroup_pids(path):
-                        try:
+                        with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
                 _remove_cgroup(path)

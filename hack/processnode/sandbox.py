@@ -7,6 +7,7 @@ is `eth0`, an address from 10.244.1.0 .. 10.244.255.254 and a default route via 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -58,14 +59,16 @@ class Network:
             test = "lp-selftest"
             run("ip", "netns", "add", test)
             run("ip", "netns", "del", test)
-        except Exception as exc:  # noqa: BLE001 - any failure means no netns
+        except Exception as exc:  # whatever fails, there are no usable netns
             self.mode = "loopback"
             banner = "!" * 78
             log.error(
                 "%s\nNETWORK NAMESPACES UNAVAILABLE (%s).\nFALLING BACK TO ONE LOOPBACK IP PER "
                 "POD (127.0.1.x): pods share the host network stack, ports can collide and pod "
                 "IPs are reachable only from this host.\n%s",
-                banner, exc, banner,
+                banner,
+                exc,
+                banner,
             )
         log.info("pod network mode: %s", self.mode)
 
@@ -139,10 +142,8 @@ class Network:
     def _kill_netns_pids(netns: str) -> None:
         out = run("ip", "netns", "pids", netns, check=False).stdout
         for pid in out.split():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
 
     def cleanup_orphans(self) -> None:
         """Removes sandboxes left by an earlier run of the node (their pods are started afresh)."""

@@ -29,8 +29,9 @@ class Observed:
     any_started: bool = False
 
 
-def _condition(type_: str, ok: bool, previous: dict[str, Obj], reason: str = "",
-               message: str = "") -> Obj:
+def _condition(
+    type_: str, ok: bool, previous: dict[str, Obj], reason: str = "", message: str = ""
+) -> Obj:
     status = "True" if ok else "False"
     prev = previous.get(type_)
     changed = not prev or prev.get("status") != status
@@ -67,8 +68,11 @@ def pod_status(o: Observed) -> Obj:
     terminal = phase in ("Succeeded", "Failed")
 
     unready = [s["name"] for s in o.statuses if not s["ready"]]
-    incomplete = [s["name"] for s in o.init_statuses
-                  if not (s["state"].get("terminated", {}).get("exitCode") == 0 or s["started"])]
+    incomplete = [
+        s["name"]
+        for s in o.init_statuses
+        if not (s["state"].get("terminated", {}).get("exitCode") == 0 or s["started"])
+    ]
     containers_ready = not unready and not terminal and o.initialized
     gates = [g["conditionType"] for g in spec.get("readinessGates") or []]
     missing = [g for g in gates if (previous.get(g) or {}).get("status") != "True"]
@@ -81,12 +85,17 @@ def pod_status(o: Observed) -> Obj:
         cr_msg = ready_msg = f"containers with unready status: [{' '.join(unready)}]"
         if containers_ready and missing:
             ready_reason = "ReadinessGatesNotReady"
-            ready_msg = f"the status of pod readiness gate {' '.join(missing)} is not \"True\""
+            ready_msg = f'the status of pod readiness gate {" ".join(missing)} is not "True"'
 
     conditions = [
         _condition("PodReadyToStartContainers", o.sandbox_ready and not terminal, previous),
-        _condition("Initialized", o.initialized, previous, "ContainersNotInitialized",
-                   f"containers with incomplete status: [{' '.join(incomplete)}]"),
+        _condition(
+            "Initialized",
+            o.initialized,
+            previous,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(incomplete)}]",
+        ),
         _condition("Ready", containers_ready and not missing, previous, ready_reason, ready_msg),
         _condition("ContainersReady", containers_ready, previous, cr_reason, cr_msg),
         _condition("PodScheduled", True, previous),

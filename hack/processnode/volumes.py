@@ -82,14 +82,20 @@ class PodVolumes:
         (Python's http.server, for one, resolves its hostname at bind time).
         """
         name = self.pod["metadata"]["name"]
-        lines = ["# Kubernetes-managed hosts file (loraplane process node).",
-                 "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
-                 f"{self.pod_ip}\t{name}"]
+        lines = [
+            "# Kubernetes-managed hosts file (loraplane process node).",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            f"{self.pod_ip}\t{name}",
+        ]
         for alias in self.pod["spec"].get("hostAliases") or []:
             lines.append(f"{alias['ip']}\t{' '.join(alias.get('hostnames') or [])}")
         write_atomic(f"{self.pod_dir}/etc-hosts", ("\n".join(lines) + "\n").encode())
-        write_atomic(f"{self.pod_dir}/resolv.conf", b"# no DNS for pods on the loraplane process "
-                     b"node: fail fast\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        write_atomic(
+            f"{self.pod_dir}/resolv.conf",
+            b"# no DNS for pods on the loraplane process "
+            b"node: fail fast\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
 
     def refresh(self) -> None:
         """Updates configMap, secret and projected volumes (and due tokens), as a kubelet does."""
@@ -115,15 +121,20 @@ class PodVolumes:
             if claim.get("readOnly"):
                 self.read_only.add(name)
         elif "configMap" in vol or "secret" in vol:
-            kind, src = (
-                ("configmaps", vol["configMap"]) if "configMap" in vol else ("secrets", vol["secret"])
-            )
+            if "configMap" in vol:
+                kind, src = "configmaps", vol["configMap"]
+            else:
+                kind, src = "secrets", vol["secret"]
             files = self._object_files(kind, src.get("name") or src.get("secretName", ""), src)
             self._write_files(path, files, src.get("defaultMode", 0o644))
             self.read_only.add(name)
         elif "projected" in vol:
-            self._write_files(path, self._projected(name, vol["projected"]), 0o644,
-                              default_mode=vol["projected"].get("defaultMode", 0o644))
+            self._write_files(
+                path,
+                self._projected(name, vol["projected"]),
+                0o644,
+                default_mode=vol["projected"].get("defaultMode", 0o644),
+            )
             self.read_only.add(name)
         elif "downwardAPI" in vol:
             src = vol["downwardAPI"]
@@ -151,9 +162,10 @@ class PodVolumes:
         elif kind == "FileOrCreate" and not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "a").close()
-        elif kind in ("Directory", "File", "Socket", "CharDevice", "BlockDevice"):
-            if not os.path.exists(path):
-                raise VolumeError(f"hostPath type check failed: {path} is not a {kind}")
+        elif kind in ("Directory", "File", "Socket", "CharDevice", "BlockDevice") and not (
+            os.path.exists(path)
+        ):
+            raise VolumeError(f"hostPath type check failed: {path} is not a {kind}")
         return str(path)
 
     def _object_files(self, kind: str, name: str, src: Obj) -> dict[str, tuple[bytes, int | None]]:
@@ -204,11 +216,15 @@ class PodVolumes:
                 tok = source["serviceAccountToken"]
                 files[tok["path"]] = (self._token(vol_name, tok), 0o600)
             elif "configMap" in source:
-                files.update(self._object_files("configmaps", source["configMap"]["name"],
-                                                source["configMap"]))
+                files.update(
+                    self._object_files(
+                        "configmaps", source["configMap"]["name"], source["configMap"]
+                    )
+                )
             elif "secret" in source:
-                files.update(self._object_files("secrets", source["secret"]["name"],
-                                                source["secret"]))
+                files.update(
+                    self._object_files("secrets", source["secret"]["name"], source["secret"])
+                )
             elif "downwardAPI" in source:
                 files.update(self._downward(source["downwardAPI"].get("items") or [], 0o644))
         return files
@@ -224,8 +240,12 @@ class PodVolumes:
         sa = self.pod["spec"].get("serviceAccountName") or "default"
         spec: Obj = {
             "expirationSeconds": ttl,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                               "uid": meta["uid"]},
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
         }
         if tok.get("audience"):
             spec["audiences"] = [tok["audience"]]
@@ -240,7 +260,10 @@ class PodVolumes:
         return str(resp["status"]["token"]).encode()
 
     def _write_files(
-        self, path: str, files: dict[str, tuple[bytes, int | None]], mode: int,
+        self,
+        path: str,
+        files: dict[str, tuple[bytes, int | None]],
+        mode: int,
         default_mode: int | None = None,
     ) -> None:
         os.makedirs(path, exist_ok=True)
@@ -284,8 +307,10 @@ class PodVolumes:
                 continue
             out = run("du", "-s", "-B1", self.paths[vol["name"]], check=False).stdout.split()
             if out and int(out[0]) > quantity(spec["sizeLimit"]):
-                return (f'Usage of EmptyDir volume "{vol["name"]}" exceeds the limit '
-                        f'"{spec["sizeLimit"]}". ')
+                return (
+                    f'Usage of EmptyDir volume "{vol["name"]}" exceeds the limit '
+                    f'"{spec["sizeLimit"]}". '
+                )
         return None
 
     def teardown(self) -> None:
@@ -309,10 +334,19 @@ def _sa_volume() -> Obj:
             "defaultMode": 0o644,
             "sources": [
                 {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": "kube-root-ca.crt",
-                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace",
-                                            "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
             ],
         },
     }

@@ -11,7 +11,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Cond:
     type: str
-    status: bool
+    status: bool | None  # None: Unknown
     reason: str
     message: str
 
@@ -31,7 +31,7 @@ def merge(
     stamp = now or now_rfc3339()
     out: list[dict[str, Any]] = []
     for cond in current:
-        status = "True" if cond.status else "False"
+        status = {True: "True", False: "False", None: "Unknown"}[cond.status]
         before = old.get(cond.type)
         since = stamp
         if before is not None and before.get("status") == status:

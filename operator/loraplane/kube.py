@@ -52,6 +52,11 @@ async def _call(
         _return_http_data_only=True,
     )
     raw = await resp.read()
+    if not 200 <= resp.status <= 299:
+        # Without preloading the client does not raise by itself.
+        exc = ApiException(status=resp.status, reason=resp.reason)
+        exc.body = raw.decode(errors="replace")
+        raise exc
     return json.loads(raw) if raw else None
 
 
@@ -117,6 +122,23 @@ async def create_if_absent(api: ApiClient, obj: Mapping[str, Any]) -> bool:
 async def delete(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) -> None:
     try:
         await _call(api, "DELETE", f"{collection_path(api_version, kind, namespace)}/{name}")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+async def patch_status(
+    api: ApiClient, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]
+) -> None:
+    """Strategic-merge patch of the status subresource (conditions merge by type)."""
+    try:
+        await _call(
+            api,
+            "PATCH",
+            f"{collection_path(api_version, kind, namespace)}/{name}/status",
+            body=body,
+            content_type="application/strategic-merge-patch+json",
+        )
     except ApiException as exc:
         if exc.status != 404:
             raise

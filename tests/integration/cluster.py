@@ -104,3 +104,49 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
 def pod_ready(pod: dict[str, Any]) -> bool:
     cond = condition(pod, "Ready")
     return bool(cond and cond.get("status") == "True")
+
+
+def http_json(url: str, payload: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+    """GET (or POST `payload`) and decode JSON; raises urllib.error.HTTPError on 4xx/5xx."""
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def completion(pod_ip: str, model: str, prompt: str = "hello world", tokens: int = 8) -> str:
+    """A greedy completion from one pod's vLLM; returns the text."""
+    body = http_json(
+        f"http://{pod_ip}:8000/v1/completions",
+        {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0},
+    )
+    assert body["model"] == model
+    text: str = body["choices"][0]["text"]
+    return text
+
+
+def served_adapters(pod_ip: str) -> dict[str, str]:
+    """What a pod's vLLM lists: adapter name -> path (`root`)."""
+    body = http_json(f"http://{pod_ip}:8000/v1/models", timeout=10)
+    return {m["id"]: m["root"] for m in body["data"] if m.get("parent")}
+
+
+def netns_pids(pod_uid: str) -> list[int]:
+    """Processes in a pod's network namespace (the process node names it lp-<uid[:8]>)."""
+    out = subprocess.run(
+        ["ip", "netns", "pids", f"lp-{pod_uid.replace('-', '')[:8]}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -8,8 +8,12 @@ from typing import Any
 API_VERSION = "loraplane.dev/v1alpha1"
 
 
-def tiny_base_model(name: str, models_dir: Path, replicas: int = 1, **lora: Any) -> dict[str, Any]:
-    """A BaseModelDeployment of the tiny Llama, mounted from the node's model directory."""
+ADAPTER_SOURCES = "/adapter-sources"
+
+
+def tiny_base_model(name: str, home: Path, replicas: int = 1, **lora: Any) -> dict[str, Any]:
+    """A BaseModelDeployment of the tiny Llama; the model and the test adapters are mounted from
+    the node ($LORAPLANE_HOME/models and /adapters), as a cluster would mount a shared volume."""
     return {
         "apiVersion": API_VERSION,
         "kind": "BaseModelDeployment",
@@ -29,9 +33,13 @@ def tiny_base_model(name: str, models_dir: Path, replicas: int = 1, **lora: Any)
             },
             "template": {
                 "volumes": [
-                    {"name": "models", "hostPath": {"path": str(models_dir), "type": "Directory"}}
+                    {"name": "models", "hostPath": {"path": str(home / "models")}},
+                    {"name": "adapter-sources", "hostPath": {"path": str(home / "adapters")}},
                 ],
-                "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+                "volumeMounts": [
+                    {"name": "models", "mountPath": "/models", "readOnly": True},
+                    {"name": "adapter-sources", "mountPath": ADAPTER_SOURCES, "readOnly": True},
+                ],
             },
             "adapterStore": {"emptyDir": {"sizeLimit": "1Gi"}},
         },
@@ -39,6 +47,7 @@ def tiny_base_model(name: str, models_dir: Path, replicas: int = 1, **lora: Any)
 
 
 def lora_adapter(name: str, base_model: str, path: str, priority: int = 0) -> dict[str, Any]:
+    """A LoRAAdapter from a path inside the pods (see ADAPTER_SOURCES for the test adapters)."""
     return {
         "apiVersion": API_VERSION,
         "kind": "LoRAAdapter",

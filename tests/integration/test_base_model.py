@@ -80,7 +80,7 @@ def test_create_two_replicas_become_available_and_serve(
     operator: OperatorProcess, bmd_ns: str, loraplane_home: Path
 ) -> None:
     cluster = operator.cluster
-    cluster.apply(tiny_base_model(NAME, loraplane_home / "models", replicas=2), bmd_ns)
+    cluster.apply(tiny_base_model(NAME, loraplane_home, replicas=2), bmd_ns)
     obj = wait_for(
         "BaseModelDeployment Available with 2/2",
         lambda: available(cluster, bmd_ns, 2),

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.cluster import Cluster
 from tests.integration.manifests import lora_adapter, tiny_base_model
+from tests.unit.test_api_validation import BAD_OBJECTS, Bad
 
-GOOD_BMD = tiny_base_model("good", __import__("pathlib").Path("/models"))
+GOOD_BMD = tiny_base_model("good", Path("/var/lib/loraplane"))
 
 
 def bmd_with(**spec_changes: Any) -> dict[str, Any]:
@@ -95,3 +97,13 @@ def test_adapter_rules(crds: Cluster, namespace: str) -> None:
     )
     assert proc.returncode != 0 and "immutable" in proc.stderr
     assert "lora" in crds.kubectl("get", "loraplane", "-n", namespace).stdout.lower()
+
+
+@pytest.mark.parametrize("case", BAD_OBJECTS, ids=lambda c: c.id)
+def test_every_unit_bad_object_is_refused_by_the_server(
+    crds: Cluster, namespace: str, case: Bad
+) -> None:
+    """The same bad objects the pydantic models refuse, refused by the real API server."""
+    proc = crds.try_create(case.body, namespace)
+    assert proc.returncode != 0, "the API server accepted a bad object"
+    assert case.expected_from_server in proc.stderr, proc.stderr

@@ -70,37 +70,50 @@ def client_for(server: VllmServer, session: aiohttp.ClientSession, key: str | No
     return VLLMClient(server.base_url, key, session, timeout=30)
 
 
+# Class-scoped, so each server stops when its class is done and the next one starts alone.
+@pytest.fixture(scope="class")
+def lora_server(adapters: dict[str, Path]) -> Iterator[VllmServer]:
+    """A server as the operator runs it: --enable-lora, runtime updating on, an API key."""
+    server = start_vllm(
+        lora_args=[
+            "--enable-lora",
+            "--max-lora-rank", str(MAX_LORA_RANK),
+            "--max-loras", "2",
+            "--max-cpu-loras", "4",
+        ],
+        extra_args=["--api-key", API_KEY],
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="class")
+def plain_server() -> Iterator[VllmServer]:
+    """The same server without VLLM_ALLOW_RUNTIME_LORA_UPDATING."""
+    server = start_vllm(env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "false"})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class TestContract:
     """A server as the operator runs it: --enable-lora, runtime updating on, an API key."""
 
-    @pytest.fixture(scope="class")
-    def server(self, adapters: dict[str, Path]) -> Iterator[VllmServer]:
-        server = start_vllm(
-            lora_args=[
-                "--enable-lora",
-                "--max-lora-rank", str(MAX_LORA_RANK),
-                "--max-loras", "2",
-                "--max-cpu-loras", "4",
-            ],
-            extra_args=["--api-key", API_KEY],
-        )  # fmt: skip
-        try:
-            yield server
-        finally:
-            server.stop()
-
     async def test_health_and_version(
-        self, server: VllmServer, session: aiohttp.ClientSession
+        self, lora_server: VllmServer, session: aiohttp.ClientSession
     ) -> None:
-        client = client_for(server, session, None)  # /health and /version are not guarded
+        client = client_for(lora_server, session, None)  # /health and /version are not guarded
         assert await client.health()
         assert await client.version() == "0.32.0"
 
     async def test_api_key_guards_the_runtime_routes(
-        self, server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
+        self, lora_server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
     ) -> None:
         for key in (None, "wrong"):
-            client = client_for(server, session, key)
+            client = client_for(lora_server, session, key)
             with pytest.raises(Unauthorized):
                 await client.list_models()
             with pytest.raises(Unauthorized):
@@ -109,19 +122,19 @@ class TestContract:
                 await client.unload_adapter("rank8")
 
     async def test_load_reload_list_unload(
-        self, server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
+        self, lora_server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
     ) -> None:
-        client = client_for(server, session, API_KEY)
+        client = client_for(lora_server, session, API_KEY)
         path = str(adapters["rank8"])
         assert await client.load_adapter("chat", path) == LoadOutcome.LOADED
         assert await client.load_adapter("chat", path) == LoadOutcome.ALREADY_LOADED
         assert await client.load_adapter("chat", path + "/") == LoadOutcome.ALREADY_LOADED
 
         listed = await client.list_models()
-        assert [c.id for c in listed.base_models] == [server.model]
+        assert [c.id for c in listed.base_models] == [lora_server.model]
         card = listed.adapter("chat")
         assert card is not None
-        assert card.root == path and card.parent == server.model
+        assert card.root == path and card.parent == lora_server.model
 
         with pytest.raises(AdapterNameConflict) as info:
             await client.load_adapter("chat", str(adapters["rank8-v2"]))
@@ -137,12 +150,12 @@ class TestContract:
     @pytest.mark.parametrize("name", ACCEPTED)
     async def test_valid_adapters_load(
         self,
-        server: VllmServer,
+        lora_server: VllmServer,
         session: aiohttp.ClientSession,
         adapters: dict[str, Path],
         name: str,
     ) -> None:
-        client = client_for(server, session, API_KEY)
+        client = client_for(lora_server, session, API_KEY)
         assert await client.load_adapter(name, str(adapters[name])) == LoadOutcome.LOADED
         assert (await client.list_models()).adapter_paths[name] == str(adapters[name])
         assert await client.unload_adapter(name) == UnloadOutcome.UNLOADED
@@ -150,12 +163,12 @@ class TestContract:
     @pytest.mark.parametrize("name", sorted(VLLM_REASON))
     async def test_broken_adapters_are_classified(
         self,
-        server: VllmServer,
+        lora_server: VllmServer,
         session: aiohttp.ClientSession,
         adapters: dict[str, Path],
         name: str,
     ) -> None:
-        client = client_for(server, session, API_KEY)
+        client = client_for(lora_server, session, API_KEY)
         with pytest.raises(AdapterRejected) as info:
             await client.load_adapter(name, str(adapters[name]))
         error = info.value
@@ -165,8 +178,10 @@ class TestContract:
         assert (await client.list_models()).adapter(name) is None
         assert await client.health(), f"vLLM unhealthy after loading {name}"
 
-    async def test_missing_path(self, server: VllmServer, session: aiohttp.ClientSession) -> None:
-        client = client_for(server, session, API_KEY)
+    async def test_missing_path(
+        self, lora_server: VllmServer, session: aiohttp.ClientSession
+    ) -> None:
+        client = client_for(lora_server, session, API_KEY)
         with pytest.raises(AdapterRejected) as info:
             await client.load_adapter("nowhere", "/adapters/nowhere/0123")
         assert info.value.reason == Reason.ADAPTER_NOT_FOUND
@@ -174,17 +189,17 @@ class TestContract:
         assert info.value.message == "Loading lora nowhere failed: No adapter found for <path>"
 
     async def test_name_of_the_base_model(
-        self, server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
+        self, lora_server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
     ) -> None:
-        client = client_for(server, session, API_KEY)
+        client = client_for(lora_server, session, API_KEY)
         with pytest.raises(AdapterRejected) as info:
-            await client.load_adapter(server.model, str(adapters["rank8"]))
+            await client.load_adapter(lora_server.model, str(adapters["rank8"]))
         assert info.value.reason == Reason.NAME_CONFLICTS_WITH_BASE_MODEL
 
     @pytest.mark.parametrize("name", sorted(set(VLLM_REASON) | set(ACCEPTED)))
     async def test_preflight_agrees_with_vllm(
         self,
-        server: VllmServer,
+        lora_server: VllmServer,
         session: aiohttp.ClientSession,
         adapters: dict[str, Path],
         name: str,
@@ -192,13 +207,14 @@ class TestContract:
         """Pre-flight refuses exactly what vLLM refuses, under the same reason (where vLLM gives
         one), and accepts what vLLM accepts."""
         facts = llama_base_facts(
-            ensure_tiny_model(), max_lora_rank=MAX_LORA_RANK, model_name=server.model
+            ensure_tiny_model(), max_lora_rank=MAX_LORA_RANK, model_name=lora_server.model
         )
         try:
             preflight = [f.reason for f in errors(validate(inspect_adapter(adapters[name]), facts))]
         except AdapterInspectionError as e:
             preflight = [e.reason]
-        client = client_for(server, session, API_KEY)
+        client = client_for(lora_server, session, API_KEY)
+        vllm: Reason | None
         try:
             await client.load_adapter(name, str(adapters[name]))
         except AdapterRejected as e:
@@ -217,18 +233,10 @@ class TestContract:
 class TestWithoutRuntimeUpdating:
     """The same server started without VLLM_ALLOW_RUNTIME_LORA_UPDATING: the routes are missing."""
 
-    @pytest.fixture(scope="class")
-    def server(self) -> Iterator[VllmServer]:
-        server = start_vllm(env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "false"})
-        try:
-            yield server
-        finally:
-            server.stop()
-
     async def test_load_and_unload_say_how_to_enable_it(
-        self, server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
+        self, plain_server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
     ) -> None:
-        client = client_for(server, session, None)
+        client = client_for(plain_server, session, None)
         assert await client.health()
         with pytest.raises(RuntimeLoRAUpdatingDisabled) as info:
             await client.load_adapter("rank8", str(adapters["rank8"]))

@@ -72,36 +72,65 @@ SPECS: dict[str, AdapterSpec] = {
         8, ["embed_tokens", "q_proj", "v_proj"], 83, True, "LoRA on embed_tokens (vLLM accepts)"
     ),
     "other-base-name": AdapterSpec(
-        8, ATTN_QV, 84, True, "config names another base model; shapes match (vLLM accepts)",
+        8,
+        ATTN_QV,
+        84,
+        True,
+        "config names another base model; shapes match (vLLM accepts)",
         base_name=OTHER_BASE_NAME,
     ),
     "dora": AdapterSpec(8, ATTN_QV, 90, False, "DoRA", lora_kwargs={"use_dora": True}),
     "bias": AdapterSpec(8, ATTN_QV, 91, False, 'bias="all"', lora_kwargs={"bias": "all"}),
     "modules-to-save": AdapterSpec(
-        8, ATTN_QV, 92, False, 'modules_to_save=["lm_head"]',
+        8,
+        ATTN_QV,
+        92,
+        False,
+        'modules_to_save=["lm_head"]',
         lora_kwargs={"modules_to_save": ["lm_head"]},
     ),
     "wrong-base": AdapterSpec(
-        8, ATTN_QV, 93, False, "trained on a tiny Llama of hidden size 256 (base: 128)",
-        shape=WIDE_SHAPE, base_name=WIDE_BASE_NAME,
+        8,
+        ATTN_QV,
+        93,
+        False,
+        "trained on a tiny Llama of hidden size 256 (base: 128)",
+        shape=WIDE_SHAPE,
+        base_name=WIDE_BASE_NAME,
     ),
     "rank-pattern": AdapterSpec(
-        8, ATTN_QV, 94, False, "r=8 with a rank_pattern entry of 32",
+        8,
+        ATTN_QV,
+        94,
+        False,
+        "r=8 with a rank_pattern entry of 32",
         lora_kwargs={"rank_pattern": {"layers.0.self_attn.q_proj": 32}},
     ),
     "corrupt": AdapterSpec(
-        8, ATTN_QV, 8, False, "rank8 with adapter_model.safetensors cut inside its header",
+        8,
+        ATTN_QV,
+        8,
+        False,
+        "rank8 with adapter_model.safetensors cut inside its header",
         post="truncate-header",
     ),
     "corrupt-data": AdapterSpec(
-        8, ATTN_QV, 8, False, "rank8 with a whole header but half its tensor data",
+        8,
+        ATTN_QV,
+        8,
+        False,
+        "rank8 with a whole header but half its tensor data",
         post="truncate-data",
     ),
     "no-config": AdapterSpec(
         8, ATTN_QV, 8, False, "rank8 without adapter_config.json", post="drop-config"
     ),
     "no-tensors": AdapterSpec(
-        8, ATTN_QV, 8, False, "a valid config and a safetensors file with no tensors",
+        8,
+        ATTN_QV,
+        8,
+        False,
+        "a valid config and a safetensors file with no tensors",
         post="empty-tensors",
     ),
     "no-weights": AdapterSpec(
@@ -162,8 +191,11 @@ def _base_model(model_dir: Path, shape: TinyShape) -> Any:
     if shape == DEFAULT_SHAPE:
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     base_config = AutoConfig.from_pretrained(model_dir)
-    special = {"<s>": base_config.bos_token_id, "</s>": base_config.eos_token_id,
-               "<pad>": base_config.pad_token_id}
+    special = {
+        "<s>": base_config.bos_token_id,
+        "</s>": base_config.eos_token_id,
+        "<pad>": base_config.pad_token_id,
+    }
     return random_llama(llama_config(base_config.vocab_size, shape, special))
 
 

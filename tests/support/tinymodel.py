@@ -48,8 +48,9 @@ class TinyShape:
 
 DEFAULT_SHAPE = TinyShape()
 # The base that `wrong-base` adapters are trained on: same vocabulary, twice the width.
-WIDE_SHAPE = TinyShape(hidden_size=256, intermediate_size=512, num_attention_heads=8,
-                       num_key_value_heads=4)
+WIDE_SHAPE = TinyShape(
+    hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4
+)
 
 _CORPUS_SENTENCES = [
     "The operator pushes each adapter into every running vLLM server of its base model.",
@@ -62,7 +63,7 @@ _CORPUS_SENTENCES = [
     "She sells sea shells by the sea shore; the shells she sells are surely sea shells.",
     "Numbers like 0 1 2 3 4 5 6 7 8 9 10 42 100 256 1024 and 65536 appear in logs and metrics.",
     "def load_adapter(name, path):\n    return client.post('/v1/load_lora_adapter', json=body)\n",
-    "{\"lora_name\": \"rank8\", \"lora_path\": \"/adapters/rank8\", \"status\": \"ok\"}",
+    '{"lora_name": "rank8", "lora_path": "/adapters/rank8", "status": "ok"}',
     "Once upon a time a small model learned to count, to spell, and to answer questions.",
     "Questions and answers: what is the capital of France? Paris is the capital of France.",
     "Good morning! How are you today? I am fine, thank you, and I hope you are well too.",
@@ -107,12 +108,14 @@ def train_tokenizer() -> Any:
     )
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
     bos_id = tokenizer.token_to_id(BOS)
-    tokenizer.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-        ),
-    ])
+    tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
+        ]
+    )
     return tokenizer
 
 

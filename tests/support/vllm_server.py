@@ -47,7 +47,7 @@ CPU_VLLM_ARGS: list[str] = [
     "--dtype", "bfloat16",
     "--max-model-len", "512",
     "--max-num-seqs", "8",
-]
+]  # fmt: skip
 
 # LoRA flags matching the fixtures: rank64 and rank-pattern (32) must be refused at rank 16.
 DEFAULT_LORA_ARGS: list[str] = [
@@ -55,7 +55,7 @@ DEFAULT_LORA_ARGS: list[str] = [
     "--max-lora-rank", "16",
     "--max-loras", "2",
     "--max-cpu-loras", "4",
-]
+]  # fmt: skip
 
 
 def venv_python() -> str:
@@ -157,13 +157,19 @@ class VllmServer:
     def models(self) -> list[dict[str, Any]]:
         return list(self.get("/v1/models").json()["data"])
 
-    def complete(self, model: str | None = None, prompt: str = "The operator pushes",
-                 max_tokens: int = 8) -> HttpResult:
+    def complete(
+        self, model: str | None = None, prompt: str = "The operator pushes", max_tokens: int = 8
+    ) -> HttpResult:
         """A greedy completion; `model` None means the base model."""
-        return self.post("/v1/completions", {
-            "model": model or self.model, "prompt": prompt,
-            "max_tokens": max_tokens, "temperature": 0,
-        })
+        return self.post(
+            "/v1/completions",
+            {
+                "model": model or self.model,
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            },
+        )
 
     def healthy(self) -> bool:
         try:
@@ -226,16 +232,29 @@ def start_vllm(
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"vllm-{port}.log"
     argv = [
-        venv_python(), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model, "--host", host, "--port", str(port),
-        *CPU_VLLM_ARGS, *lora_args, *extra_args,
+        venv_python(),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *CPU_VLLM_ARGS,
+        *lora_args,
+        *extra_args,
     ]
     full_env = {**os.environ, **CPU_VLLM_ENV, **(env or {})}
     started = time.monotonic()
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            argv, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = VllmServer(process, host, port, model, log_path, argv=argv)
     log.info("started vLLM pid %s on %s, log %s", process.pid, server.base_url, log_path)

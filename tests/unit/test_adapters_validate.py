@@ -56,9 +56,7 @@ def facts(tiny_dir: Path) -> BaseModelFacts:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERROR))
-def test_fixture_reasons(
-    adapters: dict[str, Path], facts: BaseModelFacts, name: str
-) -> None:
+def test_fixture_reasons(adapters: dict[str, Path], facts: BaseModelFacts, name: str) -> None:
     findings = validate(inspect_adapter(adapters[name]), facts)
     expected = EXPECTED_ERROR[name]
     assert [f.reason for f in errors(findings)] == ([expected] if expected else [])
@@ -195,7 +193,9 @@ def test_llama_facts_from_config(tiny_dir: Path) -> None:
     assert facts.lora_target_modules == LLAMA_LIKE_LORA_MODULES
     assert facts.module_shapes is not None
     hidden, vocab = config["hidden_size"], config["vocab_size"]
-    assert facts.module_shapes["embed_tokens"] == ModuleShape(in_features=vocab, out_features=hidden)
+    assert facts.module_shapes["embed_tokens"] == ModuleShape(
+        in_features=vocab, out_features=hidden
+    )
     assert facts.module_shapes["lm_head"] == ModuleShape(in_features=hidden, out_features=vocab)
     assert facts.num_hidden_layers == config["num_hidden_layers"]
 
@@ -227,3 +227,38 @@ def test_llama_facts_8b_gqa_and_explicit_head_dim() -> None:
 def test_llama_facts_refuses_what_it_cannot_describe(config: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         llama_base_facts(config, max_lora_rank=8)
+
+
+def test_preflight_keeps_refused_adapters_out_of_the_store(
+    adapters: dict[str, Path], facts: BaseModelFacts, tmp_path: Path
+) -> None:
+    from loraplane.adapters.sources import fetch_path
+    from loraplane.adapters.validate import PreflightFailed, preflight
+
+    with pytest.raises(PreflightFailed) as info:
+        fetch_path(adapters["dora"], tmp_path, "dora", verify=preflight(facts))
+    assert info.value.reason == Reason.DORA_NOT_SUPPORTED
+    assert [f.reason for f in info.value.findings] == [Reason.DORA_NOT_SUPPORTED]
+    assert list((tmp_path / "dora").iterdir()) == []
+    # Warnings do not refuse.
+    result = fetch_path(adapters["other-base-name"], tmp_path, "ok", verify=preflight(facts))
+    assert result.created
+
+
+def test_summarize_from_hub_metadata_matches_local_inspection(
+    adapters: dict[str, Path], facts: BaseModelFacts
+) -> None:
+    """What the central pre-flight builds from a hub's config + header equals the local view."""
+    from loraplane.adapters.inspect import parse_config, read_safetensors_header, summarize
+
+    directory = adapters["rank64"]
+    local = inspect_adapter(directory)
+    remote = summarize(
+        parse_config((directory / "adapter_config.json").read_bytes()),
+        read_safetensors_header(directory / "adapter_model.safetensors"),
+        path="hf://org/rank64@abc",
+        weights_file="adapter_model.safetensors",
+        size_bytes=local.size_bytes,
+    )
+    assert remote.modules == local.modules and remote.max_rank == 64
+    assert validate(remote, facts) == validate(local, facts)

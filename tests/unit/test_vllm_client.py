@@ -77,7 +77,7 @@ async def test_timeout_and_bad_gateway_are_transient(session: aiohttp.ClientSess
     )
     try:
         client = VLLMClient(url, None, session, timeout=0.3)
-        with pytest.raises(TransientVLLMError, match="timed out after 0.3s"):
+        with pytest.raises(TransientVLLMError, match=r"timed out after 0\.3s"):
             await client.list_models()
         with pytest.raises(TransientVLLMError) as info:
             await client.load_adapter("a", "/adapters/a/1")
@@ -116,7 +116,10 @@ async def test_missing_runtime_routes(session: aiohttp.ClientSession) -> None:
         return web.json_response({"detail": "Not Found"}, status=404)
 
     runner, url = await serve(
-        {("POST", "/v1/load_lora_adapter"): not_found, ("POST", "/v1/unload_lora_adapter"): not_found}
+        {
+            ("POST", "/v1/load_lora_adapter"): not_found,
+            ("POST", "/v1/unload_lora_adapter"): not_found,
+        }
     )
     try:
         client = VLLMClient(url, None, session)

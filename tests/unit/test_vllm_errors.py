@@ -129,13 +129,10 @@ def test_measured_rejections_are_permanent_with_their_reason(
     assert error.message == message
 
 
-@pytest.mark.parametrize("body_type", [bytes, str, dict])
-def test_body_may_be_bytes_text_or_parsed(body_type: type) -> None:
+def test_body_may_be_bytes_text_or_parsed() -> None:
     envelope = v032("vLLM does not yet support DoRA.")
-    body: Any = {bytes: json.dumps(envelope).encode(), str: json.dumps(envelope), dict: envelope}[
-        body_type
-    ]
-    assert classify(500, body).reason == Reason.DORA_NOT_SUPPORTED
+    for body in (json.dumps(envelope).encode(), json.dumps(envelope), envelope):
+        assert classify(500, body).reason == Reason.DORA_NOT_SUPPORTED
 
 
 def test_paths_read_the_same_before_and_after_vllm_026() -> None:
@@ -268,9 +265,8 @@ def test_unauthorized() -> None:
         (500, v032("EngineCore encountered an issue. See stack trace (above) for the root cause.")),
         (
             503,
-            {"error": {"message": "Request failed; please retry", "type":
-                       "ServiceUnavailableError", "code": 503}},
-        ),  # fmt: skip
+            {"error": {"message": "Request failed; please retry", "type": "Unavailable"}},
+        ),
     ],
     ids=["502", "503-empty", "504", "429", "engine-dead", "retryable"],
 )

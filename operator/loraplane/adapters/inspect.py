@@ -14,6 +14,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,8 +35,10 @@ __all__ = [
     "TensorInfo",
     "directory_digest",
     "inspect_adapter",
+    "parse_config",
     "parse_tensor_name",
     "read_safetensors_header",
+    "summarize",
 ]
 
 CONFIG_FILE = "adapter_config.json"
@@ -275,6 +278,17 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return tensors
 
 
+def parse_config(text: str | bytes) -> dict[str, Any]:
+    """Parse adapter_config.json; ``InvalidAdapterConfig`` when it is not a JSON object."""
+    try:
+        config = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidAdapterConfig(f"{CONFIG_FILE} is not readable JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise InvalidAdapterConfig(f"{CONFIG_FILE} is not a JSON object")
+    return config
+
+
 def _load_config(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
     if not directory.is_dir():
@@ -286,12 +300,10 @@ def _load_config(directory: Path) -> dict[str, Any]:
     try:
         if config_path.stat().st_size > MAX_CONFIG_BYTES:
             raise InvalidAdapterConfig(f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InvalidAdapterConfig(f"{CONFIG_FILE} is not readable JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise InvalidAdapterConfig(f"{CONFIG_FILE} is not a JSON object")
-    return config
+        text = config_path.read_bytes()
+    except OSError as e:
+        raise InvalidAdapterConfig(f"{CONFIG_FILE} is not readable: {e.strerror or e}") from e
+    return parse_config(text)
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -434,6 +446,35 @@ def directory_digest(directory: Path, files: list[str] | None = None) -> tuple[s
     return "sha256:" + outer.hexdigest(), total
 
 
+def summarize(
+    config: Mapping[str, Any],
+    tensors: Mapping[str, TensorInfo],
+    *,
+    path: str,
+    weights_file: str | None,
+    size_bytes: int,
+    digest: str = "",
+    files: list[str] | None = None,
+    weights_inspected: bool = True,
+) -> AdapterSummary:
+    """An AdapterSummary from a parsed adapter_config.json and safetensors header (pure), for
+    sources that are not a local directory (a hub's metadata API)."""
+    fields = _summary_fields(dict(config))
+    modules, unparsed = _group_modules(dict(tensors))
+    return AdapterSummary(
+        path=path,
+        weights_file=weights_file,
+        weights_inspected=weights_inspected,
+        tensors=dict(tensors),
+        modules=modules,
+        unparsed_tensors=unparsed,
+        size_bytes=size_bytes,
+        digest=digest,
+        files=files or [],
+        **fields,
+    )
+
+
 def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSummary:
     """Summarize the PEFT LoRA adapter in ``directory`` without loading its weights.
 
@@ -443,7 +484,7 @@ def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSum
     """
     directory = Path(directory)
     config = _load_config(directory)
-    fields = _summary_fields(config)
+    _summary_fields(config)  # a bad config is reported before the weights are looked at
 
     weights_file: str | None = None
     tensors: dict[str, TensorInfo] = {}
@@ -465,23 +506,20 @@ def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSum
             f"({SAFETENSORS_FILE}, {' or '.join(PICKLE_FILES)})"
         )
 
-    modules, unparsed = _group_modules(tensors)
     files = _adapter_files(directory)
     if digest:
         digest_value, size = directory_digest(directory, files)
     else:
         digest_value, size = "", sum((directory / f).stat().st_size for f in files)
-    return AdapterSummary(
+    return summarize(
+        config,
+        tensors,
         path=str(directory),
         weights_file=weights_file,
-        weights_inspected=inspected,
-        tensors=tensors,
-        modules=modules,
-        unparsed_tensors=unparsed,
         size_bytes=size,
         digest=digest_value,
         files=files,
-        **fields,
+        weights_inspected=inspected,
     )
 
 

@@ -16,12 +16,24 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from loraplane.adapters.inspect import AdapterInspectionError, AdapterSummary, inspect_adapter
+from loraplane.adapters.inspect import (
+    CONFIG_FILE,
+    SAFETENSORS_FILE,
+    AdapterConfigMissing,
+    AdapterInspectionError,
+    AdapterSummary,
+    NoTensors,
+    TensorInfo,
+    inspect_adapter,
+    parse_config,
+    summarize,
+)
 from loraplane.vllm.errors import Reason
 
 __all__ = [
@@ -31,6 +43,7 @@ __all__ = [
     "FetchResult",
     "fetch_huggingface",
     "fetch_path",
+    "inspect_huggingface",
     "install_directory",
     "remove_version",
     "resolve_hf_revision",
@@ -263,3 +276,59 @@ def fetch_huggingface(
     result = install_directory(staged, store, name, verify=verify)
     marker.write_text(json.dumps({"repo": repo, "commit": commit, "digest": result.summary.digest}))
     return result
+
+
+def inspect_huggingface(
+    repo: str, revision: str | None, token: str | None = None, *, endpoint: str | None = None
+) -> AdapterSummary:
+    """Summarize an adapter on the hub from its adapter_config.json and the safetensors header
+    (two small range reads), for the operator's central pre-flight before any pod downloads it.
+
+    The digest stays empty (it needs every byte); ``path`` reads ``hf://<repo>@<commit>``.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError
+
+    api = HfApi(endpoint=endpoint, token=token)
+    info = api.model_info(repo, revision=revision, files_metadata=True)
+    commit = getattr(info, "sha", None) or revision or "main"
+    siblings = {s.rfilename: s.size or 0 for s in (getattr(info, "siblings", None) or [])}
+    if CONFIG_FILE not in siblings:
+        raise AdapterConfigMissing(f"{repo}@{commit} has no {CONFIG_FILE}: not a PEFT adapter")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config_path = api.hf_hub_download(
+                repo, CONFIG_FILE, revision=commit, local_dir=tmp, token=token
+            )
+            config = parse_config(Path(config_path).read_bytes())
+    except EntryNotFoundError as e:
+        raise AdapterConfigMissing(f"{repo}@{commit} has no {CONFIG_FILE}") from e
+    tensors: dict[str, TensorInfo] = {}
+    weights_file: str | None = None
+    if SAFETENSORS_FILE in siblings:
+        weights_file = SAFETENSORS_FILE
+        metadata = api.parse_safetensors_file_metadata(
+            repo, SAFETENSORS_FILE, revision=commit, token=token
+        )
+        tensors = {
+            name: TensorInfo(dtype=str(t.dtype), shape=tuple(t.shape))
+            for name, t in metadata.tensors.items()
+        }
+        if not tensors:
+            raise NoTensors(f"{SAFETENSORS_FILE} of {repo}@{commit} holds no tensors")
+    else:
+        weights_file = next(
+            (f for f in ("adapter_model.bin", "adapter_model.pt") if f in siblings), None
+        )
+    if weights_file is None:
+        raise NoTensors(f"{repo}@{commit} has {CONFIG_FILE} but no adapter weights")
+    files = sorted(f for f in siblings if any(fnmatch(f, p) for p in HF_ALLOW_PATTERNS))
+    return summarize(
+        config,
+        tensors,
+        path=f"hf://{repo}@{commit}",
+        weights_file=weights_file,
+        size_bytes=sum(siblings[f] for f in files),
+        files=files,
+        weights_inspected=bool(tensors),
+    )

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraplane.adapters.inspect import AdapterSummary, layer_index
+from loraplane.adapters.inspect import AdapterInspectionError, AdapterSummary, layer_index
 from loraplane.vllm.errors import Reason
 
 __all__ = [
@@ -23,8 +23,10 @@ __all__ = [
     "BaseModelFacts",
     "Finding",
     "ModuleShape",
+    "PreflightFailed",
     "errors",
     "llama_base_facts",
+    "preflight",
     "validate",
     "warnings",
 ]
@@ -96,6 +98,28 @@ def errors(findings: Iterable[Finding]) -> list[Finding]:
 
 def warnings(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity == "warning"]
+
+
+class PreflightFailed(AdapterInspectionError):
+    """Pre-flight found errors; ``reason`` and ``message`` are the first error's."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        first = errors(findings)[0]
+        super().__init__(first.message)
+        self.reason = first.reason
+        self.findings = findings
+
+
+def preflight(base: BaseModelFacts) -> Callable[[AdapterSummary], None]:
+    """A ``verify`` callback for the sources: raise ``PreflightFailed`` when ``validate`` finds
+    an error, so a refused adapter never reaches the store."""
+
+    def verify(summary: AdapterSummary) -> None:
+        findings = validate(summary, base)
+        if errors(findings):
+            raise PreflightFailed(findings)
+
+    return verify
 
 
 def _of(base: BaseModelFacts) -> str:

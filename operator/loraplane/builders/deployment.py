@@ -146,9 +146,9 @@ def agent_container(
     ]
     if spec.engine.api_key_secret_ref is not None:
         env.append(_secret_env("VLLM_API_KEY", spec.engine.api_key_secret_ref))
-    hf = spec.model.source.huggingface
-    if hf is not None and hf.token_secret_ref is not None:
-        env.append(_secret_env("HF_TOKEN", hf.token_secret_ref))
+    if spec.model.source.path is not None:
+        # Lets the agent check adapter shapes against the base model's config.json.
+        env.append({"name": "LORAPLANE_MODEL_PATH", "value": spec.model.source.path})
     return {
         "name": naming.AGENT_CONTAINER,
         "image": ctx.agent_image,
@@ -199,6 +199,9 @@ def pod_template(
             agent_container(spec, name, ctx),
         ],
         "volumes": volumes,
+        # Set by the operator once every adapter this pod should serve is registered, so a new
+        # or restarted server takes no traffic before its adapters are back.
+        "readinessGates": [{"conditionType": naming.ADAPTERS_READY_GATE}],
         "terminationGracePeriodSeconds": 30,
     }
     if tmpl.node_selector:

@@ -12,6 +12,7 @@ LABEL_BASE_MODEL = f"{GROUP}/base-model"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 FINALIZER = f"{GROUP}/adapter-cleanup"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+ADAPTERS_READY_GATE = f"{GROUP}/adapters-ready"
 
 VLLM_CONTAINER = "vllm"
 AGENT_CONTAINER = "agent"

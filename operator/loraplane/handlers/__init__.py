@@ -1,5 +1,5 @@
 """kopf handlers: thin glue between watch events and the pure code. Importing registers them."""
 
-from loraplane.handlers import base_model, startup
+from loraplane.handlers import adapter, base_model, pods, startup
 
-__all__ = ["base_model", "startup"]
+__all__ = ["adapter", "base_model", "pods", "startup"]

@@ -86,12 +86,34 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
         "endpoint": service_endpoint(body, cfg.vllm_port),
         "servedName": served,
         "conditions": new_conditions,
+        "adapters": _adapter_counts(memo, ns, name),
     }
     unchanged = all(
         old_status.get(k) == v for k, v in new_status.items() if k != "conditions"
     ) and conditions.same_ignoring_time(old_conditions, new_conditions)
     if not unchanged:
         patch.status.update(new_status)
+
+
+def _adapter_counts(memo: kopf.Memo, namespace: str, name: str) -> dict[str, int]:
+    """Adapters placed on this base model, and those registered on every one of its pods."""
+    runtime = getattr(memo, "runtime", None)
+    if runtime is None:
+        return {"desired": 0, "ready": 0}
+    fleet = runtime.fleet
+    placed = fleet.placement(namespace, name).placed
+    pods = fleet.pods_of(namespace, name)
+    ready = sum(
+        1
+        for adapter in placed
+        if pods
+        and all(
+            (st := fleet.pod_states.get((p.namespace, p.name), {}).get(adapter)) is not None
+            and st.state == "Registered"
+            for p in pods
+        )
+    )
+    return {"desired": len(placed), "ready": ready}
 
 
 def _announce(

@@ -1,19 +1,27 @@
-"""Operator start-up and shutdown: kopf settings and the shared API client."""
+"""Operator start-up and shutdown: kopf settings, the API client, the fleet and its workers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import start_http_server
 
-from loraplane.config import settings
+from loraplane.config import settings as load_settings
+from loraplane.fleet import Fleet, Key
+from loraplane.handlers.state import Runtime
+from loraplane.sync import SyncContext
+from loraplane.workers import Workers
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = load_settings()
     # One operator replica (Recreate strategy): peering would only add API traffic.
     settings.peering.standalone = True
     # Only our own events become Kubernetes Events, not every handler log line.
@@ -28,16 +36,38 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
-    memo.api = ApiClient()
-    memo.settings = _settings()
+    api = ApiClient()
+    session = aiohttp.ClientSession()
+    fleet = Fleet()
+    workers: Workers
 
+    def on_adapter_failed(key: Key) -> None:
+        ad = fleet.adapters.get(key)
+        if ad is not None:
+            workers.kick_base(ad.namespace, ad.base_model)
 
-def _settings() -> Any:
-    return settings()
+    ctx = SyncContext(
+        fleet=fleet,
+        api=api,
+        session=session,
+        settings=cfg,
+        total_loads=asyncio.Semaphore(cfg.load_concurrency_total),
+        on_adapter_failed=on_adapter_failed,
+    )
+    workers = Workers(ctx)
+    memo.api = api
+    memo.settings = cfg
+    memo.runtime = Runtime(fleet=fleet, workers=workers, session=session)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:
+        await runtime.workers.stop_all()
+        await runtime.session.close()
     api = getattr(memo, "api", None)
     if api is not None:
         await api.close()

@@ -184,7 +184,7 @@ class VLLMClient:
             ) from e
         return ModelList.from_cards(cards)
 
-    async def load_adapter(self, name: str, path: str) -> LoadOutcome:
+    async def load_adapter(self, name: str, path: str, *, inplace: bool = False) -> LoadOutcome:
         """Register adapter ``name`` from ``path``; idempotent for the same name and path.
 
         Raises ``AdapterNameConflict`` when ``name`` is registered with another path,
@@ -196,7 +196,9 @@ class VLLMClient:
             status, body = await self._request(
                 "POST",
                 LOAD_PATH,
-                payload={"lora_name": name, "lora_path": path},
+                # Sent only when asked: servers before vLLM 0.11 do not know the field.
+                payload={"lora_name": name, "lora_path": path}
+                | ({"load_inplace": True} if inplace else {}),
                 limit=self._load_timeout,
             )
             if status == 200:

@@ -1,0 +1,150 @@
+"""LoRAAdapter: track it in the fleet, kick its base model's pods, report status, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from loraplane import adapter_status, conditions, metrics
+from loraplane.api import ADAPTER_PLURAL, BASE_MODEL_PLURAL, GROUP, VERSION
+from loraplane.fleet import adapter_view, base_view
+from loraplane.handlers.state import Runtime
+from loraplane.sync import clients
+
+STATUS_SECONDS = 2.0
+UNLOAD_TIMEOUT = 15.0
+
+
+@kopf.on.event(GROUP, VERSION, BASE_MODEL_PLURAL)
+async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    obj = event["object"]
+    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    if event["type"] == "DELETED":
+        rt.fleet.bases.pop(key, None)
+        return
+    new = base_view(obj)
+    if rt.fleet.bases.get(key) != new:
+        rt.fleet.bases[key] = new
+        rt.workers.kick_base(*key)
+
+
+@kopf.on.event(GROUP, VERSION, ADAPTER_PLURAL)
+async def adapter_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    obj = event["object"]
+    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    if event["type"] == "DELETED":
+        old = rt.fleet.adapters.get(key)
+        rt.fleet.forget_adapter(key)
+        if old is not None:
+            rt.workers.kick_base(old.namespace, old.base_model)
+        return
+    new = adapter_view(obj)
+    old = rt.fleet.adapters.get(key)
+    if old is None:
+        _adopt_recorded_version(rt, obj, new.generation)
+    rt.fleet.adapters[key] = new
+    if old != new:
+        rt.workers.kick_base(new.namespace, new.base_model)
+
+
+def _adopt_recorded_version(rt: Runtime, obj: kopf.RawBody, generation: int) -> None:
+    """After an operator restart, trust the version the status recorded for this generation, so
+    a pod that already serves it is left alone instead of being fetched and loaded again."""
+    from loraplane.fleet import Version
+
+    status = obj.get("status") or {}
+    summary = status.get("adapter") or {}
+    if status.get("observedGeneration") == generation and summary.get("path"):
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        rt.fleet.versions[key] = Version(generation, summary["path"], dict(summary), [])
+
+
+@kopf.timer(GROUP, VERSION, ADAPTER_PLURAL, interval=STATUS_SECONDS, sharp=False)
+async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Publish the in-memory per-pod view as status; writes only when something changed."""
+    rt: Runtime = memo.runtime
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    ad = rt.fleet.adapters.get(key)
+    if ad is None or ad.deleting:
+        return
+    pods = rt.fleet.pods_of(ad.namespace, ad.base_model)
+    if any((p.namespace, p.name) not in rt.fleet.synced and p.vllm_ready for p in pods):
+        return  # right after a start: wait for the first look at each server before judging
+    rep = adapter_status.report(rt.fleet, ad, memo.settings.pod_status_cap)
+    old = body.get("status") or {}
+    old_conditions = old.get("conditions") or []
+    new_conditions = conditions.merge(old_conditions, rep.conditions, ad.generation)
+    new: dict[str, Any] = {
+        "observedGeneration": ad.generation,
+        "phase": rep.phase,
+        "message": rep.message,
+        "replicas": {"desired": rep.desired, "registered": rep.registered},
+        "ready": f"{rep.registered}/{rep.desired}",
+        "pods": rep.pods,
+    }
+    if rep.summary is not None:
+        new["adapter"] = rep.summary
+    changed = any(old.get(k) != v for k, v in new.items() if k != "pods") or _pods_changed(
+        old.get("pods") or [], rep.pods
+    )
+    if not changed and conditions.same_ignoring_time(old_conditions, new_conditions):
+        return
+    new["conditions"] = new_conditions
+    patch.status.update(new)
+    if old.get("phase") != rep.phase:
+        _announce(body, rep.phase, rep.message, new_conditions)
+
+
+def _pods_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
+    def strip(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(p.get("name"), p.get("state"), p.get("lastError")) for p in items]
+
+    return strip(old) != strip(new)
+
+
+def _announce(body: kopf.Body, phase: str, message: str, conds: list[dict[str, Any]]) -> None:
+    ready = next((c for c in conds if c["type"] == "Ready"), {})
+    if phase == "Ready":
+        kopf.info(body, reason="Ready", message=message)
+    elif phase == "Failed":
+        kopf.warn(body, reason=str(ready.get("reason")), message=message)
+    elif ready.get("reason") == "CapacityExceeded":
+        kopf.warn(body, reason="CapacityExceeded", message=message)
+    elif phase == "Degraded":
+        kopf.warn(body, reason="Degraded", message=message)
+
+
+@kopf.on.delete(GROUP, VERSION, ADAPTER_PLURAL)
+async def delete_adapter(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """Unregister from every pod before the object goes; bounded, so gone pods never block."""
+    rt: Runtime = memo.runtime
+    ad = adapter_view(body)
+    ad.deleting = True
+    key = (ad.namespace, ad.name)
+    rt.fleet.adapters[key] = ad
+    base = rt.fleet.bases.get((ad.namespace, ad.base_model))
+    pods = rt.fleet.pods_of(ad.namespace, ad.base_model) if base else []
+
+    async def unload(pod: Any) -> None:
+        if base is None or not pod.ip:
+            return
+        vllm, _agent = await clients(rt.workers.ctx, pod, base)
+        await vllm.unload_adapter(ad.served_name)
+        metrics.ADAPTER_UNLOADS.labels(ad.namespace, ad.base_model, ad.name, "deleted").inc()
+        metrics.ADAPTER_REGISTERED.labels(ad.namespace, ad.base_model, ad.name, pod.name).set(0)
+
+    results = await asyncio.gather(
+        *(asyncio.wait_for(unload(p), UNLOAD_TIMEOUT) for p in pods), return_exceptions=True
+    )
+    for pod, result in zip(pods, results, strict=True):
+        if isinstance(result, BaseException):
+            logger.info("unload of %s from %s skipped: %r", ad.name, pod.name, result)
+    rt.fleet.forget_adapter(key)
+    # The pods' next sync prunes the files, now that the name is unregistered.
+    if base is not None:
+        rt.workers.kick_base(ad.namespace, ad.base_model)
+    kopf.info(body, reason="Deleted", message=f"unregistered from {len(pods)} pod(s)")

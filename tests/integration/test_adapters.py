@@ -1,0 +1,332 @@
+"""LoRAAdapter end to end: real vLLM pods on the local cluster, real peft adapters.
+
+One 2-pod base model is shared by the tests of this module, which run in order; each test leaves
+the adapters it needs afterwards in place and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster import (
+    Cluster,
+    cmdline,
+    completion,
+    condition,
+    netns_pids,
+    pod_ready,
+    served_adapters,
+    wait_for,
+)
+from tests.integration.conftest import OperatorProcess
+from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
+
+NS = "it-adapters"
+BASE = "tiny"
+SELECTOR = f"loraplane.dev/base-model={BASE}"
+START = 480.0
+PROMPT = "the quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def adapters(loraplane_home: Path) -> dict[str, Path]:
+    from tests.support.adapters import ensure_adapters
+
+    return ensure_adapters(loraplane_home)
+
+
+@pytest.fixture(scope="module")
+def base(
+    operator: OperatorProcess, tiny_model: Path, adapters: dict[str, Path], loraplane_home: Path
+) -> Iterator[Cluster]:
+    cluster = operator.cluster
+    cluster.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s", check=False)
+    cluster.kubectl("create", "namespace", NS)
+    cluster.apply(tiny_base_model(BASE, loraplane_home, replicas=2), NS)
+    wait_for(
+        "base model Available 2/2",
+        lambda: _ready_pods(cluster) if len(_ready_pods(cluster)) == 2 else None,
+        timeout=START,
+    )
+    yield cluster
+    cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def _pods(cluster: Cluster) -> list[dict[str, Any]]:
+    return [
+        p for p in cluster.list("pods", NS, SELECTOR) if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _ready_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    return [p for p in _pods(cluster) if pod_ready(p)]
+
+
+def _lora(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    return cluster.get("lora", name, NS)
+
+
+def _phase(cluster: Cluster, name: str, phase: str) -> dict[str, Any] | None:
+    obj = _lora(cluster, name)
+    status = (obj or {}).get("status") or {}
+    if (
+        status.get("phase") == phase
+        and status.get("observedGeneration") == obj["metadata"]["generation"]
+    ):  # type: ignore[index]
+        return obj
+    return None
+
+
+def _apply_adapter(cluster: Cluster, name: str, fixture: str, priority: int = 0) -> None:
+    cluster.apply(lora_adapter(name, BASE, f"{ADAPTER_SOURCES}/{fixture}", priority), NS)
+
+
+GOOD = {"sql": "rank8", "chat": "rank16", "mlp": "rank8-mlp"}
+
+
+def test_three_adapters_ready_on_every_pod_and_change_the_output(base: Cluster) -> None:
+    for name, fixture in GOOD.items():
+        _apply_adapter(base, name, fixture)
+    for name in GOOD:
+        obj = wait_for(f"{name} Ready", lambda n=name: _phase(base, n, "Ready"), timeout=180)
+        status = obj["status"]
+        assert status["ready"] == "2/2" and status["replicas"] == {"desired": 2, "registered": 2}
+        assert condition(obj, "Validated")["status"] == "True"  # type: ignore[index]
+        assert status["adapter"]["path"].startswith(f"/adapters/{name}/")
+        assert {p["state"] for p in status["pods"]} == {"Registered"}
+    assert _lora(base, "chat")["status"]["adapter"]["rank"] == 16  # type: ignore[index]
+    for pod in _ready_pods(base):
+        ip = pod["status"]["podIP"]
+        assert set(served_adapters(ip)) >= set(GOOD)
+        plain = completion(ip, BASE, PROMPT)
+        for name in GOOD:
+            assert completion(ip, name, PROMPT) != plain, f"{name} answers like the base model"
+    table = base.kubectl("get", "lora", "-n", NS).stdout
+    assert "Ready" in table and "2/2" in table
+
+
+BAD = {
+    "too-big": ("rank64", "RankExceedsMax"),
+    "dora": ("dora", "DoRANotSupported"),
+    "corrupt": ("corrupt", "CorruptWeights"),
+    "no-config": ("no-config", "AdapterNotFound"),
+    "wrong-base": ("wrong-base", "BaseModelShapeMismatch"),
+}
+
+
+def test_bad_adapters_fail_each_with_its_reason_and_the_others_keep_serving(base: Cluster) -> None:
+    for name, (fixture, _) in BAD.items():
+        _apply_adapter(base, name, fixture)
+    for name, (_, reason) in BAD.items():
+        obj = wait_for(f"{name} Failed", lambda n=name: _phase(base, n, "Failed"), timeout=120)
+        validated = condition(obj, "Validated")
+        assert validated and validated["status"] == "False", obj["status"]
+        assert validated["reason"] == reason, validated
+        assert validated["message"]
+        wait_for(
+            f"a Warning event for {name}",
+            lambda n=name: [e for e in base.events(NS, n) if e.get("type") == "Warning"],
+            timeout=30,
+        )
+    too_big = condition(_lora(base, "too-big"), "Validated")
+    assert "64" in too_big["message"] and "16" in too_big["message"]  # type: ignore[index]
+    for pod in _ready_pods(base):
+        ip = pod["status"]["podIP"]
+        listed = served_adapters(ip)
+        assert not set(BAD) & set(listed), f"a rejected adapter is registered: {listed}"
+        assert set(GOOD) <= set(listed)
+        completion(ip, "sql", PROMPT)
+    for name in BAD:
+        base.kubectl("delete", "lora", name, "-n", NS)
+
+
+def _vllm_pid(pod: dict[str, Any]) -> int:
+    pids = [p for p in netns_pids(pod["metadata"]["uid"]) if "vllm.entrypoints" in cmdline(p)]
+    assert pids, f"no vLLM process found for pod {pod['metadata']['name']}"
+    return min(pids)
+
+
+def test_killed_vllm_gets_its_adapters_back_and_is_not_ready_in_between(base: Cluster) -> None:
+    pod = _ready_pods(base)[0]
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    os.kill(_vllm_pid(pod), signal.SIGKILL)
+    wait_for(
+        "the pod to turn not Ready",
+        lambda: not pod_ready(base.get("pod", name, NS) or {}),
+        timeout=60,
+        interval=0.2,
+    )
+    # Poll through the restart: whenever the pod says Ready, every adapter must be listed.
+    deadline = time.monotonic() + START
+    while time.monotonic() < deadline:
+        now = base.get("pod", name, NS) or {}
+        if pod_ready(now):
+            assert set(GOOD) <= set(served_adapters(ip)), "Ready before its adapters were back"
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the pod did not come back Ready")
+    status = next(c for c in now["status"]["containerStatuses"] if c["name"] == "vllm")
+    assert status["restartCount"] >= 1
+    for adapter in GOOD:
+        wait_for(f"{adapter} Ready again", lambda a=adapter: _phase(base, a, "Ready"), timeout=60)
+    assert completion(ip, "sql", PROMPT)
+
+
+def test_scale_up_new_pod_holds_every_adapter_before_it_turns_ready(base: Cluster) -> None:
+    before = {p["metadata"]["name"] for p in _pods(base)}
+    base.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=3")
+    new = wait_for(
+        "a third pod",
+        lambda: [p for p in _pods(base) if p["metadata"]["name"] not in before],
+        timeout=60,
+    )[0]
+    name = new["metadata"]["name"]
+    deadline = time.monotonic() + START
+    while time.monotonic() < deadline:
+        now = base.get("pod", name, NS) or {}
+        if pod_ready(now):
+            assert set(GOOD) <= set(served_adapters(now["status"]["podIP"])), "Ready too early"
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the new pod never turned Ready")
+    for adapter in GOOD:
+        obj = wait_for(
+            f"{adapter} on 3/3",
+            lambda a=adapter: (
+                (o := _phase(base, a, "Ready")) and o["status"]["ready"] == "3/3" and o
+            ),
+            timeout=60,
+        )
+        assert len(obj["status"]["pods"]) == 3
+    base.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=2")
+    wait_for("back to 2 pods", lambda: len(_pods(base)) == 2, timeout=120)
+
+
+def test_operator_restart_unloads_nothing_and_keeps_statuses(
+    base: Cluster, operator: OperatorProcess
+) -> None:
+    for adapter in GOOD:
+        wait_for(
+            f"{adapter} on 2/2",
+            lambda a=adapter: (o := _phase(base, a, "Ready")) and o["status"]["ready"] == "2/2",
+            timeout=60,
+        )
+    ips = [p["status"]["podIP"] for p in _ready_pods(base)]
+    before_models = {ip: served_adapters(ip) for ip in ips}
+    before_status = {a: _lora(base, a)["status"] for a in GOOD}  # type: ignore[index]
+    operator.restart()
+    time.sleep(15)  # several status periods and a first sync of each pod
+    for ip in ips:
+        assert served_adapters(ip) == before_models[ip]
+    for adapter in GOOD:
+        after = _lora(base, adapter)["status"]  # type: ignore[index]
+        assert after["phase"] == "Ready"
+        assert after["pods"] == before_status[adapter]["pods"]  # same states, same `since`
+        assert (
+            condition({"status": after}, "Ready")["lastTransitionTime"]
+            == condition(  # type: ignore[index]
+                {"status": before_status[adapter]}, "Ready"
+            )["lastTransitionTime"]
+        )
+
+
+def _store_dirs(cluster: Cluster, pod: dict[str, Any], adapter: str) -> list[str]:
+    root = (
+        cluster.home / "pods" / pod["metadata"]["uid"] / "volumes" / "loraplane-adapters" / adapter
+    )
+    return (
+        sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        if root.exists()
+        else []
+    )
+
+
+def test_new_source_serves_new_weights_and_drops_the_old_version(base: Cluster) -> None:
+    pods = _ready_pods(base)
+    ip = pods[0]["status"]["podIP"]
+    old_text = completion(ip, "sql", PROMPT)
+    old_path = _lora(base, "sql")["status"]["adapter"]["path"]  # type: ignore[index]
+    base.kubectl(
+        "patch",
+        "lora",
+        "sql",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        f'{{"spec":{{"source":{{"path":"{ADAPTER_SOURCES}/rank8-v2"}}}}}}',
+    )
+    obj = wait_for(
+        "sql Ready at the new generation", lambda: _phase(base, "sql", "Ready"), timeout=120
+    )
+    new_path = obj["status"]["adapter"]["path"]
+    assert new_path != old_path
+    for pod in pods:
+        assert served_adapters(pod["status"]["podIP"])["sql"] == new_path
+        wait_for(
+            "the old version's files removed",
+            lambda p=pod: _store_dirs(base, p, "sql") == [new_path.rsplit("/", 1)[-1]],
+            timeout=60,
+        )
+    assert completion(ip, "sql", PROMPT) != old_text
+
+
+def test_capacity_evicts_the_lowest_priority_and_brings_it_back(base: Cluster) -> None:
+    base.kubectl("patch", "lora", "sql", "-n", NS, "--type=merge", "-p", '{"spec":{"priority":10}}')
+    base.kubectl("patch", "lora", "chat", "-n", NS, "--type=merge", "-p", '{"spec":{"priority":5}}')
+    base.kubectl("patch", "lora", "mlp", "-n", NS, "--type=merge", "-p", '{"spec":{"priority":-1}}')
+    base.kubectl(
+        "patch",
+        "bmd",
+        BASE,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"lora":{"maxAdaptersPerReplica":2}}}',
+    )
+
+    def evicted() -> dict[str, Any] | None:
+        obj = _phase(base, "mlp", "Pending")
+        ready = condition(obj, "Ready")
+        return obj if ready and ready["reason"] == "CapacityExceeded" else None
+
+    obj = wait_for("mlp evicted with CapacityExceeded", evicted, timeout=90)
+    assert "maxAdaptersPerReplica 2" in condition(obj, "Ready")["message"]  # type: ignore[index]
+    for pod in _ready_pods(base):
+        listed = served_adapters(pod["status"]["podIP"])
+        assert "mlp" not in listed and {"sql", "chat"} <= set(listed)
+    wait_for(
+        "a CapacityExceeded event",
+        lambda: [e for e in base.events(NS, "mlp") if e.get("reason") == "CapacityExceeded"],
+        timeout=30,
+    )
+    base.kubectl("delete", "lora", "chat", "-n", NS)
+    wait_for("mlp back once room frees", lambda: _phase(base, "mlp", "Ready"), timeout=90)
+    for pod in _ready_pods(base):
+        assert "mlp" in served_adapters(pod["status"]["podIP"])
+
+
+def test_deleted_adapter_is_unregistered_everywhere_and_its_files_removed(base: Cluster) -> None:
+    pods = _ready_pods(base)
+    base.kubectl("delete", "lora", "mlp", "-n", NS, "--timeout=60s")
+    assert _lora(base, "mlp") is None
+    for pod in pods:
+        assert "mlp" not in served_adapters(pod["status"]["podIP"])
+        wait_for("mlp files removed", lambda p=pod: _store_dirs(base, p, "mlp") == [], timeout=60)
+
+
+def test_adapter_deletion_completes_after_its_base_model_is_gone(base: Cluster) -> None:
+    base.kubectl("delete", "bmd", BASE, "-n", NS, "--wait=false")
+    wait_for("base model gone", lambda: base.get("bmd", BASE, NS) is None, timeout=60)
+    base.kubectl("delete", "lora", "sql", "-n", NS, "--timeout=60s")
+    assert _lora(base, "sql") is None
