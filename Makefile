@@ -38,7 +38,7 @@ crds-check: .venv ## fail with a diff when crds/ is stale
 	$(PY) -m loraplane.api.crd --check crds
 
 fixtures: .venv ## the tiny model and its adapters in $LORAPLANE_HOME (built once)
-	$(PY) -m tests.support.build_all
+	$(PY) -c 'from tests.support.tinymodel import ensure_tiny_model; from tests.support.adapters import ensure_adapters; print(ensure_tiny_model()); print(len(ensure_adapters()), "adapters")'
 
 unit: .venv ## unit tests (no cluster, no vLLM)
 	$(PY) -m pytest tests/unit -q

@@ -87,11 +87,8 @@ api_get() {
 }
 
 healthy_processnode() {
-  api_get "/api/v1/nodes/$NODE_NAME" | python3 -c '
-import json, sys
-conds = json.load(sys.stdin).get("status", {}).get("conditions", [])
-sys.exit(0 if any(c["type"] == "Ready" and c["status"] == "True" for c in conds) else 1)
-' 2>/dev/null
+  [[ $("$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_ADMIN" --request-timeout 5s get node "$NODE_NAME" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -214,10 +211,12 @@ ensure() {
   [[ -z $owner ]] || fail "start $name: port $port is already used by pid $owner"
   "cmd_${name//-/_}"
   log "starting $name (log: $logf)"
+  local t0
+  t0=$(now)
   proc_start "$name" "$logf" "${CMD[@]}"
   pid=$(proc_pid "$name") || fail "start $name: it exited at once" "$logf"
   wait_healthy "$check" "$START_TIMEOUT" "$pid" || fail "wait for $name to be healthy" "$logf"
-  log "$name healthy (pid $pid)"
+  log "$name healthy in $(elapsed "$t0") s (pid $pid)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +236,8 @@ ensure_processnode() {
     log "WARNING: $VENV_PY is missing (make venv): process node not started, pods will stay Pending"
     return 0
   fi
+  local t0
+  t0=$(now)
   if ! pid=$(proc_pid processnode); then
     stray=$(processnode_strays | head -n 1)
     if [[ -n $stray ]]; then
@@ -252,19 +253,18 @@ ensure_processnode() {
   fi
   wait_healthy healthy_processnode "$NODE_TIMEOUT" "$pid" \
     || fail "wait for Node $NODE_NAME to be Ready (${NODE_TIMEOUT} s)" "$logf"
-  log "processnode ready: Node $NODE_NAME is Ready (pid $pid)"
+  log "processnode ready: Node $NODE_NAME is Ready after $(elapsed "$t0") s (pid $pid)"
 }
 
 # builds_running: pids running hack/build-cluster.sh as their program (argv[0] or argv[1]).
 builds_running() {
-  local f p a
+  local f p
+  local -a argv
   for f in /proc/[0-9]*/cmdline; do
     p=${f#/proc/}
     p=${p%/cmdline}
-    a=$(tr '\0' '\n' 2>/dev/null <"$f" | head -n 2) || continue
-    while read -r a; do
-      [[ $a == build-cluster.sh || $a == */build-cluster.sh ]] && { echo "$p"; break; }
-    done <<<"$a"
+    mapfile -d '' -t -n 2 argv 2>/dev/null <"$f" || continue
+    [[ ${argv[0]:-} == *build-cluster.sh || ${argv[1]:-} == *build-cluster.sh ]] && echo "$p"
   done
   return 0
 }
@@ -323,6 +323,29 @@ up() {
 
 default_sa_exists() { api_get /api/v1/namespaces/default/serviceaccounts/default >/dev/null; }
 
+# kill_pod_cgroups: processes left in the cgroups of this home's pods (the process node puts each
+# container in /sys/fs/cgroup/unified/loraplane/<pod uid>/<container>; $LORAPLANE_HOME/pods/<uid>
+# says which pods are this home's, so another home's pods are never touched).
+kill_pod_cgroups() {
+  local root=/sys/fs/cgroup/unified/loraplane dir uid cg p
+  [[ -d $HOME_DIR/pods && -d $root ]] || return 0
+  for dir in "$HOME_DIR/pods"/*/; do
+    uid=$(basename "$dir")
+    [[ -d $root/$uid ]] || continue
+    for cg in "$root/$uid"/*/; do
+      [[ -d $cg ]] || continue
+      if [[ -s $cg/cgroup.procs ]]; then
+        log "killing processes left in cgroup $cg"
+        echo 1 >"$cg/cgroup.kill" 2>/dev/null \
+          || while read -r p; do kill -KILL "$p" 2>/dev/null || true; done <"$cg/cgroup.procs"
+        for _ in 1 2 3 4 5 6 7 8 9 10; do [[ -s $cg/cgroup.procs ]] || break; sleep 0.1; done
+      fi
+      rmdir "$cg" 2>/dev/null || log "warning: could not remove cgroup $cg"
+    done
+    rmdir "$root/$uid" 2>/dev/null || true
+  done
+}
+
 # umount_pods: nothing may stay mounted under $LORAPLANE_HOME/pods (deepest first).
 umount_pods() {
   local root=$HOME_DIR/pods m
@@ -369,6 +392,7 @@ down() {
       proc_terminate "$p" 10
     fi
   done
+  kill_pod_cgroups
   net_teardown
   umount_pods
   if [[ $purge == --purge ]]; then

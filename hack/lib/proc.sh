@@ -6,9 +6,9 @@
 
 # proc_argv0 PID: the process's argv[0], empty when it is gone.
 proc_argv0() {
-  local f=/proc/$1/cmdline
-  [[ -r $f ]] || return 0
-  tr '\0' '\n' 2>/dev/null <"$f" | head -n 1
+  local -a argv
+  mapfile -d '' -t -n 1 argv 2>/dev/null <"/proc/$1/cmdline" || return 0
+  echo "${argv[0]:-}"
 }
 
 # proc_pid NAME: prints the live pid of NAME from its pid file; fails (and removes a stale pid
@@ -26,16 +26,19 @@ proc_pid() {
   return 1
 }
 
-# proc_find PATTERN...: pids of processes whose NUL-separated cmdline contains every PATTERN
-# (each matched as a fixed string), excluding this shell and its children.
+# proc_find PATTERN...: pids of processes whose command line (arguments joined by spaces, with a
+# trailing space) contains every PATTERN as a fixed string, excluding this shell and its children.
 proc_find() {
   local p f ok pat cmd
+  local -a argv
+  # Builtins only (no fork per process): this scans every process on the machine.
   for f in /proc/[0-9]*/cmdline; do
     p=${f#/proc/}
     p=${p%/cmdline}
     [[ $p == "$$" || $p == "$BASHPID" ]] && continue
-    cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
-    [[ -n $cmd ]] || continue
+    mapfile -d '' -t argv 2>/dev/null <"$f" || continue
+    ((${#argv[@]})) || continue
+    cmd="${argv[*]} "
     ok=1
     for pat in "$@"; do
       [[ $cmd == *"$pat"* ]] || { ok=0; break; }
@@ -61,7 +64,8 @@ proc_start() {
   printf '==== %s starting %s: %s\n' "$(date -u +%FT%TZ)" "$name" "$*" >>"$log"
   # A non-interactive shell's background child is not a process-group leader, so setsid execs
   # in place and $! is the component's own pid.
-  setsid "$@" >>"$log" 2>&1 </dev/null &
+  # 9>&-: the daemon must not inherit the cluster lock, or it would hold it for its lifetime.
+  setsid "$@" >>"$log" 2>&1 </dev/null 9>&- &
   local pid=$! i
   # Until setsid has exec'd the command, /proc/PID/cmdline still shows this shell: wait for it,
   # so the pid file's argv[0] check holds from the start.

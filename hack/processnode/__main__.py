@@ -1,4 +1,5 @@
-"""python -m processnode --kubeconfig K --home H --checkout REPO [--node-name N] [--venv V]"""
+"""The loraplane process node: a kubelet that runs the pods bound to its Node as local
+processes, each pod in its own network namespace (see hack/processnode/README.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from . import NODE_NAME
 from .kube import Kube
 from .kubelet import Kubelet
 from .node import NodeAgent, kubelet_version
-from .runner import kill_orphan_cgroups
 from .sandbox import Network
 
 log = logging.getLogger("processnode")
@@ -28,6 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkout", required=True, help="the loraplane checkout pods run from")
     p.add_argument("--venv", help="the venv of the local commands (default HOME/venv)")
     p.add_argument("--node-name", default=NODE_NAME)
+    p.add_argument(
+        "--first-pod-ip",
+        default="10.244.1.0",
+        help="start of this node's pod IP range (up to 10.244.255.254); lets a second test node "
+        "share the bridge without address clashes",
+    )
+    p.add_argument(
+        "--register-with-taints",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE:EFFECT",
+        help="taints the Node gets when it is created (repeatable)",
+    )
+    p.add_argument(
+        "--network",
+        choices=["auto", "netns", "loopback"],
+        default="auto",
+        help="pod network: netns (fail if impossible), loopback (127.0.1.x), or auto: netns, "
+        "falling back to loopback with a loud error",
+    )
     p.add_argument("--log-level", default=os.environ.get("PROCESSNODE_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -54,14 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    kill_orphan_cgroups()
-    network = Network()
-    network.start()
+    network = Network(args.first_pod_ip)
     kube = Kube(args.kubeconfig)
     kubelet = Kubelet(kube, args.node_name, home, venv, checkout, network)
     kubelet.cleanup_leftovers()
+    network.start(args.network)
+    taints = []
+    for text in args.register_with_taints:
+        key_value, _, effect = text.partition(":")
+        key, _, value = key_value.partition("=")
+        taints.append({"key": key, "value": value, "effect": effect or "NoSchedule"})
     agent = NodeAgent(
-        kube, args.node_name, kubelet.host_ip, kubelet_version(checkout), network.mode
+        kube, args.node_name, kubelet.host_ip, kubelet_version(checkout), network.mode, taints
     )
     agent.register()
     watcher = threading.Thread(target=kubelet.run, daemon=True, name="pod-watch")
@@ -78,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("signal received: stopping pods")
     agent.stop()
     kubelet.shutdown()
-    network.cleanup_orphans()
+    kubelet.cleanup_leftovers()  # whatever a pod worker did not finish in time
     log.info("process node stopped")
     return 0
 

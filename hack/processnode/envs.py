@@ -79,19 +79,21 @@ def field_ref(pod: Obj, path: str, pod_ip: str, host_ip: str) -> str:
     return values[path]()
 
 
-def resolve_env(kube: Kube, pod: Obj, container: Obj, pod_ip: str, host_ip: str) -> dict[str, str]:
+def resolve_env(
+    kube: Kube, pod: Obj, container: Obj, pod_ip: str, host_ip: str, api_host: str = GATEWAY
+) -> dict[str, str]:
     ns = pod["metadata"]["namespace"]
     sources = SourceCache(kube, ns)
     env: dict[str, str] = {
         "HOSTNAME": pod["metadata"]["name"],
-        "KUBERNETES_SERVICE_HOST": GATEWAY,
+        "KUBERNETES_SERVICE_HOST": api_host,
         "KUBERNETES_SERVICE_PORT": "6443",
         "KUBERNETES_SERVICE_PORT_HTTPS": "6443",
-        "KUBERNETES_PORT": f"tcp://{GATEWAY}:6443",
-        "KUBERNETES_PORT_443_TCP": f"tcp://{GATEWAY}:6443",
+        "KUBERNETES_PORT": f"tcp://{api_host}:6443",
+        "KUBERNETES_PORT_443_TCP": f"tcp://{api_host}:6443",
         "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
         "KUBERNETES_PORT_443_TCP_PORT": "6443",
-        "KUBERNETES_PORT_443_TCP_ADDR": GATEWAY,
+        "KUBERNETES_PORT_443_TCP_ADDR": api_host,
     }
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")

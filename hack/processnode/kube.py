@@ -23,6 +23,8 @@ Obj = dict[str, Any]
 
 
 class ApiError(Exception):
+    """A failed API call; status 0 when the server could not be reached."""
+
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"HTTP {status}: {body[:500]}")
         self.status = status
@@ -65,9 +67,13 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body).encode()
-        resp = self.http.request(
-            method, url, body=data, headers=headers, timeout=timeout, retries=False
-        )
+        try:
+            resp = self.http.request(
+                method, url, body=data, headers=headers, timeout=timeout, retries=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            # Transport errors (API server restarting) look like any other failed call.
+            raise ApiError(0, f"{method} {path}: {exc}") from exc
         text = resp.data.decode("utf-8", "replace")
         if resp.status >= 400:
             raise ApiError(resp.status, text)

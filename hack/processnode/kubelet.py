@@ -10,6 +10,7 @@ from typing import Any
 
 from .kube import ApiError, Kube, pod_path
 from .pod import PodWorker
+from .runner import kill_pod_cgroups
 from .sandbox import GATEWAY, Network
 from .volumes import remove_pod_dir
 
@@ -30,11 +31,20 @@ class Kubelet:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
+    @property
+    def api_host(self) -> str:
+        """The API server address pods use (no kube-proxy: the host's own address)."""
+        return self.host_ip if self.network.mode == "netns" else "127.0.0.1"
+
     def cleanup_leftovers(self) -> None:
-        """Pod directories of an earlier run: their processes are dead, their pods restart."""
+        """Removes what an earlier run of this node left (after a crash): processes, sandboxes,
+        volumes. $HOME/pods/<uid> is the registry, so other homes' pods are never touched.
+        Their pods then start afresh, like containers after a node reboot."""
         root = f"{self.home}/pods"
         if os.path.isdir(root):
             for uid in os.listdir(root):
+                kill_pod_cgroups(uid)
+                self.network.remove_stale(uid)
                 remove_pod_dir(f"{root}/{uid}")
 
     # --- watch -------------------------------------------------------------------------------

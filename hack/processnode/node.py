@@ -34,8 +34,15 @@ def _read(path: str) -> str:
 
 class NodeAgent:
     def __init__(
-        self, kube: Kube, name: str, host_ip: str, kubelet_version: str, network_mode: str
+        self,
+        kube: Kube,
+        name: str,
+        host_ip: str,
+        kubelet_version: str,
+        network_mode: str,
+        taints: list[dict[str, str]] | None = None,
     ) -> None:
+        self.taints = taints or []
         self.kube, self.name, self.host_ip = kube, name, host_ip
         self.kubelet_version, self.network_mode = kubelet_version, network_mode
         self.since = now()
@@ -57,10 +64,11 @@ class NodeAgent:
             "labels": labels,
             "annotations": {"loraplane.dev/network-mode": self.network_mode},
         }
+        body: dict[str, object] = {"apiVersion": "v1", "kind": "Node", "metadata": meta}
+        if self.taints:
+            body["spec"] = {"taints": self.taints}
         try:
-            node = self.kube.create(
-                "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": meta}
-            )
+            node = self.kube.create("/api/v1/nodes", body)
             log.info("registered node %s", self.name)
         except ApiError as exc:
             if exc.status != 409:

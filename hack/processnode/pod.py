@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -93,8 +94,9 @@ class PodWorker(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception:  # keep the node alive; clean the pod up
+        except Exception:  # keep the node alive; the next event for the pod starts it afresh
             log.exception("pod worker %s/%s crashed", self.namespace, self.name)
+            self._stop_containers(2.0, pre_stop=False)
             self._cleanup()
         finally:
             self.done.set()
@@ -147,6 +149,7 @@ class PodWorker(threading.Thread):
     def _setup(self) -> bool:
         """Sandbox, then volumes; retried until they work or the pod goes away."""
         containers = self.pod["spec"]["containers"]
+        os.makedirs(self.pod_dir, exist_ok=True)  # first: it records the pod for crash cleanup
         while not self._should_stop():
             try:
                 if self.sandbox is None:

@@ -178,7 +178,7 @@ class ContainerRunner(threading.Thread):
     def _prepare(self) -> Prepared:
         w = self.worker
         c = self.container
-        pod_env = resolve_env(w.kube, w.pod, c, w.pod_ip, w.host_ip)
+        pod_env = resolve_env(w.kube, w.pod, c, w.pod_ip, w.host_ip, w.node.api_host)
         command = [expand(x, pod_env) for x in c.get("command") or []]
         args = [expand(x, pod_env) for x in c.get("args") or []]
         local = images.resolve(c.get("image", ""), command, args, w.node.venv, w.node.checkout)
@@ -198,7 +198,7 @@ class ContainerRunner(threading.Thread):
             "env": env,
             "workingDir": c.get("workingDir") or "/",
             "netns": w.sandbox.netns_path if w.sandbox else None,
-            "hostname": w.name,
+            "hostname": w.pod["spec"].get("hostname") or w.name,
             "mounts": [
                 {"source": m.source, "target": m.target, "readOnly": m.read_only} for m in mounts
             ],
@@ -400,24 +400,24 @@ def _remove_cgroup(path: str | None) -> None:
         os.rmdir(os.path.dirname(path))  # the pod's cgroup, once its last container is gone
 
 
-def kill_orphan_cgroups() -> None:
-    """Kills every process left in loraplane cgroups by an earlier run of the node."""
-    if not os.path.isdir(CGROUP_ROOT):
+def kill_pod_cgroups(uid: str) -> None:
+    """Kills every process left in a pod's cgroups (by an earlier run of the node)."""
+    pod_path = f"{CGROUP_ROOT}/{uid}"
+    if not os.path.isdir(pod_path):
         return
-    for pod in os.listdir(CGROUP_ROOT):
-        pod_path = f"{CGROUP_ROOT}/{pod}"
-        if not os.path.isdir(pod_path):
+    for ctr in os.listdir(pod_path):
+        path = f"{pod_path}/{ctr}"
+        if not os.path.isdir(path):
             continue
-        for ctr in os.listdir(pod_path):
-            path = f"{pod_path}/{ctr}"
-            if os.path.isdir(path):
-                if _cgroup_pids(path):
-                    log.info("killing leftover processes of cgroup %s", path)
-                try:
-                    with open(f"{path}/cgroup.kill", "w") as f:
-                        f.write("1")
-                except OSError:
-                    for pid in _cgroup_pids(path):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                _remove_cgroup(path)
+        if _cgroup_pids(path):
+            log.info("killing leftover processes of cgroup %s", path)
+        try:
+            with open(f"{path}/cgroup.kill", "w") as f:
+                f.write("1")
+        except OSError:
+            for pid in _cgroup_pids(path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        _remove_cgroup(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(pod_path)

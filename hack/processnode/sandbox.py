@@ -46,20 +46,29 @@ def short_id(uid: str) -> str:
 class Network:
     """Allocates pod IPs and creates/destroys sandboxes. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_ip: str = "10.244.1.0") -> None:
         self._lock = threading.Lock()
         self._by_uid: dict[str, str] = {}
-        self._cursor = FIRST_IP + 1
+        self._first = int(ipaddress.IPv4Address(first_ip))
+        if not FIRST_IP <= self._first <= LAST_IP:
+            raise ValueError(f"first pod IP {first_ip} is outside 10.244.1.0-10.244.255.254")
+        # x.y.z.0 is a valid address in a /16, but it looks like a network: start after it.
+        self._cursor = self._first + 1 if self._first % 256 == 0 else self._first
         self.mode = "netns"
 
-    def start(self) -> None:
-        self.cleanup_orphans()
+    def start(self, mode: str = "auto") -> None:
+        if mode == "loopback":
+            self.mode = "loopback"
+            log.error("POD NETWORK FORCED TO LOOPBACK FALLBACK (--network loopback): 127.0.1.x")
+            return
         try:
             self._ensure_bridge()
-            test = "lp-selftest"
+            test = f"lp-selftest-{os.getpid()}"
             run("ip", "netns", "add", test)
             run("ip", "netns", "del", test)
         except Exception as exc:  # whatever fails, there are no usable netns
+            if mode == "netns":
+                raise
             self.mode = "loopback"
             banner = "!" * 78
             log.error(
@@ -85,7 +94,7 @@ class Network:
             if uid in self._by_uid:
                 return self._by_uid[uid]
             first, last = (
-                (FIRST_IP, LAST_IP) if self.mode == "netns" else (LOOPBACK_FIRST, LOOPBACK_LAST)
+                (self._first, LAST_IP) if self.mode == "netns" else (LOOPBACK_FIRST, LOOPBACK_LAST)
             )
             if not first <= self._cursor <= last:
                 self._cursor = first
@@ -121,6 +130,8 @@ class Network:
             run("ip", "-n", netns, "link", "set", "eth0", "up")
             run("ip", "-n", netns, "link", "set", "lo", "up")
             run("ip", "-n", netns, "route", "add", "default", "via", GATEWAY)
+            # The address may have belonged to a deleted pod: forget its old MAC on the host.
+            run("ip", "neigh", "del", ip, "dev", BRIDGE, check=False)
         except Exception:
             self._delete_links(netns, host_if)
             self._release(uid)
@@ -145,17 +156,11 @@ class Network:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
 
-    def cleanup_orphans(self) -> None:
-        """Removes sandboxes left by an earlier run of the node (their pods are started afresh)."""
-        out = run("ip", "netns", "list", check=False).stdout
-        for line in out.splitlines():
-            name = line.split()[0] if line.split() else ""
-            if name.startswith("lp-"):
-                log.info("removing orphan network namespace %s", name)
-                self._kill_netns_pids(name)
-                run("ip", "netns", "del", name, check=False)
-        out = run("ip", "-o", "link", "show", "type", "veth", check=False).stdout
-        for line in out.splitlines():
-            name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-            if name.startswith("lpv"):
-                run("ip", "link", "del", name, check=False)
+    def remove_stale(self, uid: str) -> None:
+        """Removes the sandbox an earlier run of the node left for pod uid, if any."""
+        sid = short_id(uid)
+        netns = f"lp-{sid}"
+        if os.path.exists(f"/run/netns/{netns}"):
+            log.info("removing leftover network namespace %s", netns)
+            self._kill_netns_pids(netns)
+        self._delete_links(netns, f"lpv{sid}")

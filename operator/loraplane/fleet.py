@@ -120,9 +120,7 @@ class Fleet:
         ]
         return place(candidates, base.cap if base else None)
 
-    def set_state(
-        self, pod: Key, adapter: str, state: str, last_error: str | None = None
-    ) -> None:
+    def set_state(self, pod: Key, adapter: str, state: str, last_error: str | None = None) -> None:
         states = self.pod_states.setdefault(pod, {})
         current = states.get(adapter)
         if current is None or current.state != state:

@@ -13,6 +13,8 @@ from loraplane.config import settings
 
 def run_operator() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf logs every successful handler run at INFO: one line per pod event and timer tick.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     ns = settings().namespace
     asyncio.run(
         kopf.operator(

@@ -125,7 +125,9 @@ async def _ensure_loaded(
             _fail(ctx, ad, exc.reason, exc.message)
             fleet.set_state(pkey, ad.name, "Failed", exc.message)
             return
-        fleet.versions[key] = Version(ad.generation, fetched.path, fetched.summary, fetched.warnings)
+        fleet.versions[key] = Version(
+            ad.generation, fetched.path, fetched.summary, fetched.warnings
+        )
         if current == fetched.path:
             fleet.set_state(pkey, ad.name, "Registered")
             return
@@ -223,7 +225,9 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
         name = ad_or_none.name if ad_or_none else served
         if ad_or_none is not None and name in placement.displaced:
             reason = "capacity"
-            metrics.ADAPTER_EVICTIONS.labels(pod.namespace, base.name, name, "CapacityExceeded").inc()
+            metrics.ADAPTER_EVICTIONS.labels(
+                pod.namespace, base.name, name, "CapacityExceeded"
+            ).inc()
             fleet.set_state(pkey, name, "Evicted", "CapacityExceeded")
         elif ad_or_none is None or ad_or_none.deleting:
             reason = "deleted" if ad_or_none else "orphan"
@@ -255,7 +259,9 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
         for a in wanted
     )
     await _set_gate(
-        ctx, pod, settled,
+        ctx,
+        pod,
+        settled,
         f"{len(registered_names)}/{len(wanted)} adapters registered",
     )
     fleet.synced.add(pkey)

@@ -5,10 +5,7 @@ Nothing here skips: a missing prerequisite fails with a message that says what i
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.cluster import Cluster, condition, wait_for
+from tests.integration.operator_process import OperatorProcess
 
 
 def _versions() -> dict[str, str]:
@@ -92,51 +90,6 @@ def tiny_model(loraplane_home: Path) -> Path:
     from tests.support.tinymodel import ensure_tiny_model
 
     return ensure_tiny_model(loraplane_home)
-
-
-class OperatorProcess:
-    """The operator, run on the host like a developer would (`loraplane-operator`)."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.log = cluster.home / "logs" / "operator-tests.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "LORAPLANE_OPERATOR_IMAGE": "ghcr.io/loraplane/loraplane:dev",
-            "LORAPLANE_RESYNC_SECONDS": "20",
-            "PYTHONPATH": str(REPO / "operator"),
-        }
-        with self.log.open("ab") as out:
-            out.write(f"\n===== operator start {time.ctime()} =====\n".encode())
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "loraplane.main"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        time.sleep(1.0)
-        if self.proc.poll() is not None:
-            pytest.fail(f"the operator exited at start; see {self.log}", pytrace=False)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ from tests.integration.cluster import (
     served_adapters,
     wait_for,
 )
-from tests.integration.conftest import OperatorProcess
 from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
+from tests.integration.operator_process import OperatorProcess
 
 NS = "it-adapters"
 BASE = "tiny"

@@ -141,6 +141,15 @@ class TestContract:
         assert info.value.registered_path == path
         assert (await client.list_models()).adapter_paths["chat"] == path
 
+        # A new version under the same name, swapped in place: the name never disappears.
+        v2 = str(adapters["rank8-v2"])
+        assert await client.load_adapter("chat", v2, inplace=True) == LoadOutcome.LOADED
+        assert (await client.list_models()).adapter_paths["chat"] == v2
+        with pytest.raises(AdapterRejected) as rejected:
+            await client.load_adapter("chat", str(adapters["rank64"]), inplace=True)
+        assert rejected.value.reason == Reason.RANK_EXCEEDS_MAX
+        assert (await client.list_models()).adapter_paths["chat"] == v2
+
         assert await client.unload_adapter("chat") == UnloadOutcome.UNLOADED
         assert (await client.list_models()).adapter("chat") is None
         assert await client.unload_adapter("chat") == UnloadOutcome.NOT_LOADED

@@ -28,19 +28,26 @@ from .tinymodel import ensure_tiny_model
 
 log = logging.getLogger(__name__)
 
-# Environment CPU vLLM 0.32 needs here (merged over os.environ; the caller's env wins).
+# Environment CPU vLLM 0.32 needs on this machine, whatever the pod or test (merged over
+# os.environ; the caller's env wins). The process node adds these when a vLLM pod lacks them.
 CPU_VLLM_ENV: dict[str, str] = {
     # No hub is reachable: without this, tokenizer and config lookups retry against the network.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
-    # GiB of KV cache. The default (0) means "a share of RAM": several GiB per server.
+    # GiB of KV cache (an int; 1 is the least). Unset or 0 means "a share of RAM": many GiB.
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    # The runtime load/unload routes the operator drives (DESIGN.md §4).
-    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
-    # No usage-stats thread phoning home (there is no network anyway).
+    # No usage-stats reporting (there is no network anyway).
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+# VLLM_CPU_OMP_THREADS_BIND is left at vLLM's "auto": it pins the model worker to core 0 and
+# reserves core 1. Several servers at once on this 2-core box then share core 0; giving each its
+# own core ({"VLLM_CPU_OMP_THREADS_BIND": "0"} / "1") measured twice as fast, and "nobind" was
+# far slower than either (see the fixtures report).
+
+# The operator's pods set this themselves; start_vllm() sets it unless the caller overrides it
+# (e.g. {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "false"} to see the routes missing).
+RUNTIME_LORA_ENV: dict[str, str] = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
 
 # Server arguments for the tiny model (the model, host, port and LoRA flags come separately).
 CPU_VLLM_ARGS: list[str] = [
@@ -245,7 +252,7 @@ def start_vllm(
         *lora_args,
         *extra_args,
     ]
-    full_env = {**os.environ, **CPU_VLLM_ENV, **(env or {})}
+    full_env = {**os.environ, **CPU_VLLM_ENV, **RUNTIME_LORA_ENV, **(env or {})}
     started = time.monotonic()
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(

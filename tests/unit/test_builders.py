@@ -1,4 +1,7 @@
-"""Golden-file tests of the pure builders (UPDATE_GOLDEN=1 regenerates after a deliberate change)."""
+"""Golden-file tests of the pure builders.
+
+Regenerate the golden files with UPDATE_GOLDEN=1 after a deliberate change.
+"""
 
 from __future__ import annotations
 

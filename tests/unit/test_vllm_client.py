@@ -174,6 +174,14 @@ async def test_already_loaded_resolved_through_models(session: aiohttp.ClientSes
         assert not info.value.permanent
         assert await client.load_adapter("gone", "/adapters/gone/1") == LoadOutcome.LOADED
         assert [b["lora_name"] for b in loads].count("gone") == 2
+        # load_inplace is sent only when asked (servers before vLLM 0.11 do not know it).
+        assert all("load_inplace" not in b for b in loads)
+        await client.load_adapter("fresh", "/adapters/fresh/2", inplace=True)
+        assert loads[-1] == {
+            "lora_name": "fresh",
+            "lora_path": "/adapters/fresh/2",
+            "load_inplace": True,
+        }
         listed = await client.list_models()
         assert isinstance(listed, ModelList)
         assert listed.adapter_paths["new"] == "/adapters/new/1"

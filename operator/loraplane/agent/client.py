@@ -39,7 +39,10 @@ class AgentClient:
     async def _call(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         try:
             async with self._session.request(
-                method, f"{self.base_url}{path}", json=body, headers=self._headers,
+                method,
+                f"{self.base_url}{path}",
+                json=body,
+                headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
                 data = await resp.json(content_type=None)

@@ -69,7 +69,9 @@ class AdapterStore:
         if config is not None and config.is_file():
             try:
                 return llama_base_facts(
-                    config, max_lora_rank=req.max_lora_rank, model_name=str(self.model_path),
+                    config,
+                    max_lora_rank=req.max_lora_rank,
+                    model_name=str(self.model_path),
                     deployment=req.base_model,
                 )
             except (ValueError, OSError, json.JSONDecodeError) as exc:
@@ -91,8 +93,12 @@ class AdapterStore:
                 result = fetch_path(req.path, self.root, req.name, verify=verify)
             elif req.hf_repo is not None:
                 result = fetch_huggingface(
-                    req.hf_repo, req.hf_revision, self.root, req.name,
-                    token=req.hf_token, verify=verify,
+                    req.hf_repo,
+                    req.hf_revision,
+                    self.root,
+                    req.name,
+                    token=req.hf_token,
+                    verify=verify,
                 )
             else:
                 raise Rejected("InvalidRequest", "no source given")

@@ -10,7 +10,10 @@ from loraplane.builders import naming
 from loraplane.fleet import pod_view
 from loraplane.handlers.state import Runtime
 
-POD_LABELS = {"app.kubernetes.io/managed-by": naming.MANAGED_BY, naming.LABEL_COMPONENT: "model-server"}
+POD_LABELS = {
+    "app.kubernetes.io/managed-by": naming.MANAGED_BY,
+    naming.LABEL_COMPONENT: "model-server",
+}
 
 
 @kopf.on.event("", "v1", "pods", labels=POD_LABELS)

@@ -187,7 +187,11 @@ class VLLMClient:
     async def load_adapter(self, name: str, path: str, *, inplace: bool = False) -> LoadOutcome:
         """Register adapter ``name`` from ``path``; idempotent for the same name and path.
 
-        Raises ``AdapterNameConflict`` when ``name`` is registered with another path,
+        ``inplace=True`` (vLLM >= 0.11's ``load_inplace``) replaces the weights of a registered
+        name with those at ``path``: the name stays served throughout. A load that timed out here
+        but completed on the server is resolved by the next call (400 "already loaded" ->
+        ``/v1/models``). Raises ``AdapterNameConflict`` when ``name`` is registered with another
+        path,
         ``AdapterRejected`` (permanent) when vLLM refuses the adapter, other ``VLLMError``s
         otherwise.
         """

@@ -1,0 +1,193 @@
+"""`make bench`: adapter benchmarks on the real local cluster with CPU vLLM pods.
+
+Prints, for each benchmark, the measured times and the ratio that matters, all from one run (the
+machine is shared and noisy, so only same-run comparisons mean anything).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.integration.cluster import (
+    Cluster,
+    cmdline,
+    http_json,
+    netns_pids,
+    pod_ready,
+    served_adapters,
+    wait_for,
+)
+from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
+from tests.integration.operator_process import OperatorProcess
+from tests.support.adapters import ensure_adapters, ensure_many_adapters
+from tests.support.cache import loraplane_home
+from tests.support.tinymodel import ensure_tiny_model
+
+NS = "bench"
+BASE = "tiny"
+SELECTOR = f"loraplane.dev/base-model={BASE}"
+
+
+def cluster_up(home: Path) -> Cluster:
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(["bash", str(repo / "hack" / "cluster.sh"), "up"], check=True)
+    versions = dict(
+        line.split("=", 1)
+        for line in (repo / "hack" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    bins = home / "bin"
+    c = Cluster(
+        home,
+        home / "kubeconfig",
+        bins / f"kubectl-{versions['KUBERNETES_VERSION']}" / "kubectl",
+        bins / f"helm-{versions['HELM_VERSION']}" / "helm",
+    )
+    c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds"))
+    return c
+
+
+def ready_pods(c: Cluster) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in c.list("pods", NS, SELECTOR)
+        if pod_ready(p) and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def wait_pods(c: Cluster, n: int) -> list[dict[str, Any]]:
+    return wait_for(
+        f"{n} ready pods", lambda: (p := ready_pods(c)) and len(p) == n and p, timeout=900
+    )
+
+
+def all_ready(c: Cluster, names: set[str], pods: int) -> bool:
+    items = c.list("loraadapters", NS)
+    done = {
+        i["metadata"]["name"]
+        for i in items
+        if (i.get("status") or {}).get("phase") == "Ready"
+        and (i.get("status") or {}).get("ready") == f"{pods}/{pods}"
+    }
+    return names <= done
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_loads(ips: list[str], name: str, path: str) -> float:
+    """Wall time of loading `name` from `path` on every server at once, straight to vLLM."""
+
+    def one(ip: str) -> None:
+        http_json(f"http://{ip}:8000/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(ips)) as pool:
+        list(pool.map(one, ips))
+    elapsed = time.monotonic() - start
+    for ip in ips:
+        http_json(f"http://{ip}:8000/v1/unload_lora_adapter", {"lora_name": name})
+    return elapsed
+
+
+def bench_single_adapter(c: Cluster) -> None:
+    pods = wait_pods(c, 3)
+    ips = [p["status"]["podIP"] for p in pods]
+    raw = raw_loads(ips, "raw-probe", f"{ADAPTER_SOURCES}/rank16")
+    start = time.monotonic()
+    c.apply(lora_adapter("single", BASE, f"{ADAPTER_SOURCES}/rank8"), NS)
+    wait_for("single Ready on 3/3", lambda: all_ready(c, {"single"}, 3), timeout=120, interval=0.05)
+    took = time.monotonic() - start
+    print(
+        f"[single adapter, 3 pods] apply->Ready {took:.2f}s; raw parallel vLLM loads {raw:.3f}s; "
+        f"overhead {took - raw:.2f}s; ratio {took / raw:.1f}x"
+    )
+    c.kubectl("delete", "lora", "single", "-n", NS)
+
+
+def bench_fifty(c: Cluster, op: OperatorProcess, home: Path) -> None:
+    c.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=2")
+    wait_for("2 pods", lambda: len(c.list("pods", NS, SELECTOR)) == 2, timeout=300)
+    wait_pods(c, 2)
+    dirs = ensure_many_adapters(home, 50)
+    names = {d.name for d in dirs}
+    assert op.proc is not None
+    cpu0 = cpu_seconds(op.proc.pid)
+    start = time.monotonic()
+    c.apply([lora_adapter(d.name, BASE, f"{ADAPTER_SOURCES}/many/{d.name}") for d in dirs], NS)
+    wait_for("50 adapters Ready", lambda: all_ready(c, names, 2), timeout=900, interval=0.5)
+    took = time.monotonic() - start
+    cpu = cpu_seconds(op.proc.pid) - cpu0
+    print(
+        f"[50 adapters, 2 pods] apply->all Ready {took:.1f}s ({took / 50 * 1000:.0f} ms per "
+        f"adapter); operator CPU {cpu:.1f}s = {cpu / took:.0%} of one core over the run"
+    )
+
+
+def bench_recovery(c: Cluster) -> None:
+    pod = ready_pods(c)[0]
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    expected = set(served_adapters(ip))
+    pid = min(p for p in netns_pids(pod["metadata"]["uid"]) if "vllm.entrypoints" in cmdline(p))
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+
+    def healthy() -> bool:
+        try:
+            http_json(f"http://{ip}:8000/health", timeout=2)
+        except ValueError:  # /health answers 200 with an empty body
+            return True
+        except OSError:
+            return False
+        return True
+
+    wait_for("vLLM down", lambda: not healthy(), timeout=30, interval=0.05)
+    wait_for("vLLM healthy again", healthy, timeout=900, interval=0.1)
+    vllm_back = time.monotonic()
+    wait_for(
+        "adapters back", lambda: expected <= set(served_adapters(ip)), timeout=300, interval=0.1
+    )
+    adapters_back = time.monotonic()
+    wait_for(
+        "pod Ready", lambda: pod_ready(c.get("pod", name, NS) or {}), timeout=120, interval=0.1
+    )
+    ready = time.monotonic()
+    restart = vllm_back - killed
+    print(
+        f"[recovery, {len(expected)} adapters] vLLM restart {restart:.1f}s; adapters back "
+        f"{adapters_back - vllm_back:.2f}s after health; pod Ready {ready - killed:.1f}s after "
+        f"the kill; recovery adds {(adapters_back - vllm_back) / restart:.1%} to the restart"
+    )
+
+
+def main() -> int:
+    home = loraplane_home()
+    ensure_tiny_model(home)
+    ensure_adapters(home)
+    c = cluster_up(home)
+    c.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=300s", check=False)
+    c.kubectl("create", "namespace", NS)
+    op = OperatorProcess(c)
+    op.start()
+    try:
+        c.apply(tiny_base_model(BASE, home, replicas=3), NS)
+        bench_single_adapter(c)
+        bench_fifty(c, op, home)
+        bench_recovery(c)
+    finally:
+        c.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        op.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The operator run on the host, as a developer would run it (`python -m loraplane.main`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO
+from tests.integration.cluster import Cluster
+
+
+class OperatorProcess:
+    """The operator, run on the host like a developer would (`loraplane-operator`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.log = cluster.home / "logs" / "operator-tests.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "LORAPLANE_OPERATOR_IMAGE": "ghcr.io/loraplane/loraplane:dev",
+            "LORAPLANE_RESYNC_SECONDS": "20",
+            "PYTHONPATH": str(REPO / "operator"),
+        }
+        with self.log.open("ab") as out:
+            out.write(f"\n===== operator start {time.ctime()} =====\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loraplane.main"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        time.sleep(1.0)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the operator exited at start; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
