@@ -86,9 +86,18 @@ api_get() {
     --key "$PKI/admin.key" "https://127.0.0.1:$APISERVER_PORT$1" 2>/dev/null
 }
 
+# The Node's Ready condition outlives the process node in etcd (the node-lifecycle controller
+# notices only after its grace period), so right after a start only a heartbeat posted since
+# PROCESSNODE_SINCE (epoch seconds) counts.
+PROCESSNODE_SINCE=0
 healthy_processnode() {
-  [[ $("$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_ADMIN" --request-timeout 5s get node "$NODE_NAME" \
-    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+  local out ready beat
+  out=$("$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_ADMIN" --request-timeout 5s get node "$NODE_NAME" \
+    -o jsonpath='{range .status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime}{end}' \
+    2>/dev/null) || return 1
+  read -r ready beat <<<"$out"
+  [[ $ready == True ]] || return 1
+  ((PROCESSNODE_SINCE == 0)) || (($(date -d "$beat" +%s 2>/dev/null || echo 0) >= PROCESSNODE_SINCE))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +255,7 @@ ensure_processnode() {
       pid=$stray
     else
       log "starting processnode (log: $logf)"
+      PROCESSNODE_SINCE=$(date +%s)
       (cd "$HACK" && export PYTHONPATH="$HACK${PYTHONPATH:+:$PYTHONPATH}" && proc_start processnode "$logf" \
         "$VENV_PY" -m processnode --kubeconfig "$KUBECONFIG_ADMIN" --home "$HOME_DIR" --checkout "$REPO")
       pid=$(proc_pid processnode) || fail "start processnode: it exited at once" "$logf"

@@ -181,7 +181,9 @@ class ContainerRunner(threading.Thread):
         pod_env = resolve_env(w.kube, w.pod, c, w.pod_ip, w.host_ip, w.node.api_host)
         command = [expand(x, pod_env) for x in c.get("command") or []]
         args = [expand(x, pod_env) for x in c.get("args") or []]
-        local = images.resolve(c.get("image", ""), command, args, w.node.venv, w.node.checkout)
+        local = images.resolve(
+            c.get("image", ""), command, args, w.node.venv, w.node.checkout, w.pod_ip
+        )
         env = {
             "PATH": f"{w.node.venv}/bin:{SYSTEM_PATH}",
             "HOME": os.environ.get("HOME", "/root"),
