@@ -57,10 +57,10 @@ bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run
 cluster-build: ## build etcd, kube-* , kubectl and helm from Go modules (cached)
 	bash hack/build-cluster.sh
 
-cluster-up: .venv ## start the local cluster (control plane + process node); idempotent
+cluster-up: .venv ## start or repair the local cluster (control plane + process node); idempotent
 	bash hack/cluster.sh up
 
-cluster-down: ## stop the local cluster; leaves no process, mount or netns behind
+cluster-down: ## stop the local cluster; no process, mount or netns left (hack/cluster.sh down --purge also empties etcd)
 	bash hack/cluster.sh down
 
 cluster-status: ## one line per component

@@ -54,6 +54,11 @@ GO
   mkdir -p "$(dirname "$out")"
   (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg") >>"$log" 2>&1 \
     || fail "go build $pkg" "$log"
+  # The binary must embed exactly the pinned module: a wrapper that lost its require line would
+  # silently build whatever is newest.
+  if ! go version -m "$out.tmp" | grep -qE "^[[:space:]]+(mod|dep)[[:space:]]+$module[[:space:]]+$version([[:space:]]|$)"; then
+    fail "check that $name embeds $module $version" "$log"
+  fi
   mv "$out.tmp" "$out"
   step "built $out"
 }

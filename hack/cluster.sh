@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # The local Kubernetes cluster: a real control plane (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler built by hack/build-cluster.sh) and the process node
 # (hack/processnode), all as processes of this machine. See hack/README.md.
@@ -344,11 +345,15 @@ kill_pod_cgroups() {
     [[ -d $root/$uid ]] || continue
     for cg in "$root/$uid"/*/; do
       [[ -d $cg ]] || continue
-      if [[ -s $cg/cgroup.procs ]]; then
+      # cgroupfs files report size 0, so read them rather than test with -s.
+      if [[ -n $(<"$cg/cgroup.procs") ]]; then
         log "killing processes left in cgroup $cg"
-        echo 1 >"$cg/cgroup.kill" 2>/dev/null \
+        echo 1 2>/dev/null >"$cg/cgroup.kill" \
           || while read -r p; do kill -KILL "$p" 2>/dev/null || true; done <"$cg/cgroup.procs"
-        for _ in 1 2 3 4 5 6 7 8 9 10; do [[ -s $cg/cgroup.procs ]] || break; sleep 0.1; done
+        for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+          [[ -n $(<"$cg/cgroup.procs") ]] || break
+          sleep 0.1
+        done
       fi
       rmdir "$cg" 2>/dev/null || log "warning: could not remove cgroup $cg"
     done
@@ -403,7 +408,7 @@ down() {
     fi
   done
   kill_pod_cgroups
-  net_teardown
+  net_teardown "$HOME_DIR/pods"
   umount_pods
   if [[ $purge == --purge ]]; then
     log "deleting etcd data $ETCD_DATA"
@@ -446,8 +451,12 @@ env_cmd() {
   echo "export PATH=$(dirname "$KUBECTL_BIN"):$(dirname "$HELM_BIN"):\$PATH"
 }
 
+need_root() {
+  [[ $EUID == 0 ]] || fail "check privileges: the bridge, pod network namespaces and cgroups need root"
+}
+
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -455,9 +464,14 @@ main() {
   local cmd=${1:-}
   shift || true
   case $cmd in
-    up) [[ $# == 0 ]] || usage; up ;;
+    up)
+      [[ $# == 0 ]] || usage
+      need_root
+      up
+      ;;
     down)
       [[ $# == 0 || ($# == 1 && $1 == --purge) ]] || usage
+      need_root
       down "${1:-}"
       ;;
     status) status ;;

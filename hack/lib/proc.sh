@@ -89,6 +89,7 @@ proc_wait_gone() {
 proc_terminate() {
   local pid=$1
   kill -TERM "$pid" 2>/dev/null || return 0
+  kill -CONT "$pid" 2>/dev/null || true  # a stopped process handles SIGTERM only once resumed
   if ! proc_wait_gone "$pid" "$2"; then
     echo "[cluster] pid $pid ignored SIGTERM for $2 s: SIGKILL" >&2
     kill -KILL "$pid" 2>/dev/null || true

@@ -219,3 +219,30 @@ def test_delete_removes_everything_it_owned(operator: OperatorProcess, bmd_ns: s
         ip = pod["status"]["podIP"]
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://{ip}:8000/health", timeout=3)
+
+
+def _degraded_reason(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+    cond = condition(cluster.get("bmd", name, ns), "Degraded")
+    return cond if cond and cond["status"] == "True" else None
+
+
+def test_unschedulable_gpu_request_and_missing_secret_are_reported(
+    operator: OperatorProcess, namespace: str, loraplane_home: Path
+) -> None:
+    """What the pods really show ends up in Degraded: the scheduler's and the kubelet's words."""
+    cluster = operator.cluster
+    greedy = tiny_base_model("greedy", loraplane_home)
+    greedy["spec"]["engine"]["resources"] = {"limits": {"nvidia.com/gpu": 64}}
+    keyless = tiny_base_model("keyless", loraplane_home)
+    keyless["spec"]["engine"]["apiKeySecretRef"] = {"name": "no-such-secret", "key": "key"}
+    cluster.apply([greedy, keyless], namespace)
+    cond = wait_for(
+        "greedy Degraded", lambda: _degraded_reason(cluster, namespace, "greedy"), timeout=90
+    )
+    assert cond["reason"] == "Unschedulable" and "nvidia.com/gpu" in cond["message"]
+    cond = wait_for(
+        "keyless Degraded", lambda: _degraded_reason(cluster, namespace, "keyless"), timeout=90
+    )
+    assert cond["reason"] == "CreateContainerConfigError"
+    assert "no-such-secret" in cond["message"]
+    assert condition(cluster.get("bmd", "keyless", namespace), "Available")["status"] == "False"  # type: ignore[index]

@@ -26,8 +26,13 @@ async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
         rt.fleet.bases.pop(key, None)
         return
     new = base_view(obj)
-    if rt.fleet.bases.get(key) != new:
+    old = rt.fleet.bases.get(key)
+    if old != new:
         rt.fleet.bases[key] = new
+        if old is not None and old.max_lora_rank != new.max_lora_rank:
+            # A rejection was a verdict against the old limits: judge those adapters again.
+            for ad in rt.fleet.adapters_of(*key):
+                rt.fleet.failures.pop((ad.namespace, ad.name), None)
         rt.workers.kick_base(*key)
 
 
