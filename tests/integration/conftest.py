@@ -82,8 +82,11 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     # Pods are refused until the namespace's default ServiceAccount exists.
-    wait_for("the default ServiceAccount", lambda: cluster.get("serviceaccount", "default", name),
-             timeout=30)
+    wait_for(
+        "the default ServiceAccount",
+        lambda: cluster.get("serviceaccount", "default", name),
+        timeout=30,
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
