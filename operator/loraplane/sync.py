@@ -191,7 +191,11 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
     if base is None or pod.deleting or not pod.ip:
         return
     if not pod.vllm_ready:
-        # A restarted vLLM lost every runtime registration: out of the Service until it is back.
+        # A restarted vLLM lost every runtime registration: say so in status rather than keep
+        # reporting what was true before, and keep the pod out of the Service until it is back.
+        for name, st in fleet.pod_states.get(pkey, {}).items():
+            if st.state == "Registered":
+                fleet.set_state(pkey, name, "Pending", "vLLM is not ready on this pod")
         await _set_gate(ctx, pod, False, "vLLM is not ready; adapters are registered once it is")
         return
     vllm, agent = await clients(ctx, pod, base)

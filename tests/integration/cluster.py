@@ -116,6 +116,18 @@ def http_json(url: str, payload: dict[str, Any] | None = None, timeout: float = 
         return json.loads(resp.read())
 
 
+def post_text(url: str, payload: dict[str, Any], timeout: float = 60) -> str:
+    """POST JSON and return the body as text (vLLM's load/unload answer in plain text)."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        body: bytes = resp.read()
+        return body.decode(errors="replace")
+
+
 def completion(pod_ip: str, model: str, prompt: str = "hello world", tokens: int = 8) -> str:
     """A greedy completion from one pod's vLLM; returns the text."""
     body = http_json(

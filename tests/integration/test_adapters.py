@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,13 @@ def test_three_adapters_ready_on_every_pod_and_change_the_output(base: Cluster) 
             assert completion(ip, name, PROMPT) != plain, f"{name} answers like the base model"
     table = base.kubectl("get", "lora", "-n", NS).stdout
     assert "Ready" in table and "2/2" in table
+    # What the operator exports: one successful load per adapter and pod, each registered.
+    for name in GOOD:
+        labels = f'adapter="{name}",base_model="{BASE}",namespace="{NS}"'
+        assert metric(f'loraplane_adapter_loads_total{{{labels},result="success"}}') == 2
+        for pod in _ready_pods(base):
+            registered = f'{labels},pod="{pod["metadata"]["name"]}"'
+            assert metric(f"loraplane_adapter_registered{{{registered}}}") == 1
 
 
 BAD = {
@@ -239,6 +247,15 @@ def test_operator_restart_unloads_nothing_and_keeps_statuses(
         )
 
 
+def metric(series: str) -> float | None:
+    """The value of one series on the operator's /metrics (None when absent)."""
+    text = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _store_dirs(cluster: Cluster, pod: dict[str, Any], adapter: str) -> list[str]:
     root = (
         cluster.home / "pods" / pod["metadata"]["uid"] / "volumes" / "loraplane-adapters" / adapter
@@ -308,6 +325,12 @@ def test_capacity_evicts_the_lowest_priority_and_brings_it_back(base: Cluster) -
     wait_for(
         "a CapacityExceeded event",
         lambda: [e for e in base.events(NS, "mlp") if e.get("reason") == "CapacityExceeded"],
+        timeout=30,
+    )
+    labels = f'adapter="mlp",base_model="{BASE}",namespace="{NS}",reason="CapacityExceeded"'
+    wait_for(
+        "one eviction counted per pod",
+        lambda: metric(f"loraplane_adapter_evictions_total{{{labels}}}") == 2,
         timeout=30,
     )
     base.kubectl("delete", "lora", "chat", "-n", NS)

@@ -186,16 +186,54 @@ def test_removed_flag_is_refused_with_degraded_and_no_pod_churn(
     )
 
 
-def test_deleted_child_is_put_back(operator: OperatorProcess, bmd_ns: str) -> None:
+def test_children_edited_or_deleted_by_hand_are_put_back(
+    operator: OperatorProcess, bmd_ns: str
+) -> None:
     cluster = operator.cluster
     old = cluster.get("service", NAME, bmd_ns)
+    assert old is not None
     cluster.kubectl("delete", "service", NAME, "-n", bmd_ns)
     wait_for(
         "the Service recreated",
         lambda: (
             (s := cluster.get("service", NAME, bmd_ns))
             and s["metadata"]["uid"] != old["metadata"]["uid"]
-        ),  # type: ignore[index]
+        ),
+        timeout=60,
+    )
+    cluster.kubectl(
+        "patch",
+        "service",
+        NAME,
+        "-n",
+        bmd_ns,
+        "--type=json",
+        "-p",
+        '[{"op":"replace","path":"/spec/ports/0/port","value":9000}]',
+    )
+    wait_for(
+        "the Service port restored to 8000",
+        lambda: cluster.get("service", NAME, bmd_ns)["spec"]["ports"][0]["port"] == 8000,  # type: ignore[index]
+        timeout=60,
+    )
+    cluster.kubectl(
+        "patch",
+        "deployment",
+        NAME,
+        "-n",
+        bmd_ns,
+        "--type=merge",
+        "-p",
+        '{"metadata":{"labels":{"app.kubernetes.io/managed-by":"someone-else"}}}',
+    )
+    wait_for(
+        "the Deployment's labels restored",
+        lambda: (
+            cluster.get("deployment", NAME, bmd_ns)["metadata"]["labels"][  # type: ignore[index]
+                "app.kubernetes.io/managed-by"
+            ]
+            == "loraplane"
+        ),
         timeout=60,
     )
 

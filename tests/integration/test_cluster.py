@@ -17,6 +17,7 @@ from tests.integration.cluster import (
     http_json,
     netns_pids,
     pod_ready,
+    post_text,
     served_adapters,
     wait_for,
 )
@@ -102,7 +103,7 @@ def test_vllm_pod_serves_restarts_and_is_garbage_collected(
     assert ip.startswith("10.244.")
     models = http_json(f"http://{ip}:8000/v1/models")
     assert [m["id"] for m in models["data"]] == ["tiny"]
-    http_json(
+    post_text(
         f"http://{ip}:8000/v1/load_lora_adapter",
         {"lora_name": "r8", "lora_path": "/fixtures/rank8"},
     )
