@@ -44,7 +44,7 @@ unit: .venv ## unit tests (no cluster, no vLLM)
 	$(PY) -m pytest tests/unit -q
 
 integration: .venv cluster-up fixtures ## integration tests on the local cluster with real vLLM
-	$(PY) -m pytest tests/integration -q
+	$(PY) -m pytest tests/integration -q --durations=12
 
 e2e: .venv cluster-up fixtures ## end-to-end tests (helm chart, operator in a pod)
 	@if ls tests/e2e/test_*.py >/dev/null 2>&1; then $(PY) -m pytest tests/e2e -q; else echo "e2e: no tests yet"; fi

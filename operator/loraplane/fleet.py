@@ -6,6 +6,7 @@ Rebuilt from watch events after a restart (kopf replays every object at start), 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,8 @@ class PodView:
     base_model: str
     ip: str | None
     vllm_container_id: str | None
-    vllm_ready: bool
+    vllm_ready: bool  # running and passing its readiness probe
+    vllm_running: bool
     deleting: bool
     gate: bool | None  # our readiness gate condition as the API shows it
 
@@ -87,6 +89,15 @@ class Fleet:
     # pod key -> adapter name -> state on that pod
     pod_states: dict[Key, dict[str, PodAdapterState]] = field(default_factory=dict)
     synced: set[Key] = field(default_factory=set)  # pods converged at least once since start
+    # Set when an adapter's picture may have changed: its status is published at once.
+    changes: dict[Key, asyncio.Event] = field(default_factory=dict)
+
+    def change_event(self, key: Key) -> asyncio.Event:
+        return self.changes.setdefault(key, asyncio.Event())
+
+    def touch_base(self, namespace: str, base_model: str) -> None:
+        for ad in self.adapters_of(namespace, base_model):
+            self.change_event((ad.namespace, ad.name)).set()
 
     def pods_of(self, namespace: str, base_model: str) -> list[PodView]:
         return [
@@ -135,6 +146,7 @@ class Fleet:
 
     def forget_adapter(self, key: Key) -> None:
         self.adapters.pop(key, None)
+        self.changes.pop(key, None)
         self.versions.pop(key, None)
         self.failures.pop(key, None)
         for states in self.pod_states.values():
@@ -158,6 +170,7 @@ def pod_view(pod: Mapping[str, Any], base_label: str, vllm_container: str) -> Po
         ip=status.get("podIP"),
         vllm_container_id=vllm.get("containerID"),
         vllm_ready=bool(vllm.get("ready")) and "running" in (vllm.get("state") or {}),
+        vllm_running="running" in (vllm.get("state") or {}),
         deleting=bool(meta.get("deletionTimestamp"))
         or status.get("phase") in ("Succeeded", "Failed"),
         gate=None if gate is None else gate.get("status") == "True",

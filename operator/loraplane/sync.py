@@ -34,6 +34,10 @@ class PodNotReachable(Exception):
     """The pod's servers did not answer: a transient state, retried by the worker."""
 
 
+class ServerStarting(Exception):
+    """vLLM runs but does not answer /health yet: look again soon, without backing off."""
+
+
 @dataclass
 class SyncContext:
     fleet: Fleet
@@ -197,8 +201,14 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
             if st.state == "Registered":
                 fleet.set_state(pkey, name, "Pending", "vLLM is not ready on this pod")
         await _set_gate(ctx, pod, False, "vLLM is not ready; adapters are registered once it is")
-        return
+        fleet.touch_base(pod.namespace, base.name)
+        if not pod.vllm_running:
+            return
     vllm, agent = await clients(ctx, pod, base)
+    if not pod.vllm_ready and not await vllm.health():
+        # Ask the server itself rather than wait a probe period: its adapters go back the
+        # moment it answers.
+        raise ServerStarting(pod.name)
     try:
         models = await vllm.list_models()
     except VLLMError as exc:
@@ -269,5 +279,6 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
         f"{len(registered_names)}/{len(wanted)} adapters registered",
     )
     fleet.synced.add(pkey)
+    fleet.touch_base(pod.namespace, base.name)
     if errors:
         raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")

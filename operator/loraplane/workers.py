@@ -12,12 +12,13 @@ import logging
 
 from loraplane import metrics
 from loraplane.fleet import Key
-from loraplane.sync import SyncContext, sync_pod
+from loraplane.sync import ServerStarting, SyncContext, sync_pod
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 1.0
 BACKOFF_CAP = 30.0
+STARTING_POLL = 0.5
 
 
 class PodWorker:
@@ -42,6 +43,9 @@ class PodWorker:
                 await sync_pod(self.ctx, pod)
             except asyncio.CancelledError:
                 raise
+            except ServerStarting:
+                await asyncio.sleep(STARTING_POLL)
+                self.kicked.set()
             except Exception as exc:  # any trouble: report, back off, and try again
                 metrics.POD_SYNCS.labels("error").inc()
                 log.info("sync of pod %s/%s: %s (retry in %.0fs)", *self.key, exc, backoff)
@@ -77,6 +81,7 @@ class Workers:
             self.ensure(key).kick()
 
     def kick_base(self, namespace: str, base_model: str) -> None:
+        self.ctx.fleet.touch_base(namespace, base_model)
         for pod in self.ctx.fleet.pods_of(namespace, base_model):
             self.kick((pod.namespace, pod.name))
 

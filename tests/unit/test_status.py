@@ -144,7 +144,7 @@ def fleet_with(n_pods: int, states: dict[str, str], cap: int | None = None) -> F
     fleet.bases[("ns", "base")] = BaseView("ns", "base", 16, cap, None)
     for i in range(n_pods):
         fleet.pods[("ns", f"p{i}")] = PodView(
-            "ns", f"p{i}", "base", f"10.0.0.{i}", "c", True, False, True
+            "ns", f"p{i}", "base", f"10.0.0.{i}", "c", True, True, False, True
         )
     for i, (name, state) in enumerate(states.items()):
         fleet.adapters[("ns", name)] = AdapterView(

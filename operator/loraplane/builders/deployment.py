@@ -114,7 +114,7 @@ def vllm_container(
         },
         "readinessProbe": {
             "httpGet": health(),
-            "periodSeconds": 5,
+            "periodSeconds": 2,
             "timeoutSeconds": 3,
             "failureThreshold": 1,
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import kopf
@@ -68,11 +69,19 @@ def _adopt_recorded_version(rt: Runtime, obj: kopf.RawBody, generation: int) -> 
         rt.fleet.versions[key] = Version(generation, summary["path"], dict(summary), [])
 
 
-@kopf.timer(GROUP, VERSION, ADAPTER_PLURAL, interval=STATUS_SECONDS, sharp=False)
+@kopf.timer(GROUP, VERSION, ADAPTER_PLURAL, interval=0.05, sharp=False)
 async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Publish the in-memory per-pod view as status; writes only when something changed."""
+    """Publish the in-memory per-pod view as status; writes only when something changed.
+
+    Each run waits for a change of this adapter's picture (or STATUS_SECONDS), so status
+    follows a load within milliseconds while an idle adapter costs one wake-up per period.
+    """
     rt: Runtime = memo.runtime
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    changed_event = rt.fleet.change_event(key)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(changed_event.wait(), timeout=STATUS_SECONDS)
+    changed_event.clear()
     ad = rt.fleet.adapters.get(key)
     if ad is None or ad.deleting:
         return

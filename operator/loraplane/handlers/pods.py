@@ -22,8 +22,11 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     obj = event["object"]
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     if event["type"] == "DELETED":
+        gone = rt.fleet.pods.get(key)
         rt.fleet.forget_pod(key)
         await rt.workers.stop(key)
+        if gone is not None:
+            rt.fleet.touch_base(gone.namespace, gone.base_model)
         return
     new = pod_view(obj, naming.LABEL_BASE_MODEL, naming.VLLM_CONTAINER)
     old = rt.fleet.pods.get(key)
@@ -31,10 +34,11 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if old is None:
         rt.workers.ensure(key)
         return
-    if (old.ip, old.vllm_container_id, old.vllm_ready, old.deleting) != (
+    if (old.ip, old.vllm_container_id, old.vllm_ready, old.vllm_running, old.deleting) != (
         new.ip,
         new.vllm_container_id,
         new.vllm_ready,
+        new.vllm_running,
         new.deleting,
     ):
         rt.workers.kick(key)
