@@ -14,7 +14,7 @@ from loraplane.builders import naming
 from loraplane.builders.vllm_args import MODEL_MOUNT_CACHE, vllm_args
 
 GPU_RESOURCE = "nvidia.com/gpu"
-STARTUP_PERIOD_SECONDS = 10
+STARTUP_PERIOD_SECONDS = 2
 
 
 @dataclass(frozen=True)
