@@ -60,10 +60,6 @@ class Version:
     summary: dict[str, Any]
     warnings: list[str]
 
-    @property
-    def digest_dir(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
-
 
 @dataclass
 class Failure:

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from loraplane.agent.client import AdapterRejectedByAgent, AgentClient, AgentErr
 from loraplane.builders import naming
 from loraplane.conditions import now_rfc3339
 from loraplane.config import Settings
-from loraplane.fleet import GATE, AdapterView, BaseView, Failure, Fleet, PodView, Version
+from loraplane.fleet import GATE, AdapterView, BaseView, Failure, Fleet, Key, PodView, Version
 from loraplane.vllm.client import VLLMClient
 from loraplane.vllm.errors import VLLMError
 
@@ -45,7 +45,7 @@ class SyncContext:
     session: aiohttp.ClientSession
     settings: Settings
     total_loads: asyncio.Semaphore
-    on_adapter_failed: Any  # callable(adapter key): kick every pod of its base model
+    on_adapter_failed: Callable[[Key], None]  # kicks every pod of the adapter's base model
 
 
 async def secret_value(api: ApiClient, namespace: str, name: str, key: str) -> str | None:

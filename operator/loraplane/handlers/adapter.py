@@ -10,7 +10,7 @@ import kopf
 
 from loraplane import adapter_status, conditions, metrics
 from loraplane.api import ADAPTER_PLURAL, BASE_MODEL_PLURAL, GROUP, VERSION
-from loraplane.fleet import adapter_view, base_view
+from loraplane.fleet import Version, adapter_view, base_view
 from loraplane.handlers.state import Runtime
 from loraplane.sync import clients
 
@@ -60,8 +60,6 @@ async def adapter_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
 def _adopt_recorded_version(rt: Runtime, obj: kopf.RawBody, generation: int) -> None:
     """After an operator restart, trust the version the status recorded for this generation, so
     a pod that already serves it is left alone instead of being fetched and loaded again."""
-    from loraplane.fleet import Version
-
     status = obj.get("status") or {}
     summary = status.get("adapter") or {}
     if status.get("observedGeneration") == generation and summary.get("path"):

@@ -51,7 +51,7 @@ async def _converge_children(
     return live, None
 
 
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> None:
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     api: ApiClient = memo.api
     cfg: Settings = memo.settings
     meta = body["metadata"]
@@ -76,7 +76,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
     new_conditions = conditions.merge(
         old_conditions, base_model_status.conditions(observed), meta.get("generation")
     )
-    _announce(body, old_conditions, new_conditions, logger)
+    _announce(body, old_conditions, new_conditions)
     c = base_model_status.counts(observed)
     new_status: dict[str, Any] = {
         "observedGeneration": meta.get("generation"),
@@ -116,9 +116,7 @@ def _adapter_counts(memo: kopf.Memo, namespace: str, name: str) -> dict[str, int
     return {"desired": len(placed), "ready": ready}
 
 
-def _announce(
-    body: kopf.Body, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: Any
-) -> None:
+def _announce(body: kopf.Body, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
     """An Event for each condition that changed in a way a user should hear about."""
     before = {c["type"]: c for c in old}
     for cond in new:
@@ -131,21 +129,16 @@ def _announce(
             kopf.info(body, reason="Available", message=cond["message"])
         elif cond["type"] == "Degraded" and prev is not None and prev["status"] == "True":
             kopf.info(body, reason="Recovered", message="no problem seen on any pod")
-    del logger
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def on_change(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
-    await reconcile(body, patch, memo, logger)
+async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await reconcile(body, patch, memo)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, sharp=False)
-async def resync(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
+async def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Level-based: put back children edited or deleted by hand, and refresh status."""
-    await reconcile(body, patch, memo, logger)
+    await reconcile(body, patch, memo)
