@@ -201,3 +201,17 @@ def base_view(obj: Mapping[str, Any]) -> BaseView:
         cap=lora.get("maxAdaptersPerReplica"),
         api_key_ref=(ref["name"], ref.get("key") or "key") if ref else None,
     )
+
+
+def recorded_version(obj: Mapping[str, Any]) -> Version | None:
+    """The version an adapter's status recorded for its current generation, if any.
+
+    After an operator restart this is trusted, so a pod that already serves it is left alone
+    instead of being fetched and loaded again.
+    """
+    status = obj.get("status") or {}
+    summary = status.get("adapter") or {}
+    generation = int(obj["metadata"].get("generation") or 0)
+    if status.get("observedGeneration") == generation and summary.get("path"):
+        return Version(generation, summary["path"], dict(summary), [])
+    return None

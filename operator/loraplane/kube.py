@@ -26,10 +26,12 @@ _COLLECTIONS: dict[tuple[str, str], str] = {
 }
 
 
-def collection_path(api_version: str, kind: str, namespace: str) -> str:
+def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
+    """The collection's path; namespace None means across all namespaces."""
     plural = _COLLECTIONS[(api_version, kind)]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    return f"{prefix}/namespaces/{namespace}/{plural}"
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{scope}/{plural}"
 
 
 async def _call(
@@ -75,7 +77,7 @@ async def get(
 
 
 async def list_objects(
-    api: ApiClient, api_version: str, kind: str, namespace: str, selector: str
+    api: ApiClient, api_version: str, kind: str, namespace: str | None, selector: str = ""
 ) -> list[dict[str, Any]]:
     result = await _call(
         api,

@@ -175,6 +175,10 @@ async def _set_gate(ctx: SyncContext, pod: PodView, ready: bool, message: str) -
     pod.gate = ready
 
 
+def _in_store(path: str | None) -> bool:
+    return bool(path) and str(path).startswith(naming.ADAPTER_MOUNT_PATH.rstrip("/") + "/")
+
+
 def store_versions(paths: Iterable[str | None]) -> dict[str, str]:
     """{adapter dir: version dir} of every path under the adapter store."""
     keep: dict[str, str] = {}
@@ -235,6 +239,8 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
     by_served = {a.served_name: a for a in fleet.adapters_of(pod.namespace, base.name)}
     for served in sorted(set(registered) - keep_served):
         ad_or_none = by_served.get(served)
+        if ad_or_none is None and not _in_store(registered[served]):
+            continue  # registered by someone else (e.g. --lora-modules): not ours to remove
         await vllm.unload_adapter(served)
         name = ad_or_none.name if ad_or_none else served
         if ad_or_none is not None and name in placement.displaced:

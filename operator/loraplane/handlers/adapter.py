@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import kopf
 
 from loraplane import adapter_status, conditions, metrics
 from loraplane.api import ADAPTER_PLURAL, BASE_MODEL_PLURAL, GROUP, VERSION
-from loraplane.fleet import Version, adapter_view, base_view
+from loraplane.fleet import adapter_view, base_view, recorded_version
 from loraplane.handlers.state import Runtime
 from loraplane.sync import clients
 
@@ -50,35 +49,34 @@ async def adapter_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
         return
     new = adapter_view(obj)
     old = rt.fleet.adapters.get(key)
-    if old is None:
-        _adopt_recorded_version(rt, obj, new.generation)
+    if old is None and (recorded := recorded_version(obj)) is not None:
+        rt.fleet.versions.setdefault(key, recorded)
     rt.fleet.adapters[key] = new
     if old != new:
         rt.workers.kick_base(new.namespace, new.base_model)
 
 
-def _adopt_recorded_version(rt: Runtime, obj: kopf.RawBody, generation: int) -> None:
-    """After an operator restart, trust the version the status recorded for this generation, so
-    a pod that already serves it is left alone instead of being fetched and loaded again."""
-    status = obj.get("status") or {}
-    summary = status.get("adapter") or {}
-    if status.get("observedGeneration") == generation and summary.get("path"):
-        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-        rt.fleet.versions[key] = Version(generation, summary["path"], dict(summary), [])
-
-
 @kopf.timer(GROUP, VERSION, ADAPTER_PLURAL, interval=0.05, sharp=False)
-async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     """Publish the in-memory per-pod view as status; writes only when something changed.
 
     Each run waits for a change of this adapter's picture (or STATUS_SECONDS), so status
     follows a load within milliseconds while an idle adapter costs one wake-up per period.
     """
     rt: Runtime = memo.runtime
+    stopped: kopf.DaemonStopped = kw["stopped"]  # timers get it too; TimerFn does not say so
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     changed_event = rt.fleet.change_event(key)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(changed_event.wait(), timeout=STATUS_SECONDS)
+
+    async def stopping() -> None:
+        await stopped.wait()
+
+    waits = [asyncio.create_task(changed_event.wait()), asyncio.create_task(stopping())]
+    await asyncio.wait(waits, timeout=STATUS_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    if stopped:
+        return
     changed_event.clear()
     ad = rt.fleet.adapters.get(key)
     if ad is None or ad.deleting:

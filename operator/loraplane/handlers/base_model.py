@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from loraplane import base_model_status, conditions, kube
 from loraplane.api import BASE_MODEL_PLURAL as PLURAL
@@ -64,7 +65,12 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None
         desired_replicas = int((body.get("spec") or {}).get("replicas") or 0)
         served = name
     else:
-        live, spec_error = await _converge_children(api, body, spec, cfg)
+        try:
+            live, spec_error = await _converge_children(api, body, spec, cfg)
+        except ApiException as exc:
+            if exc.status == 403 and "being terminated" in str(exc.body):
+                return  # the namespace is going away, and the children with it
+            raise
         desired_replicas = spec.replicas
         served = _served_name(spec, name)
     pods = await kube.list_objects(
