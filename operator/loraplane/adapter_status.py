@@ -75,6 +75,9 @@ def report(fleet: Fleet, ad: AdapterView, pod_cap: int) -> AdapterReport:
     elif desired == 0:
         phase, reason = "Pending", "NoReplicas"
         message = f"{ad.base_model} has no running pods"
+    elif version is None:
+        phase, reason = "Loading", "Fetching"
+        message = f"fetching and verifying the adapter; registered on {registered}/{desired}"
     elif registered == desired:
         phase, reason = "Ready", "Registered"
         message = f"registered on {registered}/{desired} replicas"

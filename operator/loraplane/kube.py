@@ -13,6 +13,8 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from loraplane.subset import is_subset
+
 FIELD_MANAGER = "loraplane"
 
 _COLLECTIONS: dict[tuple[str, str], str] = {
@@ -102,6 +104,39 @@ async def apply(api: ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:
         content_type="application/apply-patch+yaml",
     )
     return result
+
+
+async def replace(api: ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """PUT `obj` (carrying the live resourceVersion): for what apply cannot take back."""
+    meta = obj["metadata"]
+    path = f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+    result: dict[str, Any] = await _call(
+        api, "PUT", path, query=[("fieldManager", FIELD_MANAGER)], body=dict(obj)
+    )
+    return result
+
+
+async def converge(
+    api: ApiClient,
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any] | None,
+    keys: tuple[str, ...],
+) -> dict[str, Any]:
+    """Bring a child to `desired`; a no-op when the live object already carries it.
+
+    Apply first. Fields someone else added under ours (a second Service port from `kubectl
+    patch`, say) survive an apply, since apply only removes what its own manager set: then the
+    `keys` of spec are taken back whole with a PUT.
+    """
+    if live is not None and is_subset(desired, live):
+        return dict(live)
+    applied = await apply(api, desired)
+    if is_subset(desired, applied):
+        return applied
+    repaired = {**applied, "spec": {**applied["spec"]}}
+    for key in keys:
+        repaired["spec"][key] = desired["spec"][key]
+    return await replace(api, repaired)
 
 
 async def create_if_absent(api: ApiClient, obj: Mapping[str, Any]) -> bool:

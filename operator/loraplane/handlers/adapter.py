@@ -52,6 +52,12 @@ async def adapter_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
     if old is None and (recorded := recorded_version(obj)) is not None:
         rt.fleet.versions.setdefault(key, recorded)
     rt.fleet.adapters[key] = new
+    if old is not None and old.generation != new.generation:
+        # What the pods hold is the previous generation's version: not Ready for this one.
+        for pod_key, states in rt.fleet.pod_states.items():
+            current = states.get(new.name)
+            if pod_key[0] == new.namespace and current and current.state == "Registered":
+                rt.fleet.set_state(pod_key, new.name, "Loading")
     if old != new:
         rt.workers.kick_base(new.namespace, new.base_model)
 

@@ -17,7 +17,6 @@ from loraplane.builders.deployment import PodContext, ResourceError, deployment
 from loraplane.builders.service import agent_token_secret, service, service_endpoint
 from loraplane.builders.vllm_args import ArgsError
 from loraplane.config import Settings
-from loraplane.subset import is_subset
 
 RESYNC_SECONDS = 5.0
 
@@ -35,8 +34,7 @@ async def _converge_children(
     await kube.create_if_absent(api, agent_token_secret(owner, secrets.token_urlsafe(32)))
     svc = service(owner, cfg.vllm_port)
     live_svc = await kube.get(api, "v1", "Service", ns, naming.service_name(name))
-    if live_svc is None or not is_subset(svc["spec"], live_svc["spec"]):
-        await kube.apply(api, svc)
+    await kube.converge(api, svc, live_svc, ("ports", "selector", "type"))
     live = await kube.get(api, "apps/v1", "Deployment", ns, naming.deployment_name(name))
     ctx = PodContext(
         agent_image=cfg.operator_image, agent_port=cfg.agent_port, vllm_port=cfg.vllm_port
@@ -47,8 +45,7 @@ async def _converge_children(
         return live, ("InvalidEngineArgs", str(exc))
     except ResourceError as exc:
         return live, ("InsufficientResources", str(exc))
-    if live is None or not is_subset(desired, live):
-        live = await kube.apply(api, desired)
+    live = await kube.converge(api, desired, live, ("replicas", "selector", "strategy", "template"))
     return live, None
 
 
