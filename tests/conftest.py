@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The venv is shared by every checkout on the machine (it is cached outside them): test the code
+# of this checkout, whichever one the editable install points at.
+sys.path.insert(0, str(REPO / "operator"))
 
 
 @pytest.fixture(scope="session")

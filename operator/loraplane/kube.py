@@ -130,13 +130,25 @@ async def converge(
     """
     if live is not None and is_subset(desired, live):
         return dict(live)
-    applied = await apply(api, desired)
+    try:
+        applied = await apply(api, desired)
+    except ApiException as exc:
+        # Our fields merged into someone else's can be invalid (two Service ports named http):
+        # then only taking the keys back whole works.
+        if exc.status != 422 or live is None:
+            raise
+        applied = dict(live)
     if is_subset(desired, applied):
         return applied
     repaired = {**applied, "spec": {**applied["spec"]}}
     for key in keys:
         repaired["spec"][key] = desired["spec"][key]
-    return await replace(api, repaired)
+    try:
+        return await replace(api, repaired)
+    except ApiException as exc:
+        if exc.status == 409:  # changed under us (a status update): the next resync repairs
+            return applied
+        raise
 
 
 async def create_if_absent(api: ApiClient, obj: Mapping[str, Any]) -> bool:

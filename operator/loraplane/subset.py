@@ -7,8 +7,9 @@ from typing import Any
 
 def is_subset(desired: Any, live: Any) -> bool:
     if isinstance(desired, dict):
+        # The API server drops empty maps and lists: a missing key matches an empty one.
         return isinstance(live, dict) and all(
-            k in live and is_subset(v, live[k]) for k, v in desired.items()
+            is_subset(v, live[k]) if k in live else v in ({}, []) for k, v in desired.items()
         )
     if isinstance(desired, list):
         return (

@@ -131,6 +131,11 @@ def test_subset_ignores_server_defaults_but_sees_edits() -> None:
     live["spec"]["template"]["containers"][0]["image"] = "y"  # type: ignore[index]
     assert not is_subset(desired, live)
     assert is_subset({"port": 8000}, {"port": "8000"})
+    # The API server drops empty maps and lists; that is no drift.
+    assert is_subset(
+        {"metadata": {"annotations": {}, "labels": {"a": "b"}}},
+        {"metadata": {"labels": {"a": "b"}}},
+    )
 
 
 def test_store_versions_keeps_only_paths_in_the_store() -> None:

@@ -215,10 +215,10 @@ def pod_template(
     if tmpl.priority_class_name:
         pod_spec["priorityClassName"] = tmpl.priority_class_name
     labels = {**(tmpl.labels or {}), **naming.common_labels(name, "model-server")}
-    return {
-        "metadata": {"labels": labels, "annotations": dict(tmpl.annotations or {})},
-        "spec": pod_spec,
-    }
+    metadata: dict[str, Any] = {"labels": labels}
+    if tmpl.annotations:
+        metadata["annotations"] = dict(tmpl.annotations)
+    return {"metadata": metadata, "spec": pod_spec}
 
 
 def spec_hash(obj: Any) -> str:

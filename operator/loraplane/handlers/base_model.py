@@ -138,10 +138,18 @@ def _announce(body: kopf.Body, old: list[dict[str, Any]], new: list[dict[str, An
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    await reconcile(body, patch, memo)
+    await _reconcile_or_retry(body, patch, memo)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, sharp=False)
 async def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Level-based: put back children edited or deleted by hand, and refresh status."""
-    await reconcile(body, patch, memo)
+    await _reconcile_or_retry(body, patch, memo)
+
+
+async def _reconcile_or_retry(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    try:
+        await reconcile(body, patch, memo)
+    except ApiException as exc:
+        # An API hiccup (a conflict, a restart): soon again, not after kopf's default minute.
+        raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
