@@ -12,6 +12,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -70,30 +71,48 @@ def wait_pods(c: Cluster, n: int) -> list[dict[str, Any]]:
     )
 
 
-def watch_ready(c: Cluster, names: set[str], pods: int, start: float, timeout: float) -> float:
-    """Seconds from `start` until every adapter in `names` is Ready on `pods` pods, seen through
-    a watch (polling with kubectl would add its own start-up time to every sample)."""
-    from kubernetes import client, config, watch
+class ReadyWatch:
+    """A watch on the bench namespace's adapters, opened before anything is created, that
+    records when each adapter is first seen Ready on all pods (polling with kubectl would add its
+    own start-up time to every sample)."""
 
-    api = client.CustomObjectsApi(config.new_client_from_config(str(c.kubeconfig)))
-    ready: set[str] = set()
-    w = watch.Watch()
-    for event in w.stream(
-        api.list_namespaced_custom_object,
-        "loraplane.dev",
-        "v1alpha1",
-        NS,
-        "loraadapters",
-        timeout_seconds=int(timeout),
-    ):
-        obj = event["object"]
-        status = obj.get("status") or {}
-        if status.get("phase") == "Ready" and status.get("ready") == f"{pods}/{pods}":
-            ready.add(obj["metadata"]["name"])
-        if names <= ready:
-            w.stop()
-            return time.monotonic() - start
-    raise TimeoutError(f"not Ready within {timeout}s: {sorted(names - ready)[:5]}")
+    def __init__(self, c: Cluster) -> None:
+        from kubernetes import client, config, watch
+
+        self.api = client.CustomObjectsApi(config.new_client_from_config(str(c.kubeconfig)))
+        self.ready_at: dict[str, tuple[str, float]] = {}
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        time.sleep(1.0)  # the stream is open
+
+    def _run(self) -> None:
+        for event in self._watch.stream(
+            self.api.list_namespaced_custom_object,
+            "loraplane.dev",
+            "v1alpha1",
+            NS,
+            "loraadapters",
+        ):
+            obj = event["object"]
+            status = obj.get("status") or {}
+            name = obj["metadata"]["name"]
+            if status.get("phase") == "Ready" and name not in self.ready_at:
+                self.ready_at[name] = (str(status.get("ready")), time.monotonic())
+
+    def wait(self, names: set[str], pods: int, start: float, timeout: float) -> float:
+        """Seconds from `start` until every adapter of `names` was Ready on `pods` pods."""
+        deadline = time.monotonic() + timeout
+        want = f"{pods}/{pods}"
+        while time.monotonic() < deadline:
+            seen = {n: t for n, (r, t) in self.ready_at.items() if n in names and r == want}
+            if len(seen) == len(names):
+                return max(seen.values()) - start
+            time.sleep(0.01)
+        raise TimeoutError(f"not Ready within {timeout}s")
+
+    def stop(self) -> None:
+        self._watch.stop()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,21 +136,21 @@ def raw_loads(ips: list[str], name: str, path: str) -> float:
 
 
 def bench_single_adapter(c: Cluster) -> None:
-    from kubernetes import client, config
-
     pods = wait_pods(c, 3)
     ips = [p["status"]["podIP"] for p in pods]
-    api = client.CustomObjectsApi(config.new_client_from_config(str(c.kubeconfig)))
+    watcher = ReadyWatch(c)
+    api = watcher.api
     raws, creates = [], []
     for i in range(3):
         raws.append(raw_loads(ips, f"raw-probe-{i}", f"{ADAPTER_SOURCES}/rank16"))
         body = lora_adapter(f"single-{i}", BASE, f"{ADAPTER_SOURCES}/rank8")
         start = time.monotonic()
         api.create_namespaced_custom_object("loraplane.dev", "v1alpha1", NS, "loraadapters", body)
-        creates.append(watch_ready(c, {f"single-{i}"}, 3, start, timeout=120))
+        creates.append(watcher.wait({f"single-{i}"}, 3, start, timeout=120))
     start = time.monotonic()
     c.apply(lora_adapter("single-kubectl", BASE, f"{ADAPTER_SOURCES}/rank8"), NS)
-    with_kubectl = watch_ready(c, {"single-kubectl"}, 3, start, timeout=120)
+    with_kubectl = watcher.wait({"single-kubectl"}, 3, start, timeout=120)
+    watcher.stop()
     raw, took = statistics.median(raws), statistics.median(creates)
     print(
         f"[single adapter, 3 pods] create->Ready {took:.3f}s (median of 3: "
@@ -149,10 +168,12 @@ def bench_fifty(c: Cluster, op: OperatorProcess, home: Path) -> None:
     dirs = ensure_many_adapters(home, 50)
     names = {d.name for d in dirs}
     assert op.proc is not None
+    watcher = ReadyWatch(c)
     cpu0 = cpu_seconds(op.proc.pid)
     start = time.monotonic()
     c.apply([lora_adapter(d.name, BASE, f"{ADAPTER_SOURCES}/many/{d.name}") for d in dirs], NS)
-    took = watch_ready(c, names, 2, start, timeout=900)
+    took = watcher.wait(names, 2, start, timeout=900)
+    watcher.stop()
     cpu = cpu_seconds(op.proc.pid) - cpu0
     print(
         f"[50 adapters, 2 pods] apply->all Ready {took:.1f}s ({took / 50 * 1000:.0f} ms per "

@@ -48,10 +48,22 @@ class SyncContext:
     on_adapter_failed: Callable[[Key], None]  # kicks every pod of the adapter's base model
 
 
+SECRET_TTL = 30.0
+_secrets: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+
+
 async def secret_value(api: ApiClient, namespace: str, name: str, key: str) -> str | None:
+    """A Secret's value, cached for SECRET_TTL: every sync needs the agent token and API key."""
+    now = time.monotonic()
+    cached = _secrets.get((namespace, name, key))
+    if cached is not None and now - cached[0] < SECRET_TTL:
+        return cached[1]
     secret = await kube.get(api, "v1", "Secret", namespace, name)
     raw = ((secret or {}).get("data") or {}).get(key)
-    return base64.b64decode(raw).decode() if raw else None
+    value = base64.b64decode(raw).decode() if raw else None
+    if value is not None:
+        _secrets[(namespace, name, key)] = (now, value)
+    return value
 
 
 async def clients(ctx: SyncContext, pod: PodView, base: BaseView) -> tuple[VLLMClient, AgentClient]:
