@@ -36,9 +36,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix="loraplane.dev", key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
-    # kopf waits this long for more events of an object before handling one; its default (0.1 s)
-    # would be most of the operator's share of the time from `kubectl apply` to Ready.
-    settings.batching.batch_window = 0.01
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
