@@ -87,6 +87,12 @@ class ReadyWatch:
         time.sleep(1.0)  # the stream is open
 
     def _run(self) -> None:
+        try:
+            self._stream()
+        except Exception:  # the stream breaks when stop() closes it
+            return
+
+    def _stream(self) -> None:
         for event in self._watch.stream(
             self.api.list_namespaced_custom_object,
             "loraplane.dev",
