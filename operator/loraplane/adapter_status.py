@@ -48,7 +48,13 @@ def report(fleet: Fleet, ad: AdapterView, pod_cap: int) -> AdapterReport:
 
     if failure is not None:
         validated = Cond("Validated", False, failure.reason, failure.message)
-        ready = Cond("Ready", False, failure.reason, "the adapter was rejected; nothing is loaded")
+        ready = Cond(
+            "Ready",
+            False,
+            failure.reason,
+            "this version was rejected and not loaded; a version registered before it keeps "
+            "serving until its pod restarts",
+        )
         return AdapterReport(
             "Failed", failure.message, [validated, ready], desired, 0, entries[:pod_cap], summary
         )

@@ -253,6 +253,13 @@ async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
         ad_or_none = by_served.get(served)
         if ad_or_none is None and not _in_store(registered[served]):
             continue  # registered by someone else (e.g. --lora-modules): not ours to remove
+        if (
+            ad_or_none is not None
+            and not ad_or_none.deleting
+            and ad_or_none.name not in placement.displaced
+            and fleet.failure((ad_or_none.namespace, ad_or_none.name)) is not None
+        ):
+            continue  # its new version was rejected: the one registered before keeps serving
         await vllm.unload_adapter(served)
         name = ad_or_none.name if ad_or_none else served
         if ad_or_none is not None and name in placement.displaced:

@@ -294,7 +294,35 @@ def test_new_source_serves_new_weights_and_drops_the_old_version(base: Cluster) 
             lambda p=pod: _store_dirs(base, p, "sql") == [new_path.rsplit("/", 1)[-1]],
             timeout=60,
         )
-    assert completion(ip, "sql", PROMPT) != old_text
+    new_text = completion(ip, "sql", PROMPT)
+    assert new_text != old_text
+    # A bad new version is refused and loses nothing: the registered one keeps serving.
+    base.kubectl(
+        "patch",
+        "lora",
+        "sql",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        f'{{"spec":{{"source":{{"path":"{ADAPTER_SOURCES}/rank64"}}}}}}',
+    )
+    obj = wait_for("sql's bad version Failed", lambda: _phase(base, "sql", "Failed"), timeout=60)
+    assert condition(obj, "Validated")["reason"] == "RankExceedsMax"  # type: ignore[index]
+    for pod in pods:
+        assert served_adapters(pod["status"]["podIP"])["sql"] == new_path
+    assert completion(ip, "sql", PROMPT) == new_text
+    base.kubectl(
+        "patch",
+        "lora",
+        "sql",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        f'{{"spec":{{"source":{{"path":"{ADAPTER_SOURCES}/rank8-v2"}}}}}}',
+    )
+    wait_for("sql Ready on v2 again", lambda: _phase(base, "sql", "Ready"), timeout=60)
 
 
 def test_capacity_evicts_the_lowest_priority_and_brings_it_back(base: Cluster) -> None:
