@@ -6,6 +6,7 @@ the adapters it needs afterwards in place and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -267,21 +268,17 @@ def _store_dirs(cluster: Cluster, pod: dict[str, Any], adapter: str) -> list[str
     )
 
 
+def _set_source(cluster: Cluster, name: str, fixture: str) -> None:
+    source = {"spec": {"source": {"path": f"{ADAPTER_SOURCES}/{fixture}"}}}
+    cluster.kubectl("patch", "lora", name, "-n", NS, "--type=merge", "-p", json.dumps(source))
+
+
 def test_new_source_serves_new_weights_and_drops_the_old_version(base: Cluster) -> None:
     pods = _ready_pods(base)
     ip = pods[0]["status"]["podIP"]
     old_text = completion(ip, "sql", PROMPT)
     old_path = _lora(base, "sql")["status"]["adapter"]["path"]  # type: ignore[index]
-    base.kubectl(
-        "patch",
-        "lora",
-        "sql",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        f'{{"spec":{{"source":{{"path":"{ADAPTER_SOURCES}/rank8-v2"}}}}}}',
-    )
+    _set_source(base, "sql", "rank8-v2")
     obj = wait_for(
         "sql Ready at the new generation", lambda: _phase(base, "sql", "Ready"), timeout=120
     )
@@ -297,31 +294,13 @@ def test_new_source_serves_new_weights_and_drops_the_old_version(base: Cluster) 
     new_text = completion(ip, "sql", PROMPT)
     assert new_text != old_text
     # A bad new version is refused and loses nothing: the registered one keeps serving.
-    base.kubectl(
-        "patch",
-        "lora",
-        "sql",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        f'{{"spec":{{"source":{{"path":"{ADAPTER_SOURCES}/rank64"}}}}}}',
-    )
+    _set_source(base, "sql", "rank64")
     obj = wait_for("sql's bad version Failed", lambda: _phase(base, "sql", "Failed"), timeout=60)
     assert condition(obj, "Validated")["reason"] == "RankExceedsMax"  # type: ignore[index]
     for pod in pods:
         assert served_adapters(pod["status"]["podIP"])["sql"] == new_path
     assert completion(ip, "sql", PROMPT) == new_text
-    base.kubectl(
-        "patch",
-        "lora",
-        "sql",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        f'{{"spec":{{"source":{{"path":"{ADAPTER_SOURCES}/rank8-v2"}}}}}}',
-    )
+    _set_source(base, "sql", "rank8-v2")
     wait_for("sql Ready on v2 again", lambda: _phase(base, "sql", "Ready"), timeout=60)
 
 

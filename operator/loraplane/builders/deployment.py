@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -221,10 +220,6 @@ def pod_template(
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def spec_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def deployment(
     owner: Mapping[str, Any], spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
 ) -> dict[str, Any]:
@@ -239,7 +234,6 @@ def deployment(
             "name": naming.deployment_name(name),
             "namespace": meta["namespace"],
             "labels": naming.common_labels(name, "model-server"),
-            "annotations": {naming.ANNOTATION_SPEC_HASH: spec_hash(template)},
             "ownerReferences": [naming.owner_reference(owner)],
         },
         "spec": {

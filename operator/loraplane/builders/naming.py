@@ -10,8 +10,8 @@ from loraplane.api import GROUP
 MANAGED_BY = "loraplane"
 LABEL_BASE_MODEL = f"{GROUP}/base-model"
 LABEL_COMPONENT = "app.kubernetes.io/component"
-FINALIZER = f"{GROUP}/adapter-cleanup"
-ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+# On every LoRAAdapter: unregister it from every pod before the object goes.
+FINALIZER = f"{GROUP}/finalizer"
 ADAPTERS_READY_GATE = f"{GROUP}/adapters-ready"
 
 VLLM_CONTAINER = "vllm"

@@ -30,7 +30,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.standalone = True
     # Only our own events become Kubernetes Events, not every handler log line.
     settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = "loraplane.dev/finalizer"
+    settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraplane.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="loraplane.dev", key="last-handled-configuration"
