@@ -1,18 +1,45 @@
-"""The operator's one settings object, read from LORAPLANE_* environment variables."""
+"""Every tunable of the operator and of the agent, as typed settings read from LORAPLANE_* env.
+
+The chart renders these as environment variables; nothing else in the package reads the
+environment for a tunable.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from loraplane.api.adapter import MAX_STATUS_PODS
+
+ENV_PREFIX = "LORAPLANE_"
 
 
-class Settings(BaseModel):
-    """Every knob of the operator and the agent. Environment: LORAPLANE_<FIELD_NAME_UPPER>."""
-
+class _FromEnv(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        for name in cls.model_fields:
+            raw = env.get(env_name(name))
+            if raw is not None and raw != "":
+                values[name] = raw
+        return cls.model_validate(values)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class Settings(_FromEnv):
+    """The operator's settings. Environment: LORAPLANE_<FIELD_NAME_UPPER>."""
 
     namespace: str | None = Field(
         None, description="Watch only this namespace; empty means every namespace."
@@ -26,8 +53,51 @@ class Settings(BaseModel):
     resync_seconds: float = Field(
         60.0, gt=0, description="Slow periodic per-pod check of /v1/models that catches drift."
     )
+    base_model_resync_seconds: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "Periodic reconcile of each BaseModelDeployment from the watch cache (no API call "
+            "unless something drifted); watch events of its children reconcile it at once."
+        ),
+    )
     request_timeout_seconds: float = Field(
-        30.0, gt=0, description="Timeout of one call to vLLM or to an agent."
+        30.0, gt=0, description="Timeout of one call to vLLM other than an adapter load."
+    )
+    load_timeout_seconds: float = Field(
+        60.0, gt=0, description="Timeout of one adapter load call to vLLM."
+    )
+    agent_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Timeout of one call to an agent (a fetch downloads and verifies the files).",
+    )
+    unload_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description=(
+            "How long deleting a LoRAAdapter waits for its pods to unregister it; a pod that "
+            "does not answer in time is skipped (its registrations end with its vLLM)."
+        ),
+    )
+    secret_cache_seconds: float = Field(
+        30.0, gt=0, description="How long a Secret value (API key, tokens) is reused."
+    )
+    backoff_initial_seconds: float = Field(
+        1.0, gt=0, description="First retry delay of a pod sync that failed."
+    )
+    backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Cap of the doubling retry delay of a pod sync."
+    )
+    starting_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often a vLLM server that runs but is not healthy yet is asked again.",
+    )
+    status_period_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait between two looks at an adapter's status when nothing changed.",
     )
     load_concurrency_per_pod: int = Field(
         4, ge=1, description="Adapter loads in flight at once on one vLLM server."
@@ -35,19 +105,47 @@ class Settings(BaseModel):
     load_concurrency_total: int = Field(
         32, ge=1, description="Adapter loads in flight at once across all servers."
     )
-    pod_status_cap: int = Field(32, ge=1, description="Per-pod entries kept in adapter status.")
+    pod_status_cap: int = Field(
+        MAX_STATUS_PODS,
+        ge=1,
+        le=MAX_STATUS_PODS,
+        description=f"Per-pod entries kept in adapter status (the CRD allows {MAX_STATUS_PODS}).",
+    )
     metrics_port: int = Field(8080, description="Port of the operator's /metrics endpoint.")
     health_port: int = Field(8082, description="Port of the operator's liveness endpoint.")
+    agent_cpu_request: str = Field("50m", description="CPU request of the agent sidecar.")
+    agent_memory_request: str = Field("128Mi", description="Memory request of the agent sidecar.")
+    agent_memory_limit: str = Field("512Mi", description="Memory limit of the agent sidecar.")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, str] = {}
-        for name in cls.model_fields:
-            raw = env.get(f"LORAPLANE_{name.upper()}")
-            if raw is not None and raw != "":
-                values[name] = raw
-        return cls.model_validate(values)
+    def agent_resources(self) -> dict[str, Any]:
+        return {
+            "requests": {"cpu": self.agent_cpu_request, "memory": self.agent_memory_request},
+            "limits": {"memory": self.agent_memory_limit},
+        }
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Self:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError("backoff_max_seconds must be at least backoff_initial_seconds")
+        return self
+
+
+class AgentSettings(_FromEnv):
+    """The agent sidecar's settings, set by the operator in the pods it builds."""
+
+    agent_port: int = Field(8081, description="Port the agent listens on.")
+    vllm_url: str = Field(
+        "http://127.0.0.1:8000", description="vLLM in the same pod, for the readiness check."
+    )
+    adapter_root: Path = Field(Path("/adapters"), description="The adapter store's mount path.")
+    agent_token: str = Field("", description="Bearer token the operator presents.")
+    model_path: Path | None = Field(
+        None, description="Base model directory, to check adapter shapes against its config."
+    )
+    vllm_api_key: str | None = Field(None, description="vLLM's API key, when it has one.")
+    vllm_probe_timeout_seconds: float = Field(
+        2.0, gt=0, description="Timeout of the readiness check's calls to vLLM."
+    )
 
 
 @lru_cache(maxsize=1)

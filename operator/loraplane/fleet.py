@@ -1,33 +1,91 @@
-"""The operator's in-memory picture of base models, their pods and adapters.
+"""The operator's in-memory picture of base models, pods, adapters and children, and its rules.
 
-Rebuilt from watch events after a restart (kopf replays every object at start), then from
-`/v1/models` on each pod, so nothing here has to survive the process.
+The fleet is the only writer of this picture. Handlers hand it watch events (`observe_*`,
+`forget_*`, `mark_deleting`); the per-pod sync hands it what it found on a pod (`record_*`,
+`set_state`). Each mutation answers with the pods to kick, and wakes the status of what it
+touched. Rebuilt from watch events after a restart (and a first LIST before any sync), then from
+each pod's `/v1/models`, so nothing here has to survive the process.
+
+A verdict on an adapter's files (a verified `Version`, a `Failure`) carries the `Judgement` it
+was made against: the source and the base model's maxLoraRank. It counts only while those are
+still what the objects say, so no edge has to invalidate it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
 from typing import Any
 
+from pydantic import ValidationError
+
+from loraplane.api import (
+    AdapterSummary,
+    BaseModelDeploymentSpec,
+    LoRAAdapter,
+    LoRAAdapterStatus,
+    ModelSource,
+    SecretKeyRef,
+)
 from loraplane.builders import naming
-from loraplane.conditions import now_rfc3339
 from loraplane.placement import Candidate, Placement, place
+from loraplane.pod_health import PodProblem, pod_problems
+from loraplane.status.conditions import now
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+Kicks = frozenset[Key]  # pods whose sync should run now
+NO_KICKS: Kicks = frozenset()
+
+GATE = naming.ADAPTERS_READY_GATE
 
 
-@dataclass
+@dataclass(frozen=True)
+class Judgement:
+    """What a verdict on an adapter's files depends on."""
+
+    source: str  # fingerprint of spec.source
+    max_lora_rank: int
+
+
+@dataclass(frozen=True)
 class BaseView:
     namespace: str
     name: str
+    uid: str
     max_lora_rank: int
     cap: int | None
-    api_key_ref: tuple[str, str] | None  # (secret name, key)
+    api_key_ref: SecretKeyRef | None
 
 
-@dataclass
+@dataclass(frozen=True)
+class AdapterView:
+    namespace: str
+    name: str
+    base_model: str
+    served_name: str
+    source: ModelSource | None  # None: the spec did not parse (spec_error says why)
+    priority: int
+    created: str
+    generation: int
+    deleting: bool = False
+    spec_error: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
 class PodView:
     namespace: str
     name: str
@@ -38,32 +96,29 @@ class PodView:
     vllm_running: bool
     deleting: bool
     gate: bool | None  # our readiness gate condition as the API shows it
+    problems: tuple[PodProblem, ...] = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    def runtime_changed(self, other: PodView) -> bool:
+        """A change the pod's sync must look at (a restart, readiness, a new address)."""
+        fields = ("ip", "vllm_container_id", "vllm_ready", "vllm_running", "deleting")
+        return any(getattr(self, f) != getattr(other, f) for f in fields)
 
 
-@dataclass
-class AdapterView:
-    namespace: str
-    name: str
-    base_model: str
-    served_name: str
-    source: dict[str, Any]
-    priority: int
-    created: str
-    generation: int
-    deleting: bool = False
-
-
-@dataclass
+@dataclass(frozen=True)
 class Version:
-    generation: int
+    judged: Judgement
     path: str
-    summary: dict[str, Any]
-    warnings: list[str]
+    summary: AdapterSummary
+    warnings: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Failure:
-    generation: int
+    judged: Judgement
     reason: str
     message: str
 
@@ -71,8 +126,20 @@ class Failure:
 @dataclass
 class PodAdapterState:
     state: str  # Pending, Loading, Registered, Failed, Evicted
-    since: str = field(default_factory=now_rfc3339)
+    since: datetime = field(default_factory=now)
     last_error: str | None = None
+    path: str | None = None  # what vLLM serves under the adapter's name on this pod
+
+
+class PodChange(Enum):
+    NEW = "new"
+    RUNTIME = "runtime"  # something the sync must look at
+    OTHER = "other"
+
+
+def fingerprint(source: ModelSource) -> str:
+    raw = json.dumps(source.to_k8s(), sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 @dataclass
@@ -80,42 +147,61 @@ class Fleet:
     bases: dict[Key, BaseView] = field(default_factory=dict)
     pods: dict[Key, PodView] = field(default_factory=dict)
     adapters: dict[Key, AdapterView] = field(default_factory=dict)
-    versions: dict[Key, Version] = field(default_factory=dict)
-    failures: dict[Key, Failure] = field(default_factory=dict)
     # pod key -> adapter name -> state on that pod
     pod_states: dict[Key, dict[str, PodAdapterState]] = field(default_factory=dict)
-    synced: set[Key] = field(default_factory=set)  # pods converged at least once since start
-    # Set when an adapter's picture may have changed: its status is published at once.
-    changes: dict[Key, asyncio.Event] = field(default_factory=dict)
+    # pod key -> served name -> path, as its sync last listed them: the pod has been looked at
+    registrations: dict[Key, dict[str, str | None]] = field(default_factory=dict)
+    # pod key -> (required served names, versions kept) as its agent was last told
+    agent_told: dict[Key, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = field(
+        default_factory=dict
+    )
+    # uids of base models whose agent token Secret exists
+    agent_secrets: set[str] = field(default_factory=set)
+    # base key -> kind -> the live child object, as the watches last showed it
+    children: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    _versions: dict[Key, Version] = field(default_factory=dict)
+    _failures: dict[Key, Failure] = field(default_factory=dict)
+    _adapter_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
+    _base_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
 
-    def change_event(self, key: Key) -> asyncio.Event:
-        return self.changes.setdefault(key, asyncio.Event())
-
-    def touch_base(self, namespace: str, base_model: str) -> None:
-        for ad in self.adapters_of(namespace, base_model):
-            self.change_event((ad.namespace, ad.name)).set()
+    # -- queries -------------------------------------------------------------------------------
 
     def pods_of(self, namespace: str, base_model: str) -> list[PodView]:
-        return [
-            p
-            for p in self.pods.values()
-            if p.namespace == namespace and p.base_model == base_model and not p.deleting
-        ]
+        """The base model's pods that serve or will serve (not going away)."""
+        return [p for p in self.all_pods_of(namespace, base_model) if not p.deleting]
+
+    def all_pods_of(self, namespace: str, base_model: str) -> list[PodView]:
+        return sorted(
+            (
+                p
+                for p in self.pods.values()
+                if (p.namespace, p.base_model) == (namespace, base_model)
+            ),
+            key=lambda p: p.name,
+        )
 
     def adapters_of(self, namespace: str, base_model: str) -> Iterator[AdapterView]:
         for a in self.adapters.values():
             if a.namespace == namespace and a.base_model == base_model:
                 yield a
 
-    def failure(self, key: Key) -> Failure | None:
+    def judgement(self, key: Key) -> Judgement | None:
+        """What a verdict on this adapter must be judged against now (None: not judgeable)."""
         ad = self.adapters.get(key)
-        f = self.failures.get(key)
-        return f if ad is not None and f is not None and f.generation == ad.generation else None
+        if ad is None or ad.source is None:
+            return None
+        base = self.bases.get((ad.namespace, ad.base_model))
+        if base is None:
+            return None
+        return Judgement(fingerprint(ad.source), base.max_lora_rank)
 
     def version(self, key: Key) -> Version | None:
-        ad = self.adapters.get(key)
-        v = self.versions.get(key)
-        return v if ad is not None and v is not None and v.generation == ad.generation else None
+        v = self._versions.get(key)
+        return v if v is not None and v.judged == self.judgement(key) else None
+
+    def failure(self, key: Key) -> Failure | None:
+        f = self._failures.get(key)
+        return f if f is not None and f.judged == self.judgement(key) else None
 
     def placement(self, namespace: str, base_model: str) -> Placement:
         """Which adapters this base model's pods should serve (failed and deleting ones not)."""
@@ -123,95 +209,304 @@ class Fleet:
         candidates = [
             Candidate(a.name, a.priority, a.created)
             for a in self.adapters_of(namespace, base_model)
-            if not a.deleting and self.failure((namespace, a.name)) is None
+            if not a.deleting and a.spec_error is None and self.failure(a.key) is None
         ]
         return place(candidates, base.cap if base else None)
 
-    def set_state(self, pod: Key, adapter: str, state: str, last_error: str | None = None) -> None:
+    def state(self, pod: Key, adapter: str) -> PodAdapterState | None:
+        return self.pod_states.get(pod, {}).get(adapter)
+
+    def looked_at(self, pod: Key) -> bool:
+        """The pod's registrations are known (its sync listed them since the operator started)."""
+        return pod in self.registrations
+
+    # -- change notification -------------------------------------------------------------------
+
+    def adapter_changed(self, key: Key) -> asyncio.Event:
+        """Set when the adapter's status may have changed; the status publisher clears it."""
+        return self._adapter_changed.setdefault(key, asyncio.Event())
+
+    def base_changed(self, key: Key) -> asyncio.Event:
+        """Set when the base model's children, pods or adapters changed."""
+        return self._base_changed.setdefault(key, asyncio.Event())
+
+    def touch(self, namespace: str, base_model: str) -> None:
+        self.base_changed((namespace, base_model)).set()
+        for ad in self.adapters_of(namespace, base_model):
+            self.adapter_changed(ad.key).set()
+
+    def _kicks(self, namespace: str, base_model: str) -> Kicks:
+        self.touch(namespace, base_model)
+        return frozenset(p.key for p in self.pods_of(namespace, base_model))
+
+    # -- watch events --------------------------------------------------------------------------
+
+    def observe_base(self, obj: Mapping[str, Any]) -> Kicks:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        new = base_view(obj)
+        if new is None or self.bases.get(key) == new:
+            self.base_changed(key).set()
+            return NO_KICKS
+        self.bases[key] = new
+        return self._kicks(*key)
+
+    def forget_base(self, key: Key) -> Kicks:
+        self.bases.pop(key, None)
+        self.children.pop(key, None)
+        self._base_changed.pop(key, None)
+        return self._kicks(*key)
+
+    def observe_adapter(self, obj: Mapping[str, Any]) -> Kicks:
+        new = adapter_view(obj)
+        old = self.adapters.get(new.key)
+        self.adapters[new.key] = new
+        if old is None:
+            self._seed_version(new, obj)
+        if old == new:
+            return NO_KICKS
+        kicks = self._kicks(new.namespace, new.base_model)
+        if old is not None and old.base_model != new.base_model:
+            kicks |= self._kicks(old.namespace, old.base_model)
+        return kicks
+
+    def _seed_version(self, ad: AdapterView, obj: Mapping[str, Any]) -> None:
+        """Trust the version status recorded for this very spec, so a restart reloads nothing.
+
+        Status is written whole (a generation without a version clears `adapter`), and the
+        summary names the maxLoraRank it was verified against: both must still hold.
+        """
+        if ad.source is None:
+            return
+        try:
+            status = LoRAAdapterStatus.from_k8s(obj.get("status") or {})
+        except ValidationError:
+            return
+        summary = status.adapter
+        if (
+            status.observed_generation != ad.generation
+            or summary is None
+            or summary.path is None
+            or summary.max_lora_rank is None
+        ):
+            return
+        judged = Judgement(fingerprint(ad.source), summary.max_lora_rank)
+        self._versions[ad.key] = Version(judged, summary.path, summary)
+
+    def mark_deleting(self, key: Key) -> Kicks:
+        ad = self.adapters.get(key)
+        if ad is None:
+            return NO_KICKS
+        if not ad.deleting:
+            self.adapters[key] = replace(ad, deleting=True)
+        return self._kicks(ad.namespace, ad.base_model)
+
+    def forget_adapter(self, key: Key) -> Kicks:
+        ad = self.adapters.pop(key, None)
+        self._adapter_changed.pop(key, None)
+        self._versions.pop(key, None)
+        self._failures.pop(key, None)
+        for states in self.pod_states.values():
+            states.pop(key[1], None)
+        return NO_KICKS if ad is None else self._kicks(ad.namespace, ad.base_model)
+
+    def observe_pod(self, obj: Mapping[str, Any]) -> PodChange:
+        new = pod_view(obj)
+        old = self.pods.get(new.key)
+        self.pods[new.key] = new
+        if old is None or old.runtime_changed(new) or old.problems != new.problems:
+            self.touch(new.namespace, new.base_model)
+        if old is None:
+            return PodChange.NEW
+        return PodChange.RUNTIME if old.runtime_changed(new) else PodChange.OTHER
+
+    def forget_pod(self, key: Key) -> None:
+        gone = self.pods.pop(key, None)
+        self.pod_states.pop(key, None)
+        self.registrations.pop(key, None)
+        self.agent_told.pop(key, None)
+        if gone is not None:
+            self.touch(gone.namespace, gone.base_model)
+
+    def observe_child(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+        """A Deployment or Service of a base model, as its watch shows it."""
+        meta = obj["metadata"]
+        base = (meta.get("labels") or {}).get(naming.LABEL_BASE_MODEL)
+        if not base:
+            return
+        key = (meta["namespace"], base)
+        kinds = self.children.setdefault(key, {})
+        if deleted:
+            kinds.pop(obj["kind"], None)
+        else:
+            kinds[obj["kind"]] = dict(obj)
+        self.base_changed(key).set()
+
+    def child(self, key: Key, kind: str) -> dict[str, Any] | None:
+        return self.children.get(key, {}).get(kind)
+
+    # -- what the per-pod sync found -----------------------------------------------------------
+
+    def record_version(self, key: Key, judged: Judgement, version: Version) -> bool:
+        """Keep a verified version, unless the spec or base moved on while it was fetched."""
+        if judged != self.judgement(key):
+            return False
+        current = self._versions.get(key)
+        if current is None or current.judged != judged or current.path != version.path:
+            self._versions[key] = version
+            self.adapter_changed(key).set()
+        return True
+
+    def record_failure(self, key: Key, judged: Judgement, reason: str, message: str) -> Kicks:
+        """A verdict against the adapter's files: every pod of its base drops it from its plan."""
+        ad = self.adapters.get(key)
+        if ad is None or judged != self.judgement(key) or self.failure(key) is not None:
+            return NO_KICKS
+        self._failures[key] = Failure(judged, reason, message)
+        log.warning("adapter %s/%s rejected: %s: %s", *key, reason, message)
+        return self._kicks(ad.namespace, ad.base_model)
+
+    def set_state(
+        self,
+        pod: Key,
+        adapter: str,
+        state: str,
+        last_error: str | None = None,
+        path: str | None = None,
+    ) -> None:
         states = self.pod_states.setdefault(pod, {})
         current = states.get(adapter)
         if current is None or current.state != state:
-            states[adapter] = PodAdapterState(state, last_error=last_error)
+            states[adapter] = PodAdapterState(state, last_error=last_error, path=path)
         else:
             current.last_error = last_error
+            current.path = path
+        ad = self.adapters.get((pod[0], adapter))
+        if ad is not None:
+            self.adapter_changed(ad.key).set()
 
-    def forget_pod(self, key: Key) -> None:
-        self.pods.pop(key, None)
-        self.pod_states.pop(key, None)
-        self.synced.discard(key)
+    def clear_state(self, pod: Key, adapter: str) -> None:
+        self.pod_states.get(pod, {}).pop(adapter, None)
 
-    def forget_adapter(self, key: Key) -> None:
-        self.adapters.pop(key, None)
-        self.changes.pop(key, None)
-        self.versions.pop(key, None)
-        self.failures.pop(key, None)
-        for states in self.pod_states.values():
-            states.pop(key[1], None)
+    def record_registrations(self, pod: Key, registered: Mapping[str, str | None]) -> None:
+        self.registrations[pod] = dict(registered)
+        view = self.pods.get(pod)
+        if view is not None:
+            self.touch(view.namespace, view.base_model)
+
+    def lost_agent_secret(self, base: BaseView) -> None:
+        """A sync found the agent token Secret gone: the base model's reconcile makes it again."""
+        self.agent_secrets.discard(base.uid)
+        self.base_changed((base.namespace, base.name)).set()
+
+    def gate_set(self, pod: Key, ready: bool) -> None:
+        view = self.pods.get(pod)
+        if view is not None:
+            self.pods[pod] = replace(view, gate=ready)
+
+    def holders(self, key: Key) -> list[PodView]:
+        """Serving pods that may still have this adapter registered (or not looked at yet).
+
+        By path, not by name: another adapter's registration under the same served name is not
+        this adapter's to wait for.
+        """
+        ad = self.adapters.get(key)
+        if ad is None:
+            return []
+        own = f"{naming.ADAPTER_MOUNT_PATH.rstrip('/')}/{ad.name}/"
+
+        def holds(pod: Key) -> bool:
+            if not self.looked_at(pod):
+                return True
+            registered = self.registrations[pod]
+            path = registered.get(ad.served_name)
+            return ad.served_name in registered and (path is None or path.startswith(own))
+
+        return [
+            p for p in self.pods_of(ad.namespace, ad.base_model) if p.vllm_ready and holds(p.key)
+        ]
+
+    async def wait_unregistered(self, key: Key, within: float) -> list[PodView]:
+        """Wait until no running pod has the adapter registered; returns the pods left."""
+        deadline = time.monotonic() + within
+        while (left := self.holders(key)) and (remaining := deadline - time.monotonic()) > 0:
+            event = self.adapter_changed(key)
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
+        return left
 
 
-GATE = naming.ADAPTERS_READY_GATE
-
-
-def pod_view(pod: Mapping[str, Any], base_label: str, vllm_container: str) -> PodView:
+def pod_view(pod: Mapping[str, Any]) -> PodView:
     meta = pod["metadata"]
     status = pod.get("status") or {}
     vllm: Mapping[str, Any] = next(
-        (c for c in status.get("containerStatuses") or [] if c.get("name") == vllm_container), {}
+        (
+            c
+            for c in status.get("containerStatuses") or []
+            if c.get("name") == naming.VLLM_CONTAINER
+        ),
+        {},
     )
     gate = next((c for c in status.get("conditions") or [] if c.get("type") == GATE), None)
+    running = "running" in (vllm.get("state") or {})
     return PodView(
         namespace=meta["namespace"],
         name=meta["name"],
-        base_model=(meta.get("labels") or {}).get(base_label, ""),
+        base_model=(meta.get("labels") or {}).get(naming.LABEL_BASE_MODEL, ""),
         ip=status.get("podIP"),
         vllm_container_id=vllm.get("containerID"),
-        vllm_ready=bool(vllm.get("ready")) and "running" in (vllm.get("state") or {}),
-        vllm_running="running" in (vllm.get("state") or {}),
+        vllm_ready=bool(vllm.get("ready")) and running,
+        vllm_running=running,
         deleting=bool(meta.get("deletionTimestamp"))
         or status.get("phase") in ("Succeeded", "Failed"),
         gate=None if gate is None else gate.get("status") == "True",
+        problems=tuple(pod_problems(pod)),
     )
 
 
 def adapter_view(obj: Mapping[str, Any]) -> AdapterView:
     meta = obj["metadata"]
-    spec = obj.get("spec") or {}
+    common = {
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "created": meta.get("creationTimestamp") or "",
+        "generation": int(meta.get("generation") or 0),
+        "deleting": bool(meta.get("deletionTimestamp")),
+    }
+    try:
+        parsed = LoRAAdapter.from_k8s({"metadata": meta, "spec": obj.get("spec") or {}})
+    except (ValidationError, ValueError) as exc:
+        # The CRD's schema should have refused it; say so in status instead of crashing.
+        spec = obj.get("spec") or {}
+        return AdapterView(
+            base_model=str(spec.get("baseModel") or ""),
+            served_name=str(spec.get("servedName") or meta["name"]),
+            source=None,
+            priority=0,
+            spec_error=str(exc),
+            **common,
+        )
     return AdapterView(
-        namespace=meta["namespace"],
-        name=meta["name"],
-        base_model=spec.get("baseModel", ""),
-        served_name=spec.get("servedName") or meta["name"],
-        source=dict(spec.get("source") or {}),
-        priority=int(spec.get("priority") or 0),
-        created=meta.get("creationTimestamp") or "",
-        generation=int(meta.get("generation") or 0),
-        deleting=bool(meta.get("deletionTimestamp")),
+        base_model=parsed.spec.base_model,
+        served_name=parsed.served_name,
+        source=parsed.spec.source,
+        priority=parsed.spec.priority,
+        **common,
     )
 
 
-def base_view(obj: Mapping[str, Any]) -> BaseView:
+def base_view(obj: Mapping[str, Any]) -> BaseView | None:
+    """None when the spec does not parse: the base model's reconcile reports that."""
     meta = obj["metadata"]
-    spec = obj.get("spec") or {}
-    lora = spec.get("lora") or {}
-    ref = (spec.get("engine") or {}).get("apiKeySecretRef")
+    try:
+        spec = BaseModelDeploymentSpec.from_k8s(obj.get("spec") or {})
+    except (ValidationError, ValueError):
+        return None
     return BaseView(
         namespace=meta["namespace"],
         name=meta["name"],
-        max_lora_rank=int(lora.get("maxLoraRank") or 16),
-        cap=lora.get("maxAdaptersPerReplica"),
-        api_key_ref=(ref["name"], ref.get("key") or "key") if ref else None,
+        uid=meta.get("uid") or "",
+        max_lora_rank=spec.lora.max_lora_rank,
+        cap=spec.lora.max_adapters_per_replica,
+        api_key_ref=spec.engine.api_key_secret_ref,
     )
-
-
-def recorded_version(obj: Mapping[str, Any]) -> Version | None:
-    """The version an adapter's status recorded for its current generation, if any.
-
-    After an operator restart this is trusted, so a pod that already serves it is left alone
-    instead of being fetched and loaded again.
-    """
-    status = obj.get("status") or {}
-    summary = status.get("adapter") or {}
-    generation = int(obj["metadata"].get("generation") or 0)
-    if status.get("observedGeneration") == generation and summary.get("path"):
-        return Version(generation, summary["path"], dict(summary), [])
-    return None

@@ -1,8 +1,19 @@
-"""Every Prometheus metric loraplane exports, defined in one place."""
+"""Every Prometheus metric loraplane exports, defined in one place.
+
+Counters and histograms are observed where their event happens (one event, one counter). Gauges
+of current state are read from the fleet at scrape time by `FleetCollector`: a series exists
+exactly while its adapter and pod do, with no bookkeeping that could leave one behind.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from loraplane.fleet import Fleet
 
 ADAPTER = ("namespace", "base_model", "adapter")
 
@@ -13,7 +24,8 @@ ADAPTER_LOADS = Counter(
 )
 ADAPTER_UNLOADS = Counter(
     "loraplane_adapter_unloads_total",
-    "Adapters unregistered from a vLLM server, by reason (deleted, capacity, failed, orphan).",
+    "Adapters unregistered from a vLLM server, by reason (deleted, failed, orphan); "
+    "capacity evictions are counted in loraplane_adapter_evictions_total only.",
     [*ADAPTER, "reason"],
 )
 ADAPTER_EVICTIONS = Counter(
@@ -26,11 +38,6 @@ ADAPTER_RECOVERIES = Counter(
     "Adapters registered again on a server that had lost them (a restart or drift).",
     list(ADAPTER),
 )
-ADAPTER_REGISTERED = Gauge(
-    "loraplane_adapter_registered",
-    "1 when the adapter is registered on the pod's vLLM server (as of the last sync).",
-    [*ADAPTER, "pod"],
-)
 ADAPTER_LOAD_SECONDS = Histogram(
     "loraplane_adapter_load_duration_seconds",
     "Time of one adapter load: agent fetch and verify, then the vLLM load call.",
@@ -42,3 +49,44 @@ POD_SYNCS = Counter(
     "Per-pod convergence runs (desired adapters vs /v1/models), by result.",
     ["result"],
 )
+
+
+class FleetCollector(Collector):
+    """Current-state gauges, read from the fleet at each scrape."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from loraplane.status.adapter import serves  # status imports the fleet, as we do
+
+        registered = GaugeMetricFamily(
+            "loraplane_adapter_registered",
+            "1 when the pod's vLLM server serves the adapter's current version, else 0; one "
+            "series per adapter placed on a base model and pod of that base model.",
+            labels=[*ADAPTER, "pod"],
+        )
+        fleet = self.fleet
+        for (ns, base), _view in sorted(fleet.bases.items()):
+            pods = fleet.pods_of(ns, base)
+            for name in fleet.placement(ns, base).placed:
+                version = fleet.version((ns, name))
+                for pod in pods:
+                    value = 1.0 if serves(fleet.state(pod.key, name), version) else 0.0
+                    registered.add_metric([ns, base, name, pod.name], value)
+        yield registered
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+_collector: FleetCollector | None = None
+
+
+def watch_fleet(fleet: Fleet) -> None:
+    """Export `fleet`'s gauges from the default registry (one fleet per process)."""
+    global _collector
+    if _collector is not None:
+        REGISTRY.unregister(_collector)
+    _collector = FleetCollector(fleet)
+    REGISTRY.register(_collector)

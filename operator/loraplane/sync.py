@@ -1,193 +1,57 @@
 """Per-pod convergence: the adapters a pod should serve vs what its vLLM lists, then load/unload.
 
-One run costs one `GET /v1/models` when nothing changed. It is level-based: whatever happened
-before (a vLLM restart, a lost load, an operator restart), the run brings the pod to the desired
-set and reports each adapter's state on this pod.
+The only module that talks to vLLM servers and agents. One run costs one `GET /v1/models` when
+nothing changed. It is level-based: whatever happened before (a vLLM restart, a lost load, an
+operator restart), the run brings the pod to the desired set and records in the fleet what it
+found and did. The parts (`plan`, `ensure_loaded`, `unload`, `publish`) stand alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
-from kubernetes_asyncio.client import ApiClient
+from typing import TYPE_CHECKING
 
 from loraplane import kube, metrics
 from loraplane.agent.client import AdapterRejectedByAgent, AgentClient, AgentError
+from loraplane.agent.protocol import FetchRequest
 from loraplane.builders import naming
-from loraplane.conditions import now_rfc3339
-from loraplane.config import Settings
-from loraplane.fleet import GATE, AdapterView, BaseView, Failure, Fleet, Key, PodView, Version
+from loraplane.fleet import GATE, AdapterView, BaseView, Fleet, Judgement, Key, PodView, Version
+from loraplane.status.conditions import now_rfc3339
 from loraplane.vllm.client import VLLMClient
 from loraplane.vllm.errors import VLLMError
+from loraplane.workers import ServerStarting
+
+if TYPE_CHECKING:
+    from loraplane.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+Registered = Mapping[str, str | None]  # served name -> path, as /v1/models lists them
 
 
 class PodNotReachable(Exception):
     """The pod's servers did not answer: a transient state, retried by the worker."""
 
 
-class ServerStarting(Exception):
-    """vLLM runs but does not answer /health yet: look again soon, without backing off."""
+@dataclass(frozen=True)
+class Unload:
+    served_name: str
+    adapter: str  # the LoRAAdapter's name, or the served name of a registration nobody owns
+    reason: str  # deleted, capacity, failed, orphan
 
 
-@dataclass
-class SyncContext:
-    fleet: Fleet
-    api: ApiClient
-    session: aiohttp.ClientSession
-    settings: Settings
-    total_loads: asyncio.Semaphore
-    on_adapter_failed: Callable[[Key], None]  # kicks every pod of the adapter's base model
+@dataclass(frozen=True)
+class Plan:
+    wanted: tuple[AdapterView, ...]
+    unloads: tuple[Unload, ...]
+    displaced: tuple[str, ...]
 
 
-SECRET_TTL = 30.0
-_secrets: dict[tuple[str, str, str], tuple[float, str | None]] = {}
-
-
-async def secret_value(api: ApiClient, namespace: str, name: str, key: str) -> str | None:
-    """A Secret's value, cached for SECRET_TTL: every sync needs the agent token and API key."""
-    now = time.monotonic()
-    cached = _secrets.get((namespace, name, key))
-    if cached is not None and now - cached[0] < SECRET_TTL:
-        return cached[1]
-    secret = await kube.get(api, "v1", "Secret", namespace, name)
-    raw = ((secret or {}).get("data") or {}).get(key)
-    value = base64.b64decode(raw).decode() if raw else None
-    if value is not None:
-        _secrets[(namespace, name, key)] = (now, value)
-    return value
-
-
-async def clients(ctx: SyncContext, pod: PodView, base: BaseView) -> tuple[VLLMClient, AgentClient]:
-    token = await secret_value(
-        ctx.api, pod.namespace, naming.agent_secret_name(base.name), naming.AGENT_TOKEN_KEY
-    )
-    if not token:
-        raise PodNotReachable(f"the agent token Secret of {base.name} is missing")
-    api_key = None
-    if base.api_key_ref is not None:
-        api_key = await secret_value(ctx.api, pod.namespace, *base.api_key_ref)
-    timeout = ctx.settings.request_timeout_seconds
-    vllm = VLLMClient(
-        f"http://{pod.ip}:{ctx.settings.vllm_port}", api_key, ctx.session, timeout=timeout
-    )
-    agent = AgentClient(
-        f"http://{pod.ip}:{ctx.settings.agent_port}", token, ctx.session, timeout=4 * timeout
-    )
-    return vllm, agent
-
-
-async def fetch_request(ctx: SyncContext, ad: AdapterView, base: BaseView) -> dict[str, Any]:
-    req: dict[str, Any] = {
-        "name": ad.name,
-        "maxLoraRank": base.max_lora_rank,
-        "baseModel": base.name,
-    }
-    source = ad.source
-    if source.get("path"):
-        req["path"] = source["path"]
-    elif source.get("huggingface"):
-        hf = source["huggingface"]
-        req["hfRepo"] = hf["repo"]
-        req["hfRevision"] = hf.get("revision")
-        ref = hf.get("tokenSecretRef")
-        if ref:
-            req["hfToken"] = await secret_value(
-                ctx.api, ad.namespace, ref["name"], ref.get("key") or "token"
-            )
-    return req
-
-
-def _fail(ctx: SyncContext, ad: AdapterView, reason: str, message: str) -> None:
-    key = (ad.namespace, ad.name)
-    ctx.fleet.failures[key] = Failure(ad.generation, reason, message)
-    log.warning("adapter %s/%s rejected: %s: %s", ad.namespace, ad.name, reason, message)
-    ctx.on_adapter_failed(key)
-
-
-async def _ensure_loaded(
-    ctx: SyncContext,
-    pod: PodView,
-    base: BaseView,
-    ad: AdapterView,
-    registered: dict[str, str | None],
-    vllm: VLLMClient,
-    agent: AgentClient,
-    had_synced: bool,
-) -> None:
-    fleet = ctx.fleet
-    key, pkey = (ad.namespace, ad.name), (pod.namespace, pod.name)
-    labels = (ad.namespace, base.name, ad.name)
-    version = fleet.version(key)
-    current = registered.get(ad.served_name)
-    if version is not None and current == version.path:
-        fleet.set_state(pkey, ad.name, "Registered")
-        return
-    fleet.set_state(pkey, ad.name, "Loading")
-    started = time.monotonic()
-    async with ctx.total_loads:
-        try:
-            fetched = await agent.fetch(await fetch_request(ctx, ad, base))
-        except AdapterRejectedByAgent as exc:
-            metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-            _fail(ctx, ad, exc.reason, exc.message)
-            fleet.set_state(pkey, ad.name, "Failed", exc.message)
-            return
-        fleet.versions[key] = Version(
-            ad.generation, fetched.path, fetched.summary, fetched.warnings
-        )
-        if current == fetched.path:
-            fleet.set_state(pkey, ad.name, "Registered")
-            return
-        try:
-            # A new version under a registered name is swapped in place: vLLM loads the new
-            # weights first, then replaces the old ones, so no request sees a missing adapter.
-            await vllm.load_adapter(ad.served_name, fetched.path, inplace=current is not None)
-        except VLLMError as exc:
-            if exc.permanent:
-                metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-                _fail(ctx, ad, str(exc.reason), exc.message)
-                fleet.set_state(pkey, ad.name, "Failed", exc.message)
-                return
-            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
-            fleet.set_state(pkey, ad.name, "Loading", f"{exc.reason}: {exc.message}")
-            raise
-    metrics.ADAPTER_LOADS.labels(*labels, "success").inc()
-    metrics.ADAPTER_LOAD_SECONDS.labels(ad.namespace, base.name).observe(time.monotonic() - started)
-    if had_synced and current is None:
-        metrics.ADAPTER_RECOVERIES.labels(*labels).inc()
-    fleet.set_state(pkey, ad.name, "Registered")
-
-
-async def _set_gate(ctx: SyncContext, pod: PodView, ready: bool, message: str) -> None:
-    if pod.gate is ready:
-        return
-    body = {
-        "status": {
-            "conditions": [
-                {
-                    "type": GATE,
-                    "status": "True" if ready else "False",
-                    "reason": "AdaptersRegistered" if ready else "AdaptersLoading",
-                    "message": message,
-                    "lastTransitionTime": now_rfc3339(),
-                }
-            ]
-        }
-    }
-    await kube.patch_status(ctx.api, "v1", "Pod", pod.namespace, pod.name, body)
-    pod.gate = ready
-
-
-def _in_store(path: str | None) -> bool:
+def in_store(path: str | None) -> bool:
     return bool(path) and str(path).startswith(naming.ADAPTER_MOUNT_PATH.rstrip("/") + "/")
 
 
@@ -203,107 +67,247 @@ def store_versions(paths: Iterable[str | None]) -> dict[str, str]:
     return keep
 
 
-async def sync_pod(ctx: SyncContext, pod: PodView) -> None:
-    """Converge one pod. Raises on transient trouble so the worker retries with backoff."""
-    fleet = ctx.fleet
-    pkey = (pod.namespace, pod.name)
+def plan(fleet: Fleet, base: BaseView, registered: Registered) -> Plan:
+    """What one pod of `base` should serve, and which of its registrations go. Pure."""
+    placement = fleet.placement(base.namespace, base.name)
+    wanted = tuple(fleet.adapters[(base.namespace, n)] for n in placement.placed)
+    keep = {a.served_name for a in wanted}
+    owners = {a.served_name: a for a in fleet.adapters_of(base.namespace, base.name)}
+    unloads: list[Unload] = []
+    for served in sorted(set(registered) - keep):
+        owner = owners.get(served)
+        if owner is None:
+            if in_store(registered[served]):
+                unloads.append(Unload(served, served, "orphan"))
+            continue  # registered by someone else (e.g. --lora-modules): not ours to remove
+        if owner.deleting:
+            reason = "deleted"
+        elif owner.name in placement.displaced:
+            reason = "capacity"
+        elif fleet.failure(owner.key) is not None:
+            continue  # its new version was rejected: the one registered before keeps serving
+        else:
+            reason = "failed"
+        unloads.append(Unload(served, owner.name, reason))
+    return Plan(wanted, tuple(unloads), placement.displaced)
+
+
+async def clients(rt: Runtime, pod: PodView, base: BaseView) -> tuple[VLLMClient, AgentClient]:
+    cfg = rt.settings
+    token = await rt.secrets.value(
+        pod.namespace, naming.agent_secret_name(base.name), naming.AGENT_TOKEN_KEY
+    )
+    if not token:
+        rt.fleet.lost_agent_secret(base)
+        raise PodNotReachable(f"the agent token Secret of {base.name} is missing")
+    api_key = None
+    if base.api_key_ref is not None:
+        api_key = await rt.secrets.value(pod.namespace, base.api_key_ref.name, base.api_key_ref.key)
+    vllm = VLLMClient(
+        f"http://{pod.ip}:{cfg.vllm_port}",
+        api_key,
+        rt.session,
+        timeout=cfg.request_timeout_seconds,
+        load_timeout=cfg.load_timeout_seconds,
+    )
+    agent = AgentClient(
+        f"http://{pod.ip}:{cfg.agent_port}", token, rt.session, timeout=cfg.agent_timeout_seconds
+    )
+    return vllm, agent
+
+
+async def fetch_request(rt: Runtime, ad: AdapterView, judged: Judgement) -> FetchRequest:
+    assert ad.source is not None  # placement leaves out adapters whose spec did not parse
+    hf_token = None
+    ref = ad.source.huggingface.token_secret_ref if ad.source.huggingface else None
+    if ref is not None:
+        hf_token = await rt.secrets.value(ad.namespace, ref.name, ref.key)
+    return FetchRequest(
+        name=ad.name,
+        source=ad.source,
+        hf_token=hf_token,
+        max_lora_rank=judged.max_lora_rank,
+        base_model=ad.base_model,
+    )
+
+
+@dataclass(frozen=True)
+class PodContext:
+    """One run's view of one pod: who it is and how to reach its servers."""
+
+    pod: PodView
+    base: BaseView
+    vllm: VLLMClient
+    agent: AgentClient
+    registered: Registered
+    looked_at_before: bool  # its registrations were known before this run: a loss is a recovery
+
+
+async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
+    """Bring one adapter's current version onto the pod. True when a registration changed."""
+    fleet = rt.fleet
+    pkey = pc.pod.key
+    labels = (ad.namespace, pc.base.name, ad.name)
+    current = pc.registered.get(ad.served_name)
+    judged = fleet.judgement(ad.key)
+    if judged is None:
+        return False
+    version = fleet.version(ad.key)
+    if version is not None and current == version.path:
+        fleet.set_state(pkey, ad.name, "Registered", path=current)
+        return False
+    fleet.set_state(pkey, ad.name, "Loading", path=current)
+    started = time.monotonic()
+    async with rt.loads:
+        try:
+            fetched = await pc.agent.fetch(await fetch_request(rt, ad, judged))
+        except AdapterRejectedByAgent as exc:
+            metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
+            rt.kick(fleet.record_failure(ad.key, judged, exc.reason, exc.message))
+            fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
+            return False
+        except AgentError as exc:
+            fleet.set_state(pkey, ad.name, "Loading", f"agent: {exc}", path=current)
+            raise
+        version = Version(judged, fetched.path, fetched.summary, tuple(fetched.warnings))
+        if not fleet.record_version(ad.key, judged, version):
+            return False  # the spec moved on while this was fetched: the next run loads that
+        if current == fetched.path:
+            fleet.set_state(pkey, ad.name, "Registered", path=current)
+            return False
+        try:
+            # A new version under a registered name is swapped in place: vLLM loads the new
+            # weights first, then replaces the old ones, so no request sees a missing adapter.
+            await pc.vllm.load_adapter(ad.served_name, fetched.path, inplace=current is not None)
+        except VLLMError as exc:
+            if exc.permanent:
+                metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
+                rt.kick(fleet.record_failure(ad.key, judged, str(exc.reason), exc.message))
+                fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
+                return False
+            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
+            fleet.set_state(pkey, ad.name, "Loading", f"{exc.reason}: {exc.message}", current)
+            raise
+    metrics.ADAPTER_LOADS.labels(*labels, "success").inc()
+    metrics.ADAPTER_LOAD_SECONDS.labels(ad.namespace, pc.base.name).observe(
+        time.monotonic() - started
+    )
+    if pc.looked_at_before and current is None:
+        metrics.ADAPTER_RECOVERIES.labels(*labels).inc()
+    fleet.set_state(pkey, ad.name, "Registered", path=fetched.path)
+    return True
+
+
+async def unload(rt: Runtime, pc: PodContext, step: Unload) -> None:
+    await pc.vllm.unload_adapter(step.served_name)
+    labels = (pc.pod.namespace, pc.base.name, step.adapter)
+    if step.reason == "capacity":
+        metrics.ADAPTER_EVICTIONS.labels(*labels, "CapacityExceeded").inc()
+        rt.fleet.set_state(pc.pod.key, step.adapter, "Evicted", "CapacityExceeded")
+    else:
+        metrics.ADAPTER_UNLOADS.labels(*labels, step.reason).inc()
+        rt.fleet.clear_state(pc.pod.key, step.adapter)
+
+
+async def publish(
+    rt: Runtime, pc: PodContext, wanted: Iterable[AdapterView], now: Registered
+) -> None:
+    """Tell the agent what the pod must serve and which files to keep; open or close the gate."""
+    fleet = rt.fleet
+    wanted = list(wanted)
+    serving = sorted(
+        a.served_name
+        for a in wanted
+        if (st := fleet.state(pc.pod.key, a.name)) is not None and st.state == "Registered"
+    )
+    # Files may go only when no registered name points at them: vLLM re-reads an evicted
+    # adapter from its path, and dies when the files are gone (DESIGN.md §4).
+    told = (tuple(serving), tuple(sorted(store_versions(now.values()).items())))
+    if fleet.agent_told.get(pc.pod.key) != told:
+        await pc.agent.set_required(serving)
+        await pc.agent.prune(dict(told[1]))
+        fleet.agent_told[pc.pod.key] = told
+    settled = all(
+        (st := fleet.state(pc.pod.key, a.name)) is not None and st.state in ("Registered", "Failed")
+        for a in wanted
+    )
+    await set_gate(rt, pc.pod, settled, f"{len(serving)}/{len(wanted)} adapters registered")
+
+
+async def set_gate(rt: Runtime, pod: PodView, ready: bool, message: str) -> None:
+    if pod.gate is ready:
+        return
+    condition = {
+        "type": GATE,
+        "status": "True" if ready else "False",
+        "reason": "AdaptersRegistered" if ready else "AdaptersLoading",
+        "message": message,
+        "lastTransitionTime": now_rfc3339(),
+    }
+    body = {"status": {"conditions": [condition]}}
+    await kube.patch_status(rt.api, "v1", "Pod", pod.namespace, pod.name, body)
+    rt.fleet.gate_set(pod.key, ready)
+
+
+async def _not_ready(rt: Runtime, pod: PodView) -> None:
+    """A restarted vLLM lost every runtime registration: say so in status rather than keep
+    reporting what was true before, and keep the pod out of the Service until it is back."""
+    fleet = rt.fleet
+    for name, st in list(fleet.pod_states.get(pod.key, {}).items()):
+        if st.state == "Registered":
+            fleet.set_state(pod.key, name, "Pending", "vLLM is not ready on this pod")
+    fleet.registrations.pop(pod.key, None)
+    fleet.touch(pod.namespace, pod.base_model)
+    await set_gate(rt, pod, False, "vLLM is not ready; adapters are registered once it is")
+
+
+async def sync_pod(rt: Runtime, key: Key) -> bool:
+    """Converge one pod; False once the pod is gone. Raises on transient trouble (retried)."""
+    fleet = rt.fleet
+    pod = fleet.pods.get(key)
+    if pod is None:
+        return False
     base = fleet.bases.get((pod.namespace, pod.base_model))
     if base is None or pod.deleting or not pod.ip:
-        return
+        return True
     if not pod.vllm_ready:
-        # A restarted vLLM lost every runtime registration: say so in status rather than keep
-        # reporting what was true before, and keep the pod out of the Service until it is back.
-        for name, st in fleet.pod_states.get(pkey, {}).items():
-            if st.state == "Registered":
-                fleet.set_state(pkey, name, "Pending", "vLLM is not ready on this pod")
-        await _set_gate(ctx, pod, False, "vLLM is not ready; adapters are registered once it is")
-        fleet.touch_base(pod.namespace, base.name)
+        await _not_ready(rt, pod)
         if not pod.vllm_running:
-            return
-    vllm, agent = await clients(ctx, pod, base)
+            return True
+    vllm, agent = await clients(rt, pod, base)
     if not pod.vllm_ready and not await vllm.health():
         # Ask the server itself rather than wait a probe period: its adapters go back the
         # moment it answers.
         raise ServerStarting(pod.name)
     try:
-        models = await vllm.list_models()
+        registered = (await vllm.list_models()).adapter_paths
     except VLLMError as exc:
         raise PodNotReachable(f"{pod.name}: {exc.message}") from exc
-    registered = models.adapter_paths
-    placement = fleet.placement(pod.namespace, base.name)
-    wanted = [fleet.adapters[(pod.namespace, n)] for n in placement.placed]
-    had_synced = pkey in fleet.synced
+    pc = PodContext(pod, base, vllm, agent, registered, fleet.looked_at(key))
+    fleet.record_registrations(key, registered)
+    steps = plan(fleet, base, registered)
 
-    sem = asyncio.Semaphore(ctx.settings.load_concurrency_per_pod)
+    sem = asyncio.Semaphore(rt.settings.load_concurrency_per_pod)
 
-    async def one(ad: AdapterView) -> BaseException | None:
+    async def one(ad: AdapterView) -> bool | BaseException:
         async with sem:
             try:
-                await _ensure_loaded(ctx, pod, base, ad, registered, vllm, agent, had_synced)
+                return await ensure_loaded(rt, pc, ad)
             except (VLLMError, AgentError) as exc:
                 return exc
-        return None
 
-    errors = [e for e in await asyncio.gather(*(one(a) for a in wanted)) if e is not None]
-
-    # Unregister whatever this pod should not serve.
-    keep_served = {a.served_name for a in wanted}
-    by_served = {a.served_name: a for a in fleet.adapters_of(pod.namespace, base.name)}
-    for served in sorted(set(registered) - keep_served):
-        ad_or_none = by_served.get(served)
-        if ad_or_none is None and not _in_store(registered[served]):
-            continue  # registered by someone else (e.g. --lora-modules): not ours to remove
-        if (
-            ad_or_none is not None
-            and not ad_or_none.deleting
-            and ad_or_none.name not in placement.displaced
-            and fleet.failure((ad_or_none.namespace, ad_or_none.name)) is not None
-        ):
-            continue  # its new version was rejected: the one registered before keeps serving
-        await vllm.unload_adapter(served)
-        name = ad_or_none.name if ad_or_none else served
-        if ad_or_none is not None and name in placement.displaced:
-            reason = "capacity"
-            metrics.ADAPTER_EVICTIONS.labels(
-                pod.namespace, base.name, name, "CapacityExceeded"
-            ).inc()
-            fleet.set_state(pkey, name, "Evicted", "CapacityExceeded")
-        elif ad_or_none is None or ad_or_none.deleting:
-            reason = "deleted" if ad_or_none else "orphan"
-        else:
-            reason = "failed"
-        metrics.ADAPTER_UNLOADS.labels(pod.namespace, base.name, name, reason).inc()
-        metrics.ADAPTER_REGISTERED.labels(pod.namespace, base.name, name, pod.name).set(0)
-    for name in placement.displaced:
-        if fleet.pod_states.get(pkey, {}).get(name) is None:
-            fleet.set_state(pkey, name, "Evicted", "CapacityExceeded")
-
-    states = fleet.pod_states.get(pkey, {})
-    registered_names = [
-        a.served_name
-        for a in wanted
-        if states.get(a.name) is not None and states[a.name].state == "Registered"
-    ]
-    for a in wanted:
-        metrics.ADAPTER_REGISTERED.labels(pod.namespace, base.name, a.name, pod.name).set(
-            1 if a.served_name in registered_names else 0
-        )
-    await agent.set_required(registered_names)
-    # Files may go only when no registered name points at them: vLLM re-reads an evicted
-    # adapter from its path, and dies when the files are gone (DESIGN.md §4).
-    now_registered = (await vllm.list_models()).adapter_paths
-    await agent.prune(store_versions(now_registered.values()))
-    settled = all(
-        states.get(a.name) is not None and states[a.name].state in ("Registered", "Failed")
-        for a in wanted
-    )
-    await _set_gate(
-        ctx,
-        pod,
-        settled,
-        f"{len(registered_names)}/{len(wanted)} adapters registered",
-    )
-    fleet.synced.add(pkey)
-    fleet.touch_base(pod.namespace, base.name)
+    results = await asyncio.gather(*(one(a) for a in steps.wanted))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for step in steps.unloads:
+        await unload(rt, pc, step)
+    for name in steps.displaced:
+        if fleet.state(key, name) is None:
+            fleet.set_state(key, name, "Evicted", "CapacityExceeded")
+    now = registered
+    if steps.unloads or any(r is True for r in results):
+        now = (await vllm.list_models()).adapter_paths
+    fleet.record_registrations(key, now)
+    await publish(rt, pc, steps.wanted, now)
     if errors:
         raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")
+    return True

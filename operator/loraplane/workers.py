@@ -9,52 +9,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from loraplane import metrics
+from loraplane.config import Settings
 from loraplane.fleet import Key
-from loraplane.sync import ServerStarting, SyncContext, sync_pod
 
 log = logging.getLogger(__name__)
 
-BACKOFF_START = 1.0
-BACKOFF_CAP = 30.0
-STARTING_POLL = 0.5
+
+class ServerStarting(Exception):
+    """vLLM runs but does not answer /health yet: look again soon, without backing off."""
+
+
+Converge = Callable[[Key], Awaitable[bool]]  # False: the pod is gone, stop its worker
 
 
 class PodWorker:
-    def __init__(self, ctx: SyncContext, key: Key) -> None:
-        self.ctx = ctx
+    def __init__(self, converge: Converge, settings: Settings, key: Key) -> None:
+        self.converge = converge
+        self.settings = settings
         self.key = key
         self.kicked = asyncio.Event()
         self.kicked.set()  # converge once at start
         self.task = asyncio.create_task(self._run(), name=f"pod-sync:{key[0]}/{key[1]}")
 
     async def _run(self) -> None:
-        backoff = BACKOFF_START
+        cfg = self.settings
+        backoff = cfg.backoff_initial_seconds
         while True:
-            wait = self.ctx.settings.resync_seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.kicked.wait(), timeout=wait)
+                await asyncio.wait_for(self.kicked.wait(), timeout=cfg.resync_seconds)
             self.kicked.clear()
-            pod = self.ctx.fleet.pods.get(self.key)
-            if pod is None:
-                return
             try:
-                await sync_pod(self.ctx, pod)
+                if not await self.converge(self.key):
+                    return
             except asyncio.CancelledError:
                 raise
             except ServerStarting:
-                await asyncio.sleep(STARTING_POLL)
+                await asyncio.sleep(cfg.starting_poll_seconds)
                 self.kicked.set()
             except Exception as exc:  # any trouble: report, back off, and try again
                 metrics.POD_SYNCS.labels("error").inc()
                 log.info("sync of pod %s/%s: %s (retry in %.0fs)", *self.key, exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_CAP)
+                backoff = min(backoff * 2, cfg.backoff_max_seconds)
                 self.kicked.set()
             else:
                 metrics.POD_SYNCS.labels("ok").inc()
-                backoff = BACKOFF_START
+                backoff = cfg.backoff_initial_seconds
 
     def kick(self) -> None:
         self.kicked.set()
@@ -66,24 +69,16 @@ class PodWorker:
 
 
 class Workers:
-    def __init__(self, ctx: SyncContext) -> None:
-        self.ctx = ctx
+    def __init__(self, converge: Converge, settings: Settings) -> None:
+        self.converge = converge
+        self.settings = settings
         self._workers: dict[Key, PodWorker] = {}
 
     def ensure(self, key: Key) -> PodWorker:
         worker = self._workers.get(key)
         if worker is None or worker.task.done():
-            worker = self._workers[key] = PodWorker(self.ctx, key)
+            worker = self._workers[key] = PodWorker(self.converge, self.settings, key)
         return worker
-
-    def kick(self, key: Key) -> None:
-        if key in self.ctx.fleet.pods:
-            self.ensure(key).kick()
-
-    def kick_base(self, namespace: str, base_model: str) -> None:
-        self.ctx.fleet.touch_base(namespace, base_model)
-        for pod in self.ctx.fleet.pods_of(namespace, base_model):
-            self.kick((pod.namespace, pod.name))
 
     async def stop(self, key: Key) -> None:
         worker = self._workers.pop(key, None)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from loraplane import adapter_status, base_model_status, conditions
-from loraplane.base_model_status import Observed
-from loraplane.conditions import Cond
-from loraplane.fleet import AdapterView, BaseView, Failure, Fleet, PodView, Version
+from datetime import UTC, datetime
+
 from loraplane.pod_health import pod_problems
+from loraplane.status import base_model as base_model_status
+from loraplane.status import conditions
+from loraplane.status.base_model import Observed
+from loraplane.status.conditions import Cond
 from loraplane.subset import is_subset
 from loraplane.sync import store_versions
 
@@ -45,7 +47,7 @@ def test_crash_loop_is_degraded_with_the_exit_and_restarts() -> None:
             }
         ],
     )
-    conds = by_type(base_model_status.conditions(Observed(1, deployment(1, 0, 1), [crashing])))
+    conds = by_type(base_model_status.conditions(Observed(1, deployment(1, 0, 1), pod_problems(crashing))))
     assert conds["Degraded"].status is True and conds["Degraded"].reason == "CrashLoopBackOff"
     assert "last exit code 1" in conds["Degraded"].message
     assert "4 restarts" in conds["Degraded"].message
@@ -61,7 +63,7 @@ def test_unschedulable_gpu_request_is_degraded_with_the_scheduler_message() -> N
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}
         ],
     )
-    degraded = by_type(base_model_status.conditions(Observed(1, deployment(1, 0, 1), [pending])))[
+    degraded = by_type(base_model_status.conditions(Observed(1, deployment(1, 0, 1), pod_problems(pending))))[
         "Degraded"
     ]
     assert degraded.reason == "Unschedulable" and msg in degraded.message
@@ -109,13 +111,15 @@ def test_spec_error_keeps_availability_and_stops_progress() -> None:
 
 
 def test_transition_time_moves_only_when_status_flips() -> None:
-    first = conditions.merge(None, [Cond("Ready", True, "A", "x")], 1, now="T1")
-    same = conditions.merge(first, [Cond("Ready", True, "B", "y")], 2, now="T2")
-    flipped = conditions.merge(same, [Cond("Ready", False, "C", "z")], 3, now="T3")
-    assert same[0]["lastTransitionTime"] == "T1" and same[0]["reason"] == "B"
-    assert flipped[0]["lastTransitionTime"] == "T3"
-    unknown = conditions.merge(None, [Cond("Validated", None, "Pending", "")], 1, now="T")
-    assert unknown[0]["status"] == "Unknown"
+    t1, t2, t3 = (datetime(2026, 1, 1, 0, 0, s, tzinfo=UTC) for s in (1, 2, 3))
+    first = conditions.merge([], [Cond("Ready", True, "A", "x")], 1, stamp=t1)
+    same = conditions.merge(first, [Cond("Ready", True, "B", "y")], 2, stamp=t2)
+    flipped = conditions.merge(same, [Cond("Ready", False, "C", "z")], 3, stamp=t3)
+    assert same[0].last_transition_time == t1 and same[0].reason == "B"
+    assert flipped[0].last_transition_time == t3
+    unknown = conditions.merge([], [Cond("Validated", None, "Pending", "")], 1, stamp=t1)
+    assert unknown[0].status == "Unknown"
+    assert first[0].to_k8s()["lastTransitionTime"] == "2026-01-01T00:00:01Z"
 
 
 def test_subset_ignores_server_defaults_but_sees_edits() -> None:
@@ -142,42 +146,3 @@ def test_store_versions_keeps_only_paths_in_the_store() -> None:
     assert store_versions(["/adapters/a/abc", "/elsewhere/b/def", None, "/adapters/c"]) == {
         "a": "abc"
     }
-
-
-def fleet_with(n_pods: int, states: dict[str, str], cap: int | None = None) -> Fleet:
-    fleet = Fleet()
-    fleet.bases[("ns", "base")] = BaseView("ns", "base", 16, cap, None)
-    for i in range(n_pods):
-        fleet.pods[("ns", f"p{i}")] = PodView(
-            "ns", f"p{i}", "base", f"10.0.0.{i}", "c", True, True, False, True
-        )
-    for i, (name, state) in enumerate(states.items()):
-        fleet.adapters[("ns", name)] = AdapterView(
-            "ns", name, "base", name, {"path": "/x"}, -i, f"2026-01-0{i + 1}T00:00:00Z", 1
-        )
-        fleet.versions[("ns", name)] = Version(1, f"/adapters/{name}/d", {"rank": 8}, [])
-        for p in range(n_pods):
-            fleet.set_state(("ns", f"p{p}"), name, state)
-    return fleet
-
-
-def test_adapter_ready_loading_and_capacity() -> None:
-    fleet = fleet_with(2, {"a": "Registered", "b": "Loading", "c": "Registered"}, cap=2)
-    a = adapter_status.report(fleet, fleet.adapters[("ns", "a")], 32)
-    assert (a.phase, a.registered, a.desired) == ("Ready", 2, 2)
-    b = adapter_status.report(fleet, fleet.adapters[("ns", "b")], 32)
-    assert b.phase == "Loading"
-    c = adapter_status.report(fleet, fleet.adapters[("ns", "c")], 32)
-    assert c.phase == "Pending"
-    assert c.conditions[1].reason == "CapacityExceeded" and "maxAdaptersPerReplica 2" in c.message
-
-
-def test_failed_adapter_reports_its_reason_and_frees_its_place() -> None:
-    fleet = fleet_with(1, {"a": "Registered", "b": "Registered", "c": "Registered"}, cap=2)
-    fleet.failures[("ns", "a")] = Failure(1, "RankExceedsMax", "rank 64 exceeds maxLoraRank 16")
-    a = adapter_status.report(fleet, fleet.adapters[("ns", "a")], 32)
-    assert a.phase == "Failed" and a.conditions[0].reason == "RankExceedsMax"
-    assert fleet.placement("ns", "base").placed == ("b", "c")
-    # A new generation (the user fixed the spec) clears the failure.
-    fleet.adapters[("ns", "a")].generation = 2
-    assert fleet.failure(("ns", "a")) is None

@@ -41,6 +41,7 @@ __all__ = [
     "SUMMARY_FILE",
     "DigestMismatch",
     "FetchResult",
+    "empty_trash",
     "fetch_huggingface",
     "fetch_path",
     "inspect_huggingface",
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 # Written inside each version directory (hidden, so not part of the digest): the summary of what
 # was verified, which makes a repeated fetch cost one small read instead of a re-hash.
 SUMMARY_FILE = ".loraplane-summary.json"
+# Prefix of a version directory being removed: renamed first, so it never looks complete.
+TRASH_PREFIX = ".del-"
 # What vLLM reads from an adapter directory: its config, weights and, for adapters that add
 # tokens, tokenizer files. Anything else (README, training logs, checkpoints) stays on the hub.
 HF_ALLOW_PATTERNS = [
@@ -212,10 +215,20 @@ def remove_version(store: Path | str, name: str, digest: str) -> bool:
     target = version_dir(store, name, digest)
     if not target.exists():
         return False
-    trash = target.with_name(f".del-{target.name}")
+    # A unique hidden name: an earlier removal killed halfway may have left its own behind.
+    trash = Path(tempfile.mkdtemp(prefix=f"{TRASH_PREFIX}{target.name}-", dir=target.parent))
     target.rename(trash)
     shutil.rmtree(trash, ignore_errors=True)
     return True
+
+
+def empty_trash(store: Path | str) -> list[str]:
+    """Finish removals that were killed halfway (hidden, so never taken for a version)."""
+    removed: list[str] = []
+    for trash in Path(store).glob(f"*/{TRASH_PREFIX}*"):
+        shutil.rmtree(trash, ignore_errors=True)
+        removed.append(f"{trash.parent.name}/{trash.name}")
+    return removed
 
 
 def resolve_hf_revision(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from loraplane.agent import protocol
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class AgentError(Exception):
@@ -15,59 +19,55 @@ class AgentError(Exception):
 class AdapterRejectedByAgent(Exception):
     """The adapter itself is bad: the same answer on every pod, do not retry."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class Fetched(BaseModel):
-    path: str
-    summary: dict[str, Any]
-    warnings: list[str]
+    def __init__(self, rejection: protocol.Rejection) -> None:
+        super().__init__(rejection.message)
+        self.reason = rejection.reason
+        self.message = rejection.message
 
 
 class AgentClient:
     def __init__(
-        self, base_url: str, token: str, session: aiohttp.ClientSession, timeout: float = 120.0
+        self, base_url: str, token: str, session: aiohttp.ClientSession, timeout: float
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def _call(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+    async def _call(self, method: str, path: str, body: BaseModel) -> tuple[int, Any]:
         try:
             async with self._session.request(
                 method,
                 f"{self.base_url}{path}",
-                json=body,
+                json=body.model_dump(mode="json", by_alias=True, exclude_none=True),
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
-                data = await resp.json(content_type=None)
-                return resp.status, data
+                return resp.status, await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AgentError(f"agent at {self.base_url} unreachable: {exc!r}") from exc
 
-    async def fetch(self, request: dict[str, Any]) -> Fetched:
-        status, data = await self._call("POST", "/v1/adapters/fetch", request)
-        if status == 422:
-            raise AdapterRejectedByAgent(str(data.get("reason")), str(data.get("message")))
+    @staticmethod
+    def _parse(model: type[M], what: str, status: int, data: Any) -> M:
         if status != 200:
-            raise AgentError(f"agent fetch answered {status}: {data}")
-        warnings = [
-            str(f.get("message")) for f in data.get("findings", []) if f.get("severity") != "error"
-        ]
-        return Fetched(path=data["path"], summary=data["summary"], warnings=warnings)
+            raise AgentError(f"agent {what} answered {status}: {data}")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise AgentError(f"agent {what} answered an unexpected body: {exc}") from exc
+
+    async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:
+        status, data = await self._call("POST", protocol.FETCH, request)
+        if status == protocol.REJECTED_STATUS:
+            rejection = self._parse(protocol.Rejection, "fetch", 200, data)
+            raise AdapterRejectedByAgent(rejection)
+        return self._parse(protocol.Fetched, "fetch", status, data)
 
     async def set_required(self, names: list[str]) -> None:
-        status, data = await self._call("PUT", "/v1/required", {"adapters": sorted(names)})
-        if status != 200:
-            raise AgentError(f"agent set-required answered {status}: {data}")
+        body = protocol.RequiredAdapters(adapters=sorted(names))
+        status, data = await self._call("PUT", protocol.REQUIRED, body)
+        self._parse(protocol.RequiredAdapters, "set-required", status, data)
 
     async def prune(self, keep: dict[str, str]) -> list[str]:
-        status, data = await self._call("POST", "/v1/adapters/prune", {"keep": keep})
-        if status != 200:
-            raise AgentError(f"agent prune answered {status}: {data}")
-        return list(data.get("removed", []))
+        status, data = await self._call("POST", protocol.PRUNE, protocol.PruneRequest(keep=keep))
+        return self._parse(protocol.PruneResult, "prune", status, data).removed

@@ -5,27 +5,21 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
+from loraplane.agent import protocol
 from loraplane.agent.readiness import RequiredStore, evaluate
-from loraplane.agent.store import AdapterStore, FetchRequest, Rejected, summary_json
+from loraplane.agent.store import AdapterStore, Rejected
+from loraplane.config import AgentSettings
+from loraplane.vllm.client import VLLMClient
+from loraplane.vllm.errors import VLLMError
 
 log = logging.getLogger("loraplane.agent")
-
-
-class AgentConfig:
-    def __init__(self) -> None:
-        self.port = int(os.environ.get("LORAPLANE_AGENT_PORT", "8081"))
-        self.vllm_url = os.environ.get("LORAPLANE_VLLM_URL", "http://127.0.0.1:8000")
-        self.adapter_root = Path(os.environ.get("LORAPLANE_ADAPTER_ROOT", "/adapters"))
-        self.token = os.environ.get("LORAPLANE_AGENT_TOKEN", "")
-        self.vllm_api_key = os.environ.get("VLLM_API_KEY") or None
-        model = os.environ.get("LORAPLANE_MODEL_PATH")
-        self.model_path = Path(model) if model else None
+M = TypeVar("M", bound=BaseModel)
 
 
 def _authorized(request: web.Request, token: str) -> bool:
@@ -33,37 +27,42 @@ def _authorized(request: web.Request, token: str) -> bool:
     return bool(token) and hmac.compare_digest(header, f"Bearer {token}")
 
 
-async def _vllm_state(session: aiohttp.ClientSession, cfg: AgentConfig) -> tuple[bool, list[str]]:
+async def _vllm_state(vllm: VLLMClient) -> tuple[bool, list[str]]:
     """(healthy, registered adapter names); unreachable counts as unhealthy."""
-    headers = {"Authorization": f"Bearer {cfg.vllm_api_key}"} if cfg.vllm_api_key else {}
-    timeout = aiohttp.ClientTimeout(total=2)
-    try:
-        async with session.get(f"{cfg.vllm_url}/health", timeout=timeout) as resp:
-            if resp.status != 200:
-                return False, []
-        async with session.get(
-            f"{cfg.vllm_url}/v1/models", headers=headers, timeout=timeout
-        ) as resp:
-            if resp.status != 200:
-                return False, []
-            body = await resp.json()
-    except (aiohttp.ClientError, TimeoutError):
+    if not await vllm.health():
         return False, []
-    names = [m["id"] for m in body.get("data", []) if m.get("parent")]
-    return True, names
+    try:
+        models = await vllm.list_models()
+    except VLLMError:
+        return False, []
+    return True, list(models.adapter_paths)
 
 
-def build_app(cfg: AgentConfig) -> web.Application:
-    store = RequiredStore(cfg.adapter_root)
+def _json(body: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(body.model_dump(mode="json", by_alias=True), status=status)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(await request.json())
+    except (ValueError, ValidationError) as exc:
+        raise web.HTTPBadRequest(text=f"bad {model.__name__}: {exc}") from exc
+
+
+def build_app(cfg: AgentSettings) -> web.Application:
+    required = RequiredStore(cfg.adapter_root)
     adapters = AdapterStore(cfg.adapter_root, cfg.model_path)
     app = web.Application()
 
     def guard(request: web.Request) -> None:
-        if not _authorized(request, cfg.token):
+        if not _authorized(request, cfg.agent_token):
             raise web.HTTPUnauthorized(text="missing or wrong agent token")
 
     async def on_startup(app: web.Application) -> None:
-        app["session"] = aiohttp.ClientSession()
+        session = app["session"] = aiohttp.ClientSession()
+        app["vllm"] = VLLMClient(
+            cfg.vllm_url, cfg.vllm_api_key, session, timeout=cfg.vllm_probe_timeout_seconds
+        )
 
     async def on_cleanup(app: web.Application) -> None:
         await app["session"].close()
@@ -72,74 +71,53 @@ def build_app(cfg: AgentConfig) -> web.Application:
         return web.Response(text="ok")
 
     async def readyz(request: web.Request) -> web.Response:
-        healthy, registered = await _vllm_state(request.app["session"], cfg)
-        result = evaluate(healthy, store.load(), registered)
+        healthy, registered = await _vllm_state(request.app["vllm"])
+        result = evaluate(healthy, required.load(), registered)
         return web.Response(status=200 if result.ready else 503, text=result.reason)
 
     async def get_required(request: web.Request) -> web.Response:
         guard(request)
-        return web.json_response({"adapters": store.load()})
+        return _json(protocol.RequiredAdapters(adapters=required.load()))
 
     async def put_required(request: web.Request) -> web.Response:
         guard(request)
-        body = await request.json()
-        names = body.get("adapters") if isinstance(body, dict) else None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise web.HTTPBadRequest(text='expected {"adapters": ["name", ...]}')
-        store.save(names)
-        return web.json_response({"adapters": store.load()})
+        required.save((await _body(request, protocol.RequiredAdapters)).adapters)
+        return _json(protocol.RequiredAdapters(adapters=required.load()))
 
     async def fetch(request: web.Request) -> web.Response:
         guard(request)
+        req = await _body(request, protocol.FetchRequest)
         try:
-            req = FetchRequest.model_validate(await request.json())
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"bad fetch request: {exc}") from exc
-        try:
-            path, summary, findings = await adapters.fetch(req)
+            return _json(await adapters.fetch(req))
         except Rejected as exc:
-            return web.json_response(
-                {
-                    "reason": exc.reason,
-                    "message": exc.message,
-                    "findings": [f.model_dump(mode="json") for f in exc.findings],
-                },
-                status=422,
+            rejection = protocol.Rejection(
+                reason=exc.reason, message=exc.message, findings=exc.findings
             )
-        return web.json_response(
-            {
-                "path": path,
-                "summary": summary_json(summary),
-                "findings": [f.model_dump(mode="json") for f in findings],
-            }
-        )
+            return _json(rejection, status=protocol.REJECTED_STATUS)
 
     async def prune(request: web.Request) -> web.Response:
         guard(request)
-        body = await request.json()
-        keep = body.get("keep") if isinstance(body, dict) else None
-        if not isinstance(keep, dict):
-            raise web.HTTPBadRequest(text='expected {"keep": {"name": "digest-dir"}}')
-        removed = await asyncio.to_thread(adapters.prune, {str(k): str(v) for k, v in keep.items()})
-        return web.json_response({"removed": removed})
+        keep = (await _body(request, protocol.PruneRequest)).keep
+        removed = await asyncio.to_thread(adapters.prune, keep)
+        return _json(protocol.PruneResult(removed=removed))
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/v1/required", get_required)
-    app.router.add_put("/v1/required", put_required)
-    app.router.add_post("/v1/adapters/fetch", fetch)
-    app.router.add_post("/v1/adapters/prune", prune)
+    app.router.add_get(protocol.HEALTHZ, healthz)
+    app.router.add_get(protocol.READYZ, readyz)
+    app.router.add_get(protocol.REQUIRED, get_required)
+    app.router.add_put(protocol.REQUIRED, put_required)
+    app.router.add_post(protocol.FETCH, fetch)
+    app.router.add_post(protocol.PRUNE, prune)
     return app
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    cfg = AgentConfig()
-    log.info("agent listening on :%d, vLLM at %s", cfg.port, cfg.vllm_url)
+    cfg = AgentSettings.from_env()
+    log.info("agent listening on :%d, vLLM at %s", cfg.agent_port, cfg.vllm_url)
     # No access log: kubelet probes every two seconds would drown everything else.
-    web.run_app(build_app(cfg), host="0.0.0.0", port=cfg.port, print=None, access_log=None)
+    web.run_app(build_app(cfg), host="0.0.0.0", port=cfg.agent_port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

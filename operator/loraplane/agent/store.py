@@ -5,32 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from loraplane.adapters.inspect import AdapterInspectionError, AdapterSummary
-from loraplane.adapters.sources import fetch_huggingface, fetch_path, validate_name
+from loraplane.adapters.inspect import AdapterInspectionError
+from loraplane.adapters.inspect import AdapterSummary as Inspected
+from loraplane.adapters.sources import (
+    empty_trash,
+    fetch_huggingface,
+    fetch_path,
+    remove_version,
+    validate_name,
+)
 from loraplane.adapters.validate import BaseModelFacts, Finding, errors, llama_base_facts, validate
+from loraplane.agent.protocol import Fetched, FetchRequest
+from loraplane.api.adapter import AdapterSummary
 
 log = logging.getLogger(__name__)
-
-
-class FetchRequest(BaseModel):
-    """What the operator asks of an agent for one adapter."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    name: str
-    path: str | None = None
-    hf_repo: str | None = Field(None, alias="hfRepo")
-    hf_revision: str | None = Field(None, alias="hfRevision")
-    hf_token: str | None = Field(None, alias="hfToken")
-    max_lora_rank: int = Field(alias="maxLoraRank")
-    base_model: str | None = Field(None, alias="baseModel")
 
 
 class Rejected(Exception):
@@ -43,17 +34,18 @@ class Rejected(Exception):
         self.findings = findings or []
 
 
-def summary_json(summary: AdapterSummary) -> dict[str, Any]:
+def status_summary(summary: Inspected) -> AdapterSummary:
+    """What status shows of an inspected adapter."""
     targets = summary.target_modules
-    return {
-        "rank": summary.max_rank,
-        "alpha": summary.alpha,
-        "targetModules": sorted(summary.module_suffixes)
+    return AdapterSummary(
+        rank=summary.max_rank,
+        alpha=summary.alpha,
+        target_modules=sorted(summary.module_suffixes)
         or ([targets] if isinstance(targets, str) else list(targets or [])),
-        "baseModel": summary.base_model_name_or_path,
-        "sizeBytes": summary.size_bytes,
-        "digest": summary.digest,
-    }
+        base_model=summary.base_model_name_or_path,
+        size_bytes=summary.size_bytes,
+        digest=summary.digest,
+    )
 
 
 class AdapterStore:
@@ -78,23 +70,24 @@ class AdapterStore:
                 log.info("base model facts unavailable (%s): checking rank only", exc)
         return BaseModelFacts(max_lora_rank=req.max_lora_rank, deployment=req.base_model)
 
-    def _fetch_blocking(self, req: FetchRequest) -> tuple[str, AdapterSummary, list[Finding]]:
+    def _fetch_blocking(self, req: FetchRequest) -> Fetched:
         facts = self.base_facts(req)
         found: list[Finding] = []
 
-        def verify(summary: AdapterSummary) -> None:
+        def verify(summary: Inspected) -> None:
             found[:] = validate(summary, facts)
             bad = errors(found)
             if bad:
                 raise Rejected(bad[0].reason, "; ".join(f.message for f in bad), found)
 
+        source = req.source
         try:
-            if req.path is not None:
-                result = fetch_path(req.path, self.root, req.name, verify=verify)
-            elif req.hf_repo is not None:
+            if source.path is not None:
+                result = fetch_path(source.path, self.root, req.name, verify=verify)
+            elif source.huggingface is not None:
                 result = fetch_huggingface(
-                    req.hf_repo,
-                    req.hf_revision,
+                    source.huggingface.repo,
+                    source.huggingface.revision,
                     self.root,
                     req.name,
                     token=req.hf_token,
@@ -105,28 +98,35 @@ class AdapterStore:
         except AdapterInspectionError as exc:
             raise Rejected(str(exc.reason), str(exc)) from exc
         except FileNotFoundError as exc:
-            raise Rejected("AdapterNotFound", f"no adapter at {req.path}: {exc}") from exc
-        return result.path, result.summary, found
+            raise Rejected("AdapterNotFound", f"no adapter at {source.path}: {exc}") from exc
+        return Fetched(path=result.path, summary=status_summary(result.summary), findings=found)
 
-    async def fetch(self, req: FetchRequest) -> tuple[str, AdapterSummary, list[Finding]]:
+    async def fetch(self, req: FetchRequest) -> Fetched:
         validate_name(req.name)
         async with self._locks[req.name]:
             return await asyncio.to_thread(self._fetch_blocking, req)
 
     def prune(self, keep: dict[str, str]) -> list[str]:
-        """Remove every version not in `keep` (name -> digest dir). Returns what was removed."""
+        """Remove every version not in `keep` (name -> digest dir). Returns what was removed.
+
+        Each goes through `remove_version` (renamed away first), so a prune killed halfway never
+        leaves a partial directory under a version's name for a later fetch to serve.
+        """
         removed: list[str] = []
         if not self.root.is_dir():
             return removed
+        empty_trash(self.root)
         for adapter_dir in self.root.iterdir():
             if not adapter_dir.is_dir() or adapter_dir.name.startswith("."):
                 continue
             for version in adapter_dir.iterdir():
-                if version.name.startswith("."):
+                if version.name.startswith(".") or keep.get(adapter_dir.name) == version.name:
                     continue
-                if keep.get(adapter_dir.name) != version.name:
-                    shutil.rmtree(version, ignore_errors=True)
-                    removed.append(f"{adapter_dir.name}/{version.name}")
+                try:
+                    if remove_version(self.root, adapter_dir.name, version.name):
+                        removed.append(f"{adapter_dir.name}/{version.name}")
+                except ValueError:
+                    log.warning("left alone %s: not a version directory", version)
             if not any(adapter_dir.iterdir()):
                 adapter_dir.rmdir()
         return removed

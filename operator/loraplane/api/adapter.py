@@ -140,6 +140,9 @@ class AdapterSummary(StatusModel):
     size_bytes: int | None = Field(default=None, description="Size of the adapter's files.")
     digest: str | None = Field(default=None, description="Digest of the adapter's files.")
     path: str | None = Field(default=None, description="Path of the files inside the pods.")
+    max_lora_rank: int | None = Field(
+        default=None, description="The base model's maxLoraRank this version was verified against."
+    )
 
 
 class ReplicaCounts(StatusModel):

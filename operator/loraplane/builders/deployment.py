@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loraplane.api import BaseModelDeploymentSpec
 from loraplane.builders import naming
 from loraplane.builders.vllm_args import MODEL_MOUNT_CACHE, vllm_args
+from loraplane.config import Settings, env_name
 
 GPU_RESOURCE = "nvidia.com/gpu"
 STARTUP_PERIOD_SECONDS = 2
@@ -23,6 +24,16 @@ class PodContext:
     agent_image: str
     agent_port: int = 8081
     vllm_port: int = 8000
+    agent_resources: Mapping[str, Any] = field(default_factory=lambda: Settings().agent_resources())
+
+    @classmethod
+    def of(cls, settings: Settings) -> PodContext:
+        return cls(
+            agent_image=settings.operator_image,
+            agent_port=settings.agent_port,
+            vllm_port=settings.vllm_port,
+            agent_resources=settings.agent_resources(),
+        )
 
 
 class ResourceError(ValueError):
@@ -128,11 +139,11 @@ def agent_container(
     spec: BaseModelDeploymentSpec, base_model: str, ctx: PodContext
 ) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
-        {"name": "LORAPLANE_AGENT_PORT", "value": str(ctx.agent_port)},
-        {"name": "LORAPLANE_VLLM_URL", "value": f"http://127.0.0.1:{ctx.vllm_port}"},
-        {"name": "LORAPLANE_ADAPTER_ROOT", "value": naming.ADAPTER_MOUNT_PATH},
+        {"name": env_name("agent_port"), "value": str(ctx.agent_port)},
+        {"name": env_name("vllm_url"), "value": f"http://127.0.0.1:{ctx.vllm_port}"},
+        {"name": env_name("adapter_root"), "value": naming.ADAPTER_MOUNT_PATH},
         {
-            "name": "LORAPLANE_AGENT_TOKEN",
+            "name": env_name("agent_token"),
             "valueFrom": {
                 "secretKeyRef": {
                     "name": naming.agent_secret_name(base_model),
@@ -144,10 +155,10 @@ def agent_container(
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     if spec.engine.api_key_secret_ref is not None:
-        env.append(_secret_env("VLLM_API_KEY", spec.engine.api_key_secret_ref))
+        env.append(_secret_env(env_name("vllm_api_key"), spec.engine.api_key_secret_ref))
     if spec.model.source.path is not None:
         # Lets the agent check adapter shapes against the base model's config.json.
-        env.append({"name": "LORAPLANE_MODEL_PATH", "value": spec.model.source.path})
+        env.append({"name": env_name("model_path"), "value": spec.model.source.path})
     return {
         "name": naming.AGENT_CONTAINER,
         "image": ctx.agent_image,
@@ -173,10 +184,7 @@ def agent_container(
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "resources": {
-            "requests": {"cpu": "50m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
-        },
+        "resources": json.loads(json.dumps(ctx.agent_resources)),
     }
 
 

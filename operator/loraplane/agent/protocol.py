@@ -1,0 +1,65 @@
+"""The agent's HTTP contract: routes and bodies, imported by the agent and by the operator.
+
+Bodies are camelCase on the wire, like the API's own models. A fetch answers 200 with a
+`Fetched`, or 422 with a `Rejection` when the adapter itself is bad (the same answer on every
+pod); any other answer is trouble worth a retry.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pydantic import Field
+
+from loraplane.adapters.validate import Finding
+from loraplane.api.adapter import AdapterSummary
+from loraplane.api.common import K8sModel, ModelSource, StatusModel
+
+FETCH: Final = "/v1/adapters/fetch"
+PRUNE: Final = "/v1/adapters/prune"
+REQUIRED: Final = "/v1/required"
+HEALTHZ: Final = "/healthz"
+READYZ: Final = "/readyz"
+REJECTED_STATUS: Final = 422
+
+
+class FetchRequest(K8sModel):
+    """Fetch one adapter into the store and verify it against the base model."""
+
+    name: str = Field(description="The LoRAAdapter's name: the store directory.")
+    source: ModelSource
+    hf_token: str | None = Field(default=None, description="Token for a private hub repo.")
+    max_lora_rank: int
+    base_model: str | None = Field(default=None, description="The BaseModelDeployment's name.")
+
+
+class Fetched(StatusModel):
+    path: str = Field(description="The verified version directory, as vLLM should load it.")
+    summary: AdapterSummary
+    findings: list[Finding] = Field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f.message for f in self.findings if f.severity != "error"]
+
+
+class Rejection(StatusModel):
+    reason: str
+    message: str
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class RequiredAdapters(K8sModel):
+    """Served names this pod must list before it may be Ready."""
+
+    adapters: list[str]
+
+
+class PruneRequest(K8sModel):
+    """Keep exactly these versions (adapter name -> version directory); remove the rest."""
+
+    keep: dict[str, str]
+
+
+class PruneResult(StatusModel):
+    removed: list[str] = Field(default_factory=list)

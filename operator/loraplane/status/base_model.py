@@ -1,0 +1,179 @@
+"""BaseModelDeployment status, computed from what its Deployment and pods really show. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loraplane.api import AdapterCounts, BaseModelDeploymentStatus, Condition
+from loraplane.builders import naming
+from loraplane.builders.service import service_endpoint
+from loraplane.children import Outcome
+from loraplane.fleet import Fleet
+from loraplane.pod_health import PodProblem
+from loraplane.status import Event
+from loraplane.status.adapter import serves
+from loraplane.status.conditions import Cond, merge
+
+
+@dataclass(frozen=True)
+class Observed:
+    desired: int
+    deployment: Mapping[str, Any] | None
+    problems: Sequence[PodProblem]
+    spec_error: tuple[str, str] | None = None  # (reason, message) of a spec the operator refused
+
+
+def counts(observed: Observed) -> dict[str, int]:
+    status = (observed.deployment or {}).get("status") or {}
+    return {
+        "replicas": int(status.get("replicas") or 0),
+        "readyReplicas": int(status.get("readyReplicas") or 0),
+        "updatedReplicas": int(status.get("updatedReplicas") or 0),
+    }
+
+
+def _rolled_out(observed: Observed) -> bool:
+    dep = observed.deployment
+    if dep is None:
+        return False
+    status = dep.get("status") or {}
+    c = counts(observed)
+    return (
+        int(status.get("observedGeneration") or 0) >= int(dep["metadata"].get("generation") or 0)
+        and c["updatedReplicas"] == observed.desired
+        and c["replicas"] == observed.desired
+        and c["readyReplicas"] == observed.desired
+    )
+
+
+def conditions(observed: Observed) -> list[Cond]:
+    c = counts(observed)
+    ready, desired = c["readyReplicas"], observed.desired
+    problems = observed.problems
+
+    if desired == 0:
+        available = Cond("Available", False, "ScaledToZero", "replicas is 0")
+    elif ready > 0:
+        available = Cond("Available", True, "ReplicasReady", f"{ready}/{desired} replicas ready")
+    else:
+        detail = f": {problems[0].message}" if problems else ""
+        available = Cond(
+            "Available", False, "NoReadyReplicas", f"0/{desired} replicas ready{detail}"
+        )
+
+    if observed.spec_error is not None:
+        reason, message = observed.spec_error
+        degraded = Cond("Degraded", True, reason, message)
+        progressing = Cond(
+            "Progressing", False, "SpecRejected", "the spec was refused; pods were left as they are"
+        )
+        return [available, progressing, degraded]
+
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        degraded = Cond("Degraded", True, first.reason, f"pod {first.pod}: {first.message}{more}")
+    else:
+        degraded = Cond("Degraded", False, "AsExpected", "no problem seen on any pod")
+
+    if _rolled_out(observed):
+        progressing = Cond(
+            "Progressing", False, "RolloutComplete", f"{desired} replicas updated and ready"
+        )
+    elif observed.deployment is None:
+        progressing = Cond("Progressing", True, "Creating", "creating the Deployment")
+    else:
+        progressing = Cond(
+            "Progressing",
+            True,
+            "RollingOut",
+            f"{c['updatedReplicas']}/{desired} updated, {ready}/{desired} ready",
+        )
+    return [available, progressing, degraded]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the status says of the object itself, not of its pods."""
+
+    generation: int
+    selector: str
+    endpoint: str
+    served_name: str
+
+
+def compute(
+    observed: Observed,
+    who: Identity,
+    adapters: AdapterCounts,
+    old: BaseModelDeploymentStatus,
+) -> BaseModelDeploymentStatus:
+    c = counts(observed)
+    return BaseModelDeploymentStatus(
+        observed_generation=who.generation,
+        replicas=c["replicas"],
+        ready_replicas=c["readyReplicas"],
+        updated_replicas=c["updatedReplicas"],
+        ready=f"{c['readyReplicas']}/{observed.desired}",
+        selector=who.selector,
+        endpoint=who.endpoint,
+        served_name=who.served_name,
+        conditions=merge(old.conditions, conditions(observed), who.generation),
+        adapters=adapters,
+    )
+
+
+def events(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
+    """An Event for each condition that changed in a way a user should hear about."""
+    before = {c.type: c for c in old}
+    out: list[Event] = []
+    for cond in new:
+        prev = before.get(cond.type)
+        if prev and (prev.status, prev.reason) == (cond.status, cond.reason):
+            continue
+        message = cond.message or ""
+        if cond.type == "Degraded" and cond.status == "True":
+            out.append(Event("Warning", str(cond.reason), message))
+        elif cond.type == "Available" and cond.status == "True" and prev is not None:
+            out.append(Event("Normal", "Available", message))
+        elif cond.type == "Degraded" and prev is not None and prev.status == "True":
+            out.append(Event("Normal", "Recovered", "no problem seen on any pod"))
+    return out
+
+
+def adapter_counts(fleet: Fleet, namespace: str, name: str) -> AdapterCounts:
+    """Adapters placed on this base model, and those whose version every pod serves."""
+    placed = fleet.placement(namespace, name).placed
+    pods = fleet.pods_of(namespace, name)
+    ready = sum(
+        1
+        for adapter in placed
+        if pods
+        and all(
+            serves(fleet.state(p.key, adapter), fleet.version((namespace, adapter))) for p in pods
+        )
+    )
+    return AdapterCounts(desired=len(placed), ready=ready)
+
+
+def of(
+    fleet: Fleet,
+    body: Mapping[str, Any],
+    outcome: Outcome,
+    old: BaseModelDeploymentStatus,
+    port: int,
+) -> BaseModelDeploymentStatus:
+    """The whole status of a base model after its children were converged."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    problems = [p for pod in fleet.all_pods_of(ns, name) for p in pod.problems]
+    observed = Observed(outcome.desired, outcome.deployment, problems, outcome.spec_error)
+    who = Identity(
+        generation=int(meta.get("generation") or 0),
+        selector=naming.label_selector(naming.selector_labels(name)),
+        endpoint=service_endpoint(body, port),
+        served_name=outcome.served_name,
+    )
+    return compute(observed, who, adapter_counts(fleet, ns, name), old)
