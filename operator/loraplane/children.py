@@ -54,7 +54,8 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
     served = spec.model.served_name or meta["name"]
     await _ensure_agent_secret(rt, owner)
     svc = service(owner, rt.settings.vllm_port)
-    await kube.converge(rt.api, svc, rt.fleet.child(key, "Service"), SERVICE_KEYS)
+    live_svc = await kube.converge(rt.api, svc, rt.fleet.child(key, "Service"), SERVICE_KEYS)
+    rt.fleet.observe_child(live_svc)
     try:
         desired = deployment(owner, spec, served, PodContext.of(rt.settings))
     except ArgsError as exc:
@@ -62,4 +63,5 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
     except ResourceError as exc:
         return Outcome(live, ("InsufficientResources", str(exc)), spec.replicas, served)
     live = await kube.converge(rt.api, desired, live, DEPLOYMENT_KEYS)
+    rt.fleet.observe_child(live)
     return Outcome(live, None, spec.replicas, served)

@@ -328,17 +328,23 @@ class Fleet:
             self.touch(gone.namespace, gone.base_model)
 
     def observe_child(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
-        """A Deployment or Service of a base model, as its watch shows it."""
+        """A Deployment or Service as a watch (or our own write) shows it.
+
+        Children are found by name, which they share with their base model, not by labels: a
+        label edited by hand must not hide the edit from the reconcile that puts it back.
+        """
         meta = obj["metadata"]
-        base = (meta.get("labels") or {}).get(naming.LABEL_BASE_MODEL)
-        if not base:
+        key = (meta["namespace"], naming.base_model_of_child(meta["name"]))
+        ours = (meta.get("labels") or {}).get(naming.LABEL_BASE_MODEL) == key[1]
+        if key not in self.bases and not ours and key not in self.children:
             return
-        key = (meta["namespace"], base)
         kinds = self.children.setdefault(key, {})
         if deleted:
             kinds.pop(obj["kind"], None)
-        else:
+        elif _newer(obj, kinds.get(obj["kind"])):
             kinds[obj["kind"]] = dict(obj)
+        else:
+            return
         self.base_changed(key).set()
 
     def child(self, key: Key, kind: str) -> dict[str, Any] | None:
@@ -434,6 +440,16 @@ class Fleet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
         return left
+
+
+def _newer(obj: Mapping[str, Any], cached: Mapping[str, Any] | None) -> bool:
+    """Our write's answer and the watch can arrive in either order: keep the later version."""
+    if cached is None:
+        return True
+    try:
+        return int(obj["metadata"]["resourceVersion"]) > int(cached["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):  # resourceVersion is opaque in theory
+        return obj != cached
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:

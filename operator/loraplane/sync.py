@@ -92,28 +92,29 @@ def plan(fleet: Fleet, base: BaseView, registered: Registered) -> Plan:
     return Plan(wanted, tuple(unloads), placement.displaced)
 
 
-async def clients(rt: Runtime, pod: PodView, base: BaseView) -> tuple[VLLMClient, AgentClient]:
+async def vllm_client(rt: Runtime, pod: PodView, base: BaseView) -> VLLMClient:
     cfg = rt.settings
-    token = await rt.secrets.value(
-        pod.namespace, naming.agent_secret_name(base.name), naming.AGENT_TOKEN_KEY
-    )
-    if not token:
-        rt.fleet.lost_agent_secret(base)
-        raise PodNotReachable(f"the agent token Secret of {base.name} is missing")
     api_key = None
     if base.api_key_ref is not None:
         api_key = await rt.secrets.value(pod.namespace, base.api_key_ref.name, base.api_key_ref.key)
-    vllm = VLLMClient(
+    return VLLMClient(
         f"http://{pod.ip}:{cfg.vllm_port}",
         api_key,
         rt.session,
         timeout=cfg.request_timeout_seconds,
         load_timeout=cfg.load_timeout_seconds,
     )
-    agent = AgentClient(
-        f"http://{pod.ip}:{cfg.agent_port}", token, rt.session, timeout=cfg.agent_timeout_seconds
+
+
+async def agent_client(rt: Runtime, pod: PodView, base: BaseView) -> AgentClient:
+    token = await rt.secrets.value(
+        pod.namespace, naming.agent_secret_name(base.name), naming.AGENT_TOKEN_KEY
     )
-    return vllm, agent
+    if not token:
+        rt.fleet.lost_agent_secret(base)
+        raise PodNotReachable(f"the agent token Secret of {base.name} is missing")
+    url = f"http://{pod.ip}:{rt.settings.agent_port}"
+    return AgentClient(url, token, rt.session, timeout=rt.settings.agent_timeout_seconds)
 
 
 async def fetch_request(rt: Runtime, ad: AdapterView, judged: Judgement) -> FetchRequest:
@@ -274,7 +275,7 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
         await _not_ready(rt, pod)
         if not pod.vllm_running:
             return True
-    vllm, agent = await clients(rt, pod, base)
+    vllm = await vllm_client(rt, pod, base)
     if not pod.vllm_ready and not await vllm.health():
         # Ask the server itself rather than wait a probe period: its adapters go back the
         # moment it answers.
@@ -283,8 +284,11 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
         registered = (await vllm.list_models()).adapter_paths
     except VLLMError as exc:
         raise PodNotReachable(f"{pod.name}: {exc.message}") from exc
-    pc = PodContext(pod, base, vllm, agent, registered, fleet.looked_at(key))
+    looked_at_before = fleet.looked_at(key)
+    # Known before any agent call: a pod whose agent is down still has its status told.
     fleet.record_registrations(key, registered)
+    agent = await agent_client(rt, pod, base)
+    pc = PodContext(pod, base, vllm, agent, registered, looked_at_before)
     steps = plan(fleet, base, registered)
 
     sem = asyncio.Semaphore(rt.settings.load_concurrency_per_pod)

@@ -104,3 +104,22 @@ def operator(crds: Cluster) -> Iterator[OperatorProcess]:
     op.start()
     yield op
     op.stop()
+
+
+@pytest.fixture(autouse=True)
+def operator_log_has_no_traceback(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that made the operator log a Traceback fails, whatever it asserted itself."""
+    if "operator" not in request.fixturenames:
+        yield
+        return
+    op: OperatorProcess = request.getfixturevalue("operator")
+    start = op.log_size()
+    yield
+    text = op.log_since(start)
+    if "Traceback" in text:
+        at = text.index("Traceback")
+        pytest.fail(
+            f"the operator logged a Traceback during this test ({op.log}):\n"
+            + text[max(0, at - 1500) : at + 3000],
+            pytrace=False,
+        )

@@ -26,6 +26,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "LORAPLANE_OPERATOR_IMAGE": "ghcr.io/loraplane/loraplane:dev",
             "LORAPLANE_RESYNC_SECONDS": "20",
+            # A hung agent is reported after this long (the tests stop one on purpose).
+            "LORAPLANE_AGENT_TIMEOUT_SECONDS": "8",
             "PYTHONPATH": str(REPO / "operator"),
         }
         with self.log.open("ab") as out:
@@ -50,6 +52,14 @@ class OperatorProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
 
     def restart(self) -> None:
         self.stop()

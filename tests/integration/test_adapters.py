@@ -6,6 +6,7 @@ the adapters it needs afterwards in place and says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -248,6 +249,75 @@ def test_operator_restart_unloads_nothing_and_keeps_statuses(
         )
 
 
+def _agent_pid(pod: dict[str, Any]) -> int:
+    pids = [p for p in netns_pids(pod["metadata"]["uid"]) if "loraplane-agent" in cmdline(p)]
+    assert pids, f"no agent process found for pod {pod['metadata']['name']}"
+    return min(pids)
+
+
+@contextlib.contextmanager
+def _agents_stopped(pods: list[dict[str, Any]]) -> Iterator[None]:
+    """SIGSTOP the pods' agents: they accept connections and answer nothing, like a hung one.
+
+    Their liveness probe restarts them after about 30 s; the tests using this finish sooner.
+    """
+    pids = [_agent_pid(p) for p in pods]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_restart_while_a_new_version_loads_serves_the_new_version(
+    base: Cluster, operator: OperatorProcess
+) -> None:
+    """A status written for a new generation without a version must not keep the old one's
+    summary: after a restart the operator would take the old files for the new generation."""
+    pods = _ready_pods(base)
+    old_path = _lora(base, "chat")["status"]["adapter"]["path"]  # type: ignore[index]
+    with _agents_stopped(pods):
+        _set_source(base, "chat", "rank8-v2")
+        loading = wait_for(
+            "chat Loading at its new generation", lambda: _phase(base, "chat", "Loading"), 30
+        )
+        assert "adapter" not in loading["status"], "the old version's summary outlived it"
+        operator.restart()
+        time.sleep(3)
+    obj = wait_for("chat Ready on its new version", lambda: _phase(base, "chat", "Ready"), 120)
+    new_path = obj["status"]["adapter"]["path"]
+    assert new_path != old_path, "the old version was taken for the new generation"
+    for pod in pods:
+        assert served_adapters(pod["status"]["podIP"])["chat"] == new_path
+    _set_source(base, "chat", "rank16")
+    wait_for("chat Ready on rank16 again", lambda: _phase(base, "chat", "Ready"), timeout=60)
+
+
+def test_a_hung_agent_freezes_no_status(base: Cluster, operator: OperatorProcess) -> None:
+    """Right after a restart, one pod's agent answers nothing: the other pod's adapters still
+    get their status, and the hung pod's entries say why."""
+    stuck, other = (p["metadata"]["name"] for p in _ready_pods(base))
+
+    def partial() -> dict[str, Any] | None:
+        obj = _lora(base, "fresh")
+        entries = {p["name"]: p for p in ((obj or {}).get("status") or {}).get("pods") or []}
+        mine, theirs = entries.get(other) or {}, entries.get(stuck) or {}
+        if mine.get("state") == "Registered" and "agent" in str(theirs.get("lastError")):
+            return obj
+        return None
+
+    with _agents_stopped([p for p in _ready_pods(base) if p["metadata"]["name"] == stuck]):
+        operator.restart()
+        _apply_adapter(base, "fresh", "rank8-mlp")
+        obj = wait_for("fresh registered on one pod, the other saying why", partial, timeout=40)
+        assert obj["status"]["replicas"] == {"desired": 2, "registered": 1}
+    wait_for("fresh Ready 2/2 once the agent answers", lambda: _phase(base, "fresh", "Ready"), 120)
+    base.kubectl("delete", "lora", "fresh", "-n", NS, "--timeout=60s")
+
+
 def metric(series: str) -> float | None:
     """The value of one series on the operator's /metrics (None when absent)."""
     text = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10).read().decode()
@@ -273,7 +343,9 @@ def _set_source(cluster: Cluster, name: str, fixture: str) -> None:
     cluster.kubectl("patch", "lora", name, "-n", NS, "--type=merge", "-p", json.dumps(source))
 
 
-def test_new_source_serves_new_weights_and_drops_the_old_version(base: Cluster) -> None:
+def test_new_source_serves_new_weights_and_drops_the_old_version(
+    base: Cluster, operator: OperatorProcess
+) -> None:
     pods = _ready_pods(base)
     ip = pods[0]["status"]["podIP"]
     old_text = completion(ip, "sql", PROMPT)
@@ -300,6 +372,13 @@ def test_new_source_serves_new_weights_and_drops_the_old_version(base: Cluster) 
     for pod in pods:
         assert served_adapters(pod["status"]["podIP"])["sql"] == new_path
     assert completion(ip, "sql", PROMPT) == new_text
+    # After a restart, the rejected generation is still what status reports, not the old files.
+    operator.restart()
+    time.sleep(10)
+    obj = wait_for("sql still Failed after a restart", lambda: _phase(base, "sql", "Failed"), 60)
+    assert "adapter" not in obj["status"], "a rejected generation shows a verified version"
+    for pod in pods:
+        assert served_adapters(pod["status"]["podIP"])["sql"] == new_path
     _set_source(base, "sql", "rank8-v2")
     wait_for("sql Ready on v2 again", lambda: _phase(base, "sql", "Ready"), timeout=60)
 

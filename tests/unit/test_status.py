@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import UTC, datetime
+from typing import Any
 
 from loraplane.pod_health import pod_problems
 from loraplane.status import base_model as base_model_status
@@ -47,7 +46,9 @@ def test_crash_loop_is_degraded_with_the_exit_and_restarts() -> None:
             }
         ],
     )
-    conds = by_type(base_model_status.conditions(Observed(1, deployment(1, 0, 1), pod_problems(crashing))))
+    conds = by_type(
+        base_model_status.conditions(Observed(1, deployment(1, 0, 1), pod_problems(crashing)))
+    )
     assert conds["Degraded"].status is True and conds["Degraded"].reason == "CrashLoopBackOff"
     assert "last exit code 1" in conds["Degraded"].message
     assert "4 restarts" in conds["Degraded"].message
@@ -63,9 +64,9 @@ def test_unschedulable_gpu_request_is_degraded_with_the_scheduler_message() -> N
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}
         ],
     )
-    degraded = by_type(base_model_status.conditions(Observed(1, deployment(1, 0, 1), pod_problems(pending))))[
-        "Degraded"
-    ]
+    degraded = by_type(
+        base_model_status.conditions(Observed(1, deployment(1, 0, 1), pod_problems(pending)))
+    )["Degraded"]
     assert degraded.reason == "Unschedulable" and msg in degraded.message
 
 

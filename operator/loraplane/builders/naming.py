@@ -48,6 +48,11 @@ def service_name(base_model: str) -> str:
     return base_model
 
 
+def base_model_of_child(child_name: str) -> str:
+    """The base model a Deployment or Service of this name belongs to (they share its name)."""
+    return child_name
+
+
 def agent_secret_name(base_model: str) -> str:
     return f"{base_model}-agent-token"
 

@@ -10,13 +10,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from loraplane import children
 from loraplane.api import BASE_MODEL_KIND, BASE_MODEL_PLURAL, GROUP, VERSION
 from loraplane.api import BaseModelDeploymentStatus as Status
-from loraplane.builders import naming
 from loraplane.handlers.wake import changed_or_period
 from loraplane.runtime import Runtime
 from loraplane.status import base_model as base_model_status
 from loraplane.status import whole
-
-CHILD_LABELS = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
 
 @kopf.on.event(GROUP, VERSION, BASE_MODEL_PLURAL)
@@ -31,8 +28,9 @@ async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
         rt.kick(rt.fleet.observe_base(obj))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+# Unfiltered: kopf filters labels in the process anyway, and a child's labels can be edited.
+@kopf.on.event("apps", "v1", "deployments")
+@kopf.on.event("", "v1", "services")
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.fleet.observe_child(event["object"], deleted=event["type"] == "DELETED")
 

@@ -16,7 +16,6 @@ from loraplane.api import ADAPTER_KIND, API_VERSION, BASE_MODEL_KIND
 from loraplane.builders import naming
 from loraplane.config import settings as load_settings
 from loraplane.fleet import Fleet
-from loraplane.handlers.base_model import CHILD_LABELS
 from loraplane.handlers.pods import POD_LABELS
 from loraplane.runtime import Runtime
 
@@ -58,7 +57,7 @@ async def _seed(fleet: Fleet, api: ApiClient, namespace: str | None) -> None:
         fleet.observe_base(obj)
     for obj in await kube.list_objects(api, API_VERSION, ADAPTER_KIND, namespace):
         fleet.observe_adapter(obj)
-    children = naming.label_selector(CHILD_LABELS)
+    children = naming.label_selector({"app.kubernetes.io/managed-by": naming.MANAGED_BY})
     for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
         for obj in await kube.list_objects(api, api_version, kind, namespace, children):
             fleet.observe_child({**obj, "kind": kind})

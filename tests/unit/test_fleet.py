@@ -1,0 +1,270 @@
+"""The fleet's rules and the adapter status computed from it, fed objects as the API shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import ValidationError
+
+from loraplane.api import AdapterSummary, LoRAAdapterStatus
+from loraplane.config import Settings
+from loraplane.fleet import Fleet, Version
+from loraplane.metrics import FleetCollector
+from loraplane.status import adapter as adapter_status
+from loraplane.status import whole
+
+NS = "ns"
+
+
+def bmd(name: str = "base", max_lora_rank: int = 16, cap: int | None = None) -> dict[str, Any]:
+    lora: dict[str, Any] = {"maxLoraRank": max_lora_rank}
+    if cap is not None:
+        lora["maxAdaptersPerReplica"] = cap
+    return {
+        "apiVersion": "loraplane.dev/v1alpha1",
+        "kind": "BaseModelDeployment",
+        "metadata": {"namespace": NS, "name": name, "uid": f"uid-{name}", "generation": 1},
+        "spec": {"model": {"source": {"path": "/models/tiny"}}, "lora": lora, "replicas": 2},
+    }
+
+
+def lora(
+    name: str,
+    path: str | None = None,
+    generation: int = 1,
+    priority: int = 0,
+    created: str = "2026-01-01T00:00:00Z",
+    status: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "loraplane.dev/v1alpha1",
+        "kind": "LoRAAdapter",
+        "metadata": {
+            "namespace": NS,
+            "name": name,
+            "generation": generation,
+            "creationTimestamp": created,
+        },
+        "spec": {
+            "baseModel": "base",
+            "source": {"path": path or f"/src/{name}"},
+            "priority": priority,
+        },
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def pod(name: str, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": NS,
+            "name": name,
+            "labels": {"loraplane.dev/base-model": "base"},
+        },
+        "status": {
+            "podIP": "10.0.0.1",
+            "containerStatuses": [
+                {"name": "vllm", "ready": ready, "state": {"running": {}}, "containerID": "c1"}
+            ],
+        },
+    }
+
+
+def fleet_with(*adapters: str, pods: int = 2, cap: int | None = None) -> Fleet:
+    fleet = Fleet()
+    fleet.observe_base(bmd(cap=cap))
+    for i in range(pods):
+        fleet.observe_pod(pod(f"p{i}"))
+    for i, name in enumerate(adapters):
+        fleet.observe_adapter(lora(name, created=f"2026-01-0{i + 1}T00:00:00Z"))
+    return fleet
+
+
+def verified(fleet: Fleet, name: str) -> Version:
+    key = (NS, name)
+    judged = fleet.judgement(key)
+    assert judged is not None
+    digest = "sha256:" + "a" * 64
+    version = Version(
+        judged, f"/adapters/{name}/{'a' * 64}", AdapterSummary(rank=8, size_bytes=10, digest=digest)
+    )
+    assert fleet.record_version(key, judged, version)
+    return version
+
+
+def register(fleet: Fleet, name: str, pods: int = 2) -> None:
+    version = verified(fleet, name)
+    for i in range(pods):
+        fleet.record_registrations((NS, f"p{i}"), {name: version.path})
+        fleet.set_state((NS, f"p{i}"), name, "Registered", path=version.path)
+
+
+def status_of(fleet: Fleet, name: str, old: LoRAAdapterStatus | None = None) -> LoRAAdapterStatus:
+    ad = fleet.adapters[(NS, name)]
+    return adapter_status.compute(fleet, ad, old or LoRAAdapterStatus(), 32)
+
+
+def test_a_rejection_holds_for_its_source_and_rank_only() -> None:
+    fleet = fleet_with("a")
+    key = (NS, "a")
+    judged = fleet.judgement(key)
+    assert judged is not None
+    kicks = fleet.record_failure(key, judged, "RankExceedsMax", "rank 64 exceeds 16")
+    assert kicks == {(NS, "p0"), (NS, "p1")}
+    assert status_of(fleet, "a").phase == "Failed"
+    fleet.observe_adapter(lora("a", generation=2, priority=5))  # not about the files
+    assert fleet.failure(key) is not None
+    fleet.observe_base(bmd(max_lora_rank=64))  # a verdict against the old limit
+    assert fleet.failure(key) is None
+    fleet.observe_base(bmd(max_lora_rank=16))
+    assert fleet.failure(key) is not None
+    fleet.observe_adapter(lora("a", path="/src/fixed", generation=3))
+    assert fleet.failure(key) is None and fleet.placement(NS, "base").placed == ("a",)
+
+
+def test_a_version_fetched_for_an_older_spec_is_not_kept() -> None:
+    fleet = fleet_with("a")
+    key = (NS, "a")
+    before = fleet.judgement(key)
+    assert before is not None
+    fleet.observe_adapter(lora("a", path="/src/new", generation=2))
+    stale = Version(before, "/adapters/a/old", AdapterSummary(rank=8))
+    assert not fleet.record_version(key, before, stale)
+    assert fleet.version(key) is None
+
+
+def test_priority_change_keeps_the_adapter_ready() -> None:
+    fleet = fleet_with("a")
+    register(fleet, "a")
+    fleet.observe_adapter(lora("a", generation=2, priority=3))
+    status = status_of(fleet, "a")
+    assert (status.phase, status.observed_generation, status.ready) == ("Ready", 2, "2/2")
+
+
+def test_new_source_is_not_ready_on_the_old_version() -> None:
+    fleet = fleet_with("a")
+    register(fleet, "a")
+    fleet.observe_adapter(lora("a", path="/src/v2", generation=2))
+    status = status_of(fleet, "a")
+    assert status.phase == "Loading" and status.ready == "0/2"
+    assert status.adapter is None
+    assert {p.state for p in status.pods or []} == {"Loading"}
+
+
+def test_whole_status_clears_what_the_new_generation_lacks() -> None:
+    """kopf's merge patch keeps keys it does not name: a new generation must null `adapter`."""
+    fleet = fleet_with("a")
+    register(fleet, "a")
+    fleet.observe_adapter(lora("a", path="/src/v2", generation=2))
+    body = whole(status_of(fleet, "a"))
+    assert "adapter" in body and body["adapter"] is None
+
+
+def test_restart_trusts_a_recorded_version_only_for_its_own_generation() -> None:
+    path = "/adapters/a/" + "b" * 64
+    recorded = {"observedGeneration": 2, "adapter": {"path": path, "maxLoraRank": 16, "rank": 8}}
+    fleet = Fleet()
+    fleet.observe_base(bmd())
+    fleet.observe_adapter(lora("a", generation=2, status=recorded))
+    version = fleet.version((NS, "a"))
+    assert version is not None and version.path == path
+    # A status written for generation 1 says nothing of generation 2's files.
+    fleet = Fleet()
+    fleet.observe_base(bmd())
+    fleet.observe_adapter(lora("a", generation=2, status={**recorded, "observedGeneration": 1}))
+    assert fleet.version((NS, "a")) is None
+    # Verified against another maxLoraRank: judged again.
+    fleet = Fleet()
+    fleet.observe_base(bmd(max_lora_rank=8))
+    fleet.observe_adapter(lora("a", generation=2, status=recorded))
+    assert fleet.version((NS, "a")) is None
+
+
+def test_capacity_and_failure_free_places() -> None:
+    fleet = fleet_with("a", "b", "c", cap=2)
+    assert fleet.placement(NS, "base").placed == ("a", "b")
+    c = status_of(fleet, "c")
+    ready = next(x for x in c.conditions if x.type == "Ready")
+    assert c.phase == "Pending" and ready.reason == "CapacityExceeded"
+    judged = fleet.judgement((NS, "a"))
+    assert judged is not None
+    fleet.record_failure((NS, "a"), judged, "DoRANotSupported", "DoRA")
+    assert fleet.placement(NS, "base").placed == ("b", "c")
+
+
+def test_one_event_per_transition() -> None:
+    fleet = fleet_with("a")
+    loading = status_of(fleet, "a")
+    register(fleet, "a")
+    ready = status_of(fleet, "a", loading)
+    event = adapter_status.event(loading, ready)
+    assert event is not None and (event.type, event.reason) == ("Normal", "Ready")
+    assert adapter_status.event(ready, status_of(fleet, "a", ready)) is None
+
+
+def test_pod_entries_keep_their_since_across_a_recompute() -> None:
+    fleet = fleet_with("a")
+    register(fleet, "a")
+    first = status_of(fleet, "a")
+    fresh = Fleet()  # an operator restart: the states are new, the status is not
+    fresh.observe_base(bmd())
+    for i in range(2):
+        fresh.observe_pod(pod(f"p{i}"))
+    fresh.observe_adapter(lora("a"))
+    register(fresh, "a")
+    again = status_of(fresh, "a", first)
+    assert [p.since for p in again.pods or []] == [p.since for p in first.pods or []]
+
+
+def test_deletion_waits_for_the_adapters_own_registration_only() -> None:
+    fleet = fleet_with("a", "b")
+    register(fleet, "a")
+    assert [p.name for p in fleet.holders((NS, "a"))] == ["p0", "p1"]
+    # Another adapter's weights under the same served name are not this adapter's to wait for.
+    fleet.record_registrations((NS, "p0"), {"a": "/adapters/b/" + "c" * 64})
+    fleet.record_registrations((NS, "p1"), {})
+    assert fleet.holders((NS, "a")) == []
+
+
+def test_pod_status_cap_cannot_exceed_what_the_crd_allows() -> None:
+    assert Settings.from_env({"LORAPLANE_POD_STATUS_CAP": "32"}).pod_status_cap == 32
+    with pytest.raises(ValidationError, match="32"):
+        Settings.from_env({"LORAPLANE_POD_STATUS_CAP": "33"})
+
+
+def test_registered_series_go_with_their_pod_and_adapter() -> None:
+    fleet = fleet_with("a", "b")
+    register(fleet, "a")
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet))
+
+    def series() -> set[str]:
+        text = generate_latest(registry).decode()
+        return {line for line in text.splitlines() if line.startswith("loraplane_adapter_reg")}
+
+    assert (
+        'loraplane_adapter_registered{adapter="a",base_model="base",namespace="ns",pod="p1"} 1.0'
+        in series()
+    )
+    assert (
+        'loraplane_adapter_registered{adapter="b",base_model="base",namespace="ns",pod="p1"} 0.0'
+        in series()
+    )
+    fleet.forget_pod((NS, "p1"))
+    assert not any('pod="p1"' in s for s in series())
+    fleet.forget_adapter((NS, "b"))
+    assert not any('adapter="b"' in s for s in series())
+    assert len(series()) == 1
+
+
+def test_judgement_is_none_without_a_base() -> None:
+    fleet = Fleet()
+    fleet.observe_adapter(lora("a"))
+    assert fleet.judgement((NS, "a")) is None
+    status = status_of(fleet, "a")
+    ready = next(x for x in status.conditions if x.type == "Ready")
+    assert status.phase == "Pending" and ready.reason == "BaseModelNotFound"
