@@ -291,6 +291,14 @@ def parse_config(text: str | bytes) -> dict[str, Any]:
 
 def _load_config(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
+    if directory.exists() and not directory.is_dir():
+        # Pointing at one of the adapter's files instead of its directory is an easy slip.
+        hint = (
+            f"; did you mean its directory {directory.parent}?"
+            if (directory.parent / CONFIG_FILE).is_file()
+            else f": give the directory that holds {CONFIG_FILE}"
+        )
+        raise AdapterConfigMissing(f"{directory} is a file, not an adapter directory{hint}")
     if not directory.is_dir():
         raise AdapterConfigMissing(f"adapter directory {directory} does not exist")
     if not config_path.is_file():
