@@ -124,6 +124,13 @@ def test_new_revision_has_a_new_digest(adapters: dict[str, Path]) -> None:
          and s.modules["lm_head"].other == {"weight": (1545, 128)}),
         ("rank8-embed", lambda s: s.modules["model.embed_tokens"].embedding
          and s.modules["model.embed_tokens"].in_features == 1545),
+        # The base embedding peft saves beside the LoRA is no module of its own.
+        ("embed-default", lambda s: s.modules["model.embed_tokens"].embedding
+         and s.modules["model.embed_tokens"].other == {}
+         and "model.embed_tokens.base_layer" not in s.modules
+         and "base_model.model.model.embed_tokens.base_layer.weight" in s.tensors),
+        ("lm-head-default", lambda s: s.module_suffixes == {"lm_head"}
+         and s.modules["lm_head"].other == {}),
         ("wrong-base", lambda s: s.modules["model.layers.0.self_attn.q_proj"].in_features == 256),
         ("other-base-name", lambda s: s.base_model_name_or_path == "meta-llama/Llama-3.2-1B"),
     ],
@@ -284,6 +291,19 @@ def test_digest_ignores_hidden_files_and_sees_every_byte(tmp_path: Path) -> None
             ("model.layers.0.self_attn.q_proj", "other", "lora_magnitude_vector.weight"),
         ),
         ("base_model.model.lm_head.weight", ("lm_head", "other", "weight")),
+        (
+            "base_model.model.model.embed_tokens.base_layer.weight",
+            ("model.embed_tokens", "base_embedding", "base_layer.weight"),
+        ),
+        (
+            "base_model.model.lm_head.base_layer.weight",
+            ("lm_head", "base_embedding", "base_layer.weight"),
+        ),
+        # vLLM skips only the embeddings' base layers; any other is an unsupported weight.
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
+            ("model.layers.0.self_attn.q_proj.base_layer", "other", "weight"),
+        ),
         ("language_model.layers.0.q_proj.lora_A.weight",
          ("language_model.layers.0.q_proj", "lora_A", "weight")),
     ],

@@ -37,6 +37,16 @@ EXPECTED_ERROR: dict[str, Reason | None] = {
     "bias": Reason.BIAS_NOT_SUPPORTED,
     "modules-to-save": Reason.MODULES_TO_SAVE_NOT_SUPPORTED,
     "wrong-base": Reason.BASE_MODEL_SHAPE_MISMATCH,
+    "lm-head": None,
+    "embed-default": None,
+    "lm-head-default": None,
+    "all-linear": None,
+    "alpha-pattern": None,
+    "rslora": None,
+    "layers-to-transform": None,
+    "lora-bias": Reason.BIAS_NOT_SUPPORTED,
+    "pissa": Reason.UNSUPPORTED_LORA_FEATURE,
+    "new-tokens": Reason.UNSUPPORTED_TARGET_MODULES,
 }
 
 

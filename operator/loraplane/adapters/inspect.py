@@ -105,7 +105,12 @@ class TensorInfo(BaseModel):
     shape: tuple[int, ...]
 
 
-TensorRole = Literal["lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "other"]
+TensorRole = Literal[
+    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "base_embedding", "other"
+]
+# peft's default save (save_embedding_layers="auto") writes the base layer's whole weight beside the
+# LoRA of embed_tokens or lm_head; vLLM skips exactly these names (is_base_embedding_weights).
+_BASE_EMBEDDING_SUFFIXES = (".embed_tokens.base_layer.weight", ".lm_head.base_layer.weight")
 
 
 class ModuleWeights(BaseModel):
@@ -201,8 +206,12 @@ def parse_tensor_name(name: str) -> tuple[str, TensorRole, str]:
     (``model.layers.0.self_attn.q_proj``, ``lora_A``, ``weight``).
 
     The same split vLLM's ``parse_fine_tuned_lora_name`` does, plus a role for everything vLLM
-    would refuse (``other``: the module is the name without its last component).
+    would refuse (``other``: the module is the name without its last component) and for the
+    base embedding weights vLLM skips (``base_embedding``).
     """
+    if name.endswith(_BASE_EMBEDDING_SUFFIXES):
+        module = name.removeprefix("base_model.model.").removesuffix(".base_layer.weight")
+        return module, "base_embedding", "base_layer.weight"
     stem = name.removeprefix("base_model.model.")
     parts = stem.split(".")
     if len(parts) >= 3 and parts[-2] in ("lora_A", "lora_B"):
@@ -399,6 +408,8 @@ def _group_modules(tensors: dict[str, TensorInfo]) -> tuple[dict[str, ModuleWeig
     unparsed: list[str] = []
     for name, info in sorted(tensors.items()):
         module, role, rest = parse_tensor_name(name)
+        if role == "base_embedding":
+            continue  # vLLM never reads it, so nothing about it can make vLLM refuse
         if not module:
             unparsed.append(name)
             continue
