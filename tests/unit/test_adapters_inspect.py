@@ -146,6 +146,7 @@ def test_fixture_adapters(adapters: dict[str, Path], name: str, check: Any) -> N
         ("corrupt", CorruptSafetensors, Reason.CORRUPT_WEIGHTS),
         ("corrupt-data", CorruptSafetensors, Reason.CORRUPT_WEIGHTS),
         ("no-tensors", NoTensors, Reason.NO_TENSORS),
+        ("no-alpha", InvalidAdapterConfig, Reason.INVALID_ADAPTER_CONFIG),
     ],
 )
 def test_broken_fixture_adapters(
@@ -174,11 +175,15 @@ def test_missing_directory(tmp_path: Path) -> None:
     [
         ("{not json", "not readable JSON"),
         ("[1]", "not a JSON object"),
-        ('{"peft_type": "LORA"}', "no rank"),
-        ('{"r": 0}', "positive integer"),
-        ('{"r": 8, "rank_pattern": {"q_proj": -1}}', "positive integer"),
-        ('{"r": 8, "lora_alpha": "x"}', "lora_alpha"),
-        ('{"r": 8, "target_modules": 3}', "target_modules"),
+        ('{"peft_type": "LORA"}', "has no r, lora_alpha, target_modules: vLLM requires"),
+        ('{"r": 8, "target_modules": null}', "has no lora_alpha: vLLM requires"),
+        ('{"r": 0, "lora_alpha": 1, "target_modules": null}', "positive integer"),
+        (
+            '{"r": 8, "lora_alpha": 16, "target_modules": null, "rank_pattern": {"q_proj": -1}}',
+            "positive integer",
+        ),
+        ('{"r": 8, "lora_alpha": "x", "target_modules": null}', "lora_alpha"),
+        ('{"r": 8, "lora_alpha": 16, "target_modules": 3}', "target_modules"),
     ],
 )
 def test_invalid_config(tmp_path: Path, config_text: str, match: str) -> None:

@@ -339,13 +339,19 @@ _UNSUPPORTED_FEATURES: dict[str, Any] = {
     "use_bdlora": None,
     "use_qalora": False,
 }
+# vLLM's PEFTHelper has no default for these keys and refuses a config without one of them.
+_REQUIRED_KEYS = ("r", "lora_alpha", "target_modules")
 # init_lora_weights values that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ, ...).
 _SUPPORTED_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 
 
 def _summary_fields(config: dict[str, Any]) -> dict[str, Any]:
-    if "r" not in config:
-        raise InvalidAdapterConfig(f"{CONFIG_FILE} has no rank `r`")
+    missing = [key for key in _REQUIRED_KEYS if key not in config]
+    if missing:
+        raise InvalidAdapterConfig(
+            f"{CONFIG_FILE} has no {', '.join(missing)}: vLLM requires r, lora_alpha and "
+            "target_modules (peft's save_pretrained writes them all)"
+        )
     rank = _positive_int("r", config["r"])
     rank_pattern_raw = config.get("rank_pattern") or {}
     alpha_pattern_raw = config.get("alpha_pattern") or {}
@@ -355,7 +361,7 @@ def _summary_fields(config: dict[str, Any]) -> dict[str, Any]:
         str(k): _positive_int(f"rank_pattern[{k!r}]", v) for k, v in rank_pattern_raw.items()
     }
     try:
-        alpha = float(config.get("lora_alpha", 8))
+        alpha = float(config["lora_alpha"])
         alpha_pattern = {str(k): float(v) for k, v in alpha_pattern_raw.items()}
     except (TypeError, ValueError) as e:
         raise InvalidAdapterConfig(f"{CONFIG_FILE}: lora_alpha must be a number: {e}") from e
