@@ -145,6 +145,18 @@ def test_unknown_target_module(tmp_path: Path, facts: BaseModelFacts) -> None:
     assert "c_attn" in findings[1].message
 
 
+def test_resized_vocabulary_says_what_happened(
+    adapters: dict[str, Path], facts: BaseModelFacts
+) -> None:
+    (finding,) = validate(inspect_adapter(adapters["new-tokens"]), facts)
+    assert finding.message == (
+        "the adapter holds whole weights of lm_head, model.embed_tokens, not LoRA matrices "
+        "(peft saves the embeddings whole when tokens were added to the vocabulary for "
+        "training); vLLM serves LoRA weights only: train without adding tokens, or merge the "
+        "adapter into the base model"
+    )
+
+
 def test_layers_beyond_the_base(tmp_path: Path, facts: BaseModelFacts) -> None:
     from tests.unit.test_adapters_inspect import write_adapter
 
