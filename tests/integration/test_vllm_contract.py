@@ -1,13 +1,16 @@
 """VLLMClient against a real CPU vLLM 0.32 (DESIGN.md §4): idempotent load and unload, /v1/models,
-the API key, every broken fixture adapter refused with its own reason while the server stays
-healthy, pre-flight agreeing with vLLM, and a server without runtime LoRA updating.
+the API key, every valid fixture adapter served, every broken one refused with its own reason
+while the server stays healthy, pre-flight agreeing with vLLM on every fixture, and a server
+without runtime LoRA updating.
 
 One vLLM at a time: each class starts its own server and stops it when its tests are done.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -26,14 +29,16 @@ from loraplane.vllm import (
     VLLMClient,
 )
 from tests.support import VllmServer, ensure_adapters, ensure_tiny_model, start_vllm
+from tests.support.adapters import SPECS
 
 pytestmark = pytest.mark.vllm
 
 API_KEY = "contract-test-key"
 MAX_LORA_RANK = 16
 
-# What vLLM 0.32 answers for each broken fixture, as classified; None: vLLM accepts it.
-VLLM_REASON: dict[str, Reason | None] = {
+# What vLLM 0.32 answers for each fixture it refuses, as classified (measured); every fixture of
+# SPECS is here or in ACCEPTED.
+VLLM_REASON: dict[str, Reason] = {
     "rank64": Reason.RANK_EXCEEDS_MAX,
     "rank-pattern": Reason.RANK_EXCEEDS_MAX,
     "dora": Reason.DORA_NOT_SUPPORTED,
@@ -47,8 +52,27 @@ VLLM_REASON: dict[str, Reason | None] = {
     # vLLM 0.32 refuses an empty safetensors file with an empty message: only pre-flight can
     # name it (NoTensors); the client still reports a permanent rejection.
     "no-tensors": Reason.ADAPTER_REJECTED,
+    "lora-bias": Reason.BIAS_NOT_SUPPORTED,
+    "pissa": Reason.UNSUPPORTED_LORA_FEATURE,
+    # "base_model.model.lm_head.weight is unsupported LoRA weight": the resized embeddings.
+    "new-tokens": Reason.UNSUPPORTED_TARGET_MODULES,
+    "no-alpha": Reason.INVALID_ADAPTER_CONFIG,
 }
-ACCEPTED = ["rank8", "rank16", "rank8-mlp", "rank8-embed", "other-base-name", "lm-head"]
+ACCEPTED = [
+    "rank8",
+    "rank16",
+    "rank8-mlp",
+    "rank8-v2",
+    "rank8-embed",
+    "other-base-name",
+    "lm-head",
+    "embed-default",
+    "lm-head-default",
+    "all-linear",
+    "alpha-pattern",
+    "rslora",
+    "layers-to-transform",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +92,56 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def client_for(server: VllmServer, session: aiohttp.ClientSession, key: str | None) -> VLLMClient:
     return VLLMClient(server.base_url, key, session, timeout=30)
+
+
+async def complete(server: VllmServer, session: aiohttp.ClientSession, model: str) -> str:
+    """A greedy completion through `model` (the base model's name or an adapter's)."""
+    async with session.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": model, "prompt": "The operator pushes", "max_tokens": 8, "temperature": 0},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as response:
+        body = await response.text()
+    assert response.status == 200, f"completion through {model}: {response.status} {body}"
+    return str(json.loads(body)["choices"][0]["text"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Accepted (reason None) or refused, with the reason and message it was refused under."""
+
+    reason: Reason | None = None
+    message: str = ""
+
+    def __str__(self) -> str:
+        return "accepts" if self.reason is None else f"refuses ({self.reason}: {self.message})"
+
+
+def preflight_verdict(path: Path, model: str) -> Verdict:
+    """What the agent decides before any load (agent/store.py): inspect, then validate against
+    the base model's config.json, refusing on the first error."""
+    facts = llama_base_facts(ensure_tiny_model(), max_lora_rank=MAX_LORA_RANK, model_name=model)
+    try:
+        found = errors(validate(inspect_adapter(path), facts))
+    except AdapterInspectionError as e:
+        return Verdict(e.reason, e.message)
+    return Verdict(found[0].reason, found[0].message) if found else Verdict()
+
+
+async def vllm_verdict(client: VLLMClient, name: str, path: Path) -> Verdict:
+    """What vLLM does with a raw load of the same directory (unloaded again when accepted)."""
+    try:
+        await client.load_adapter(name, str(path))
+    except AdapterRejected as e:
+        return Verdict(e.reason, e.message)
+    await client.unload_adapter(name)
+    return Verdict()
+
+
+def test_every_fixture_has_one_measured_verdict() -> None:
+    assert set(VLLM_REASON).isdisjoint(ACCEPTED), set(VLLM_REASON) & set(ACCEPTED)
+    assert sorted([*VLLM_REASON, *ACCEPTED]) == sorted(SPECS)
+    assert sorted(ACCEPTED) == sorted(name for name, spec in SPECS.items() if spec.valid)
 
 
 # Class-scoped, so each server stops when its class is done and the next one starts alone.
@@ -165,8 +239,13 @@ class TestContract:
         name: str,
     ) -> None:
         client = client_for(lora_server, session, API_KEY)
+        # Asked before the load: vLLM 0.32 can answer the base model with an lm_head LoRA's output
+        # (measured: load and unload any adapter, load lm-head, ask it, then ask the base).
+        base = await complete(lora_server, session, lora_server.model)
         assert await client.load_adapter(name, str(adapters[name])) == LoadOutcome.LOADED
         assert (await client.list_models()).adapter_paths[name] == str(adapters[name])
+        # Served by the adapter, not silently by the base model.
+        assert await complete(lora_server, session, name) != base
         assert await client.unload_adapter(name) == UnloadOutcome.UNLOADED
 
     @pytest.mark.parametrize("name", sorted(VLLM_REASON))
@@ -205,7 +284,7 @@ class TestContract:
             await client.load_adapter(lora_server.model, str(adapters["rank8"]))
         assert info.value.reason == Reason.NAME_CONFLICTS_WITH_BASE_MODEL
 
-    @pytest.mark.parametrize("name", sorted(set(VLLM_REASON) | set(ACCEPTED)))
+    @pytest.mark.parametrize("name", sorted(SPECS))
     async def test_preflight_agrees_with_vllm(
         self,
         lora_server: VllmServer,
@@ -213,30 +292,16 @@ class TestContract:
         adapters: dict[str, Path],
         name: str,
     ) -> None:
-        """Pre-flight refuses exactly what vLLM refuses, under the same reason (where vLLM gives
-        one), and accepts what vLLM accepts."""
-        facts = llama_base_facts(
-            ensure_tiny_model(), max_lora_rank=MAX_LORA_RANK, model_name=lora_server.model
+        """Pre-flight is never stricter than vLLM nor more lenient: on every fixture both accept,
+        or both refuse, under the same reason where vLLM's message has one."""
+        preflight = preflight_verdict(adapters[name], lora_server.model)
+        vllm = await vllm_verdict(client_for(lora_server, session, API_KEY), name, adapters[name])
+        agree = (preflight.reason is None) == (vllm.reason is None) and vllm.reason in (
+            None,
+            Reason.ADAPTER_REJECTED,
+            preflight.reason,
         )
-        try:
-            preflight = [f.reason for f in errors(validate(inspect_adapter(adapters[name]), facts))]
-        except AdapterInspectionError as e:
-            preflight = [e.reason]
-        client = client_for(lora_server, session, API_KEY)
-        vllm: Reason | None
-        try:
-            await client.load_adapter(name, str(adapters[name]))
-        except AdapterRejected as e:
-            vllm = e.reason
-        else:
-            vllm = None
-            await client.unload_adapter(name)
-        if vllm is None:
-            assert preflight == []
-        elif vllm == Reason.ADAPTER_REJECTED:
-            assert preflight, "vLLM refused it: pre-flight must too"
-        else:
-            assert preflight[:1] == [vllm]
+        assert agree, f"fixture {name}: pre-flight {preflight}; vLLM {vllm}"
 
 
 class TestWithoutRuntimeUpdating:

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .cache import build_once, loraplane_home
 from .tinymodel import (
@@ -33,7 +33,7 @@ from .tinymodel import (
 
 # Bump when a recipe below changes; the model's recipe is part of every adapter's stamp too,
 # since an adapter is only meaningful for the exact base it was made for.
-RECIPE_VERSION = "adapters-v3"
+RECIPE_VERSION = "adapters-v4"
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,6 +42,9 @@ WEIGHT_STD = 0.1  # of lora_A and lora_B; with alpha = 2r this moves greedy outp
 ATTN_QV = ["q_proj", "v_proj"]
 ATTN_ALL = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
+# What peft's target_modules="all-linear" expands to on a causal LM: every linear layer but the
+# output layer.
+ALL_LINEAR = [*ATTN_ALL, *MLP]
 
 WIDE_BASE_NAME = "loraplane/tiny-llama-wide"
 OTHER_BASE_NAME = "meta-llama/Llama-3.2-1B"
@@ -52,7 +55,7 @@ class AdapterSpec:
     """How one fixture adapter is made, and whether vLLM 0.32 (max_lora_rank 16) accepts it."""
 
     r: int
-    target_modules: list[str]
+    target_modules: list[str] | Literal["all-linear"]
     seed: int
     valid: bool
     description: str
@@ -60,6 +63,15 @@ class AdapterSpec:
     shape: TinyShape = DEFAULT_SHAPE
     base_name: str | None = None  # None: the tiny model's directory, as peft records it
     post: str | None = None  # a damage applied after saving, see _POST
+    # peft's default: with embed_tokens or lm_head targeted, "auto" also saves the base layer's
+    # whole weight (`...embed_tokens.base_layer.weight`) beside the LoRA matrices.
+    save_embedding_layers: bool | Literal["auto"] = "auto"
+    added_tokens: int = 0  # grow the base's vocabulary before training, as for new special tokens
+
+    @property
+    def modules(self) -> list[str]:
+        """The modules peft puts LoRA on, with "all-linear" expanded as peft expands it."""
+        return ALL_LINEAR if isinstance(self.target_modules, str) else self.target_modules
 
 
 SPECS: dict[str, AdapterSpec] = {
@@ -69,7 +81,12 @@ SPECS: dict[str, AdapterSpec] = {
     "rank8-mlp": AdapterSpec(8, MLP, 81, True, "rank 8 on the MLP projections"),
     "rank8-v2": AdapterSpec(8, ATTN_QV, 82, True, "rank8's shape, other weights: a new revision"),
     "rank8-embed": AdapterSpec(
-        8, ["embed_tokens", "q_proj", "v_proj"], 83, True, "LoRA on embed_tokens (vLLM accepts)"
+        8,
+        ["embed_tokens", "q_proj", "v_proj"],
+        83,
+        True,
+        "LoRA on embed_tokens, the LoRA matrices only (vLLM accepts)",
+        save_embedding_layers=False,
     ),
     "other-base-name": AdapterSpec(
         8,
@@ -136,7 +153,81 @@ SPECS: dict[str, AdapterSpec] = {
     "no-weights": AdapterSpec(
         8, ATTN_QV, 8, False, "a valid config and no weights file at all", post="drop-weights"
     ),
-    "lm-head": AdapterSpec(8, ["lm_head"], 85, True, "LoRA on lm_head (vLLM 0.32 accepts)"),
+    "lm-head": AdapterSpec(
+        8,
+        ["lm_head"],
+        85,
+        True,
+        "LoRA on lm_head, the LoRA matrices only (vLLM 0.32 accepts)",
+        save_embedding_layers=False,
+    ),
+    # What peft options users set often, each saved as peft saves it by default.
+    "embed-default": AdapterSpec(
+        8,
+        ["embed_tokens", "q_proj", "v_proj"],
+        86,
+        True,
+        "LoRA on embed_tokens, saved with peft's defaults (the base embedding beside it)",
+    ),
+    "lm-head-default": AdapterSpec(
+        8,
+        ["lm_head"],
+        87,
+        True,
+        "LoRA on lm_head, saved with peft's defaults (the base lm_head beside it)",
+    ),
+    "all-linear": AdapterSpec(8, "all-linear", 88, True, 'target_modules="all-linear"'),
+    "alpha-pattern": AdapterSpec(
+        8,
+        ATTN_QV,
+        89,
+        True,
+        "an alpha_pattern entry of 64 for one module",
+        lora_kwargs={"alpha_pattern": {"layers.0.self_attn.q_proj": 64}},
+    ),
+    "rslora": AdapterSpec(
+        8,
+        ATTN_QV,
+        95,
+        True,
+        "use_rslora (scaling alpha/sqrt(r))",
+        lora_kwargs={"use_rslora": True},
+    ),
+    "layers-to-transform": AdapterSpec(
+        8,
+        ATTN_QV,
+        96,
+        True,
+        "layers_to_transform=[0]: LoRA on the first layer only",
+        lora_kwargs={"layers_to_transform": [0]},
+    ),
+    "lora-bias": AdapterSpec(
+        8,
+        ATTN_QV,
+        97,
+        False,
+        "lora_bias=True: a trained bias on lora_B",
+        lora_kwargs={"lora_bias": True},
+    ),
+    "pissa": AdapterSpec(
+        8,
+        ATTN_QV,
+        98,
+        False,
+        'init_lora_weights="pissa", not converted: it needs PiSSA\'s modified base weights',
+        lora_kwargs={"init_lora_weights": "pissa"},
+    ),
+    "new-tokens": AdapterSpec(
+        8,
+        ATTN_QV,
+        99,
+        False,
+        "trained after adding 8 tokens to the vocabulary: peft saves the resized embeddings",
+        added_tokens=8,
+    ),
+    "no-alpha": AdapterSpec(
+        8, ATTN_QV, 8, False, "rank8 with lora_alpha removed from its config", post="drop-alpha"
+    ),
 }
 
 VALID = [name for name, spec in SPECS.items() if spec.valid]
@@ -164,6 +255,12 @@ def _drop_config(out: Path) -> None:
     (out / CONFIG_NAME).unlink()
 
 
+def _drop_alpha(out: Path) -> None:
+    config = json.loads((out / CONFIG_NAME).read_text())
+    del config["lora_alpha"]
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _drop_weights(out: Path) -> None:
     (out / WEIGHTS_NAME).unlink()
 
@@ -180,6 +277,7 @@ _POST: dict[str, Callable[[Path], None]] = {
     "drop-config": _drop_config,
     "empty-tensors": _empty_tensors,
     "drop-weights": _drop_weights,
+    "drop-alpha": _drop_alpha,
 }
 
 
@@ -217,6 +315,8 @@ def build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
     hf_logging.disable_progress_bar()
 
     base = _base_model(model_dir, spec.shape)
+    if spec.added_tokens:
+        base.resize_token_embeddings(base.config.vocab_size + spec.added_tokens)
     config = LoraConfig(
         r=spec.r,
         lora_alpha=2 * spec.r,
@@ -227,9 +327,7 @@ def build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
     )
     peft_model = get_peft_model(base, config)
     _randomize_lora(peft_model, spec.seed)
-    # Without this peft also saves the whole embedding matrix when embed_tokens is targeted,
-    # which is not what "LoRA on embed_tokens" means.
-    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    peft_model.save_pretrained(str(out), save_embedding_layers=spec.save_embedding_layers)
 
     config_path = out / CONFIG_NAME
     data = json.loads(config_path.read_text())

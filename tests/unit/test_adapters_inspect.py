@@ -124,6 +124,13 @@ def test_new_revision_has_a_new_digest(adapters: dict[str, Path]) -> None:
          and s.modules["lm_head"].other == {"weight": (1545, 128)}),
         ("rank8-embed", lambda s: s.modules["model.embed_tokens"].embedding
          and s.modules["model.embed_tokens"].in_features == 1545),
+        # The base embedding peft saves beside the LoRA is no module of its own.
+        ("embed-default", lambda s: s.modules["model.embed_tokens"].embedding
+         and s.modules["model.embed_tokens"].other == {}
+         and "model.embed_tokens.base_layer" not in s.modules
+         and "base_model.model.model.embed_tokens.base_layer.weight" in s.tensors),
+        ("lm-head-default", lambda s: s.module_suffixes == {"lm_head"}
+         and s.modules["lm_head"].other == {}),
         ("wrong-base", lambda s: s.modules["model.layers.0.self_attn.q_proj"].in_features == 256),
         ("other-base-name", lambda s: s.base_model_name_or_path == "meta-llama/Llama-3.2-1B"),
     ],
@@ -139,6 +146,7 @@ def test_fixture_adapters(adapters: dict[str, Path], name: str, check: Any) -> N
         ("corrupt", CorruptSafetensors, Reason.CORRUPT_WEIGHTS),
         ("corrupt-data", CorruptSafetensors, Reason.CORRUPT_WEIGHTS),
         ("no-tensors", NoTensors, Reason.NO_TENSORS),
+        ("no-alpha", InvalidAdapterConfig, Reason.INVALID_ADAPTER_CONFIG),
     ],
 )
 def test_broken_fixture_adapters(
@@ -167,11 +175,15 @@ def test_missing_directory(tmp_path: Path) -> None:
     [
         ("{not json", "not readable JSON"),
         ("[1]", "not a JSON object"),
-        ('{"peft_type": "LORA"}', "no rank"),
-        ('{"r": 0}', "positive integer"),
-        ('{"r": 8, "rank_pattern": {"q_proj": -1}}', "positive integer"),
-        ('{"r": 8, "lora_alpha": "x"}', "lora_alpha"),
-        ('{"r": 8, "target_modules": 3}', "target_modules"),
+        ('{"peft_type": "LORA"}', "has no r, lora_alpha, target_modules: vLLM requires"),
+        ('{"r": 8, "target_modules": null}', "has no lora_alpha: vLLM requires"),
+        ('{"r": 0, "lora_alpha": 1, "target_modules": null}', "positive integer"),
+        (
+            '{"r": 8, "lora_alpha": 16, "target_modules": null, "rank_pattern": {"q_proj": -1}}',
+            "positive integer",
+        ),
+        ('{"r": 8, "lora_alpha": "x", "target_modules": null}', "lora_alpha"),
+        ('{"r": 8, "lora_alpha": 16, "target_modules": 3}', "target_modules"),
     ],
 )
 def test_invalid_config(tmp_path: Path, config_text: str, match: str) -> None:
@@ -284,6 +296,19 @@ def test_digest_ignores_hidden_files_and_sees_every_byte(tmp_path: Path) -> None
             ("model.layers.0.self_attn.q_proj", "other", "lora_magnitude_vector.weight"),
         ),
         ("base_model.model.lm_head.weight", ("lm_head", "other", "weight")),
+        (
+            "base_model.model.model.embed_tokens.base_layer.weight",
+            ("model.embed_tokens", "base_embedding", "base_layer.weight"),
+        ),
+        (
+            "base_model.model.lm_head.base_layer.weight",
+            ("lm_head", "base_embedding", "base_layer.weight"),
+        ),
+        # vLLM skips only the embeddings' base layers; any other is an unsupported weight.
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
+            ("model.layers.0.self_attn.q_proj.base_layer", "other", "weight"),
+        ),
         ("language_model.layers.0.q_proj.lora_A.weight",
          ("language_model.layers.0.q_proj", "lora_A", "weight")),
     ],

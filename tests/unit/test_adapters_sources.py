@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.adapters.inspect import AdapterSummary, CorruptSafetensors
+from loraplane.adapters.inspect import AdapterConfigMissing, AdapterSummary, CorruptSafetensors
 from loraplane.adapters.sources import (
     SUMMARY_FILE,
     DigestMismatch,
@@ -20,6 +20,7 @@ from loraplane.adapters.sources import (
     validate_name,
     version_dir,
 )
+from loraplane.vllm.errors import Reason
 from tests.support import ensure_adapters
 
 
@@ -83,6 +84,31 @@ def test_broken_adapter_leaves_nothing(adapters: dict[str, Path], tmp_path: Path
     with pytest.raises(CorruptSafetensors):
         fetch_path(adapters["corrupt"], tmp_path, "corrupt")
     assert not (tmp_path / "corrupt").exists() or entries(tmp_path / "corrupt") == []
+
+
+def test_a_file_inside_an_adapter_is_not_its_directory(
+    adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    config = adapters["rank8"] / "adapter_config.json"
+    with pytest.raises(AdapterConfigMissing) as info:
+        fetch_path(config, tmp_path, "rank8")
+    assert info.value.message == (
+        f"{config} is a file, not an adapter directory; did you mean its directory "
+        f"{adapters['rank8']}?"
+    )
+    assert info.value.reason == Reason.ADAPTER_NOT_FOUND
+    assert entries(tmp_path) == []
+
+
+def test_a_lone_file_is_not_an_adapter_directory(tmp_path: Path) -> None:
+    weights = tmp_path / "adapter.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(AdapterConfigMissing) as info:
+        fetch_path(weights, tmp_path / "store", "lone")
+    assert info.value.message == (
+        f"{weights} is a file, not an adapter directory: give the directory that holds "
+        "adapter_config.json"
+    )
 
 
 def test_verify_refusal_leaves_nothing(adapters: dict[str, Path], tmp_path: Path) -> None:

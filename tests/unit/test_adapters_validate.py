@@ -37,6 +37,16 @@ EXPECTED_ERROR: dict[str, Reason | None] = {
     "bias": Reason.BIAS_NOT_SUPPORTED,
     "modules-to-save": Reason.MODULES_TO_SAVE_NOT_SUPPORTED,
     "wrong-base": Reason.BASE_MODEL_SHAPE_MISMATCH,
+    "lm-head": None,
+    "embed-default": None,
+    "lm-head-default": None,
+    "all-linear": None,
+    "alpha-pattern": None,
+    "rslora": None,
+    "layers-to-transform": None,
+    "lora-bias": Reason.BIAS_NOT_SUPPORTED,
+    "pissa": Reason.UNSUPPORTED_LORA_FEATURE,
+    "new-tokens": Reason.UNSUPPORTED_TARGET_MODULES,
 }
 
 
@@ -133,6 +143,18 @@ def test_unknown_target_module(tmp_path: Path, facts: BaseModelFacts) -> None:
     ]
     assert "weights for fc1, which are not LoRA modules of the base model" in findings[0].message
     assert "c_attn" in findings[1].message
+
+
+def test_resized_vocabulary_says_what_happened(
+    adapters: dict[str, Path], facts: BaseModelFacts
+) -> None:
+    (finding,) = validate(inspect_adapter(adapters["new-tokens"]), facts)
+    assert finding.message == (
+        "the adapter holds whole weights of lm_head, model.embed_tokens, not LoRA matrices "
+        "(peft saves the embeddings whole when tokens were added to the vocabulary for "
+        "training); vLLM serves LoRA weights only: train without adding tokens, or merge the "
+        "adapter into the base model"
+    )
 
 
 def test_layers_beyond_the_base(tmp_path: Path, facts: BaseModelFacts) -> None:

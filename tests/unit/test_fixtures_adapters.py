@@ -61,11 +61,20 @@ def test_config_says_what_the_name_says(adapters: dict[str, Path], name: str) ->
     assert config["peft_type"] == "LORA"
     assert config["r"] == spec.r
     assert config["lora_alpha"] == 2 * spec.r
-    assert config["target_modules"] == sorted(spec.target_modules)
+    # peft writes "all-linear" out as the full name of every module it chose.
+    assert {str(t).rsplit(".", 1)[-1] for t in config["target_modules"]} == set(spec.modules)
     assert config["use_dora"] is (name == "dora")
     assert config["bias"] == ("all" if name == "bias" else "none")
     assert config["modules_to_save"] == (["lm_head"] if name == "modules-to-save" else None)
-    assert config["rank_pattern"] == spec.lora_kwargs.get("rank_pattern", {})
+    for key, unset in [
+        ("rank_pattern", {}),
+        ("alpha_pattern", {}),
+        ("use_rslora", False),
+        ("layers_to_transform", None),
+        ("lora_bias", False),
+        ("init_lora_weights", True),
+    ]:
+        assert config[key] == spec.lora_kwargs.get(key, unset), key
 
 
 @pytest.mark.parametrize("name", ["rank8", "rank16", "rank64", "rank8-mlp", "wrong-base"])
@@ -73,8 +82,8 @@ def test_tensor_shapes_follow_rank_and_base_width(adapters: dict[str, Path], nam
     spec = SPECS[name]
     shapes = tensor_shapes(adapters[name])
     modules = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in shapes}
-    assert modules == set(spec.target_modules)
-    assert len(shapes) == 2 * 2 * len(spec.target_modules)  # A and B, 2 layers
+    assert modules == set(spec.modules)
+    assert len(shapes) == 2 * 2 * len(spec.modules)  # A and B, 2 layers
     for key, shape in shapes.items():
         if ".lora_A." in key:
             assert shape[0] == spec.r
@@ -91,6 +100,39 @@ def test_rank_pattern_really_has_a_rank_32_tensor(adapters: dict[str, Path]) -> 
 def test_broken_extras_carry_what_vllm_refuses(adapters: dict[str, Path]) -> None:
     assert any("lora_magnitude_vector" in key for key in tensor_shapes(adapters["dora"]))
     assert "base_model.model.lm_head.weight" in tensor_shapes(adapters["modules-to-save"])
+    assert any(key.endswith("lora_B.bias") for key in tensor_shapes(adapters["lora-bias"]))
+    vocab = json.loads((ensure_tiny_model() / "config.json").read_text())["vocab_size"]
+    resized = tensor_shapes(adapters["new-tokens"])
+    assert resized["base_model.model.model.embed_tokens.weight"] == [vocab + 8, 128]
+    assert resized["base_model.model.lm_head.weight"] == [vocab + 8, 128]
+    assert "lora_alpha" not in config_of(adapters["no-alpha"])
+
+
+@pytest.mark.parametrize(
+    ("name", "base_weight"),
+    [
+        ("embed-default", "base_model.model.model.embed_tokens.base_layer.weight"),
+        ("lm-head-default", "base_model.model.lm_head.base_layer.weight"),
+    ],
+)
+def test_peft_default_save_keeps_the_base_embedding(
+    adapters: dict[str, Path], name: str, base_weight: str
+) -> None:
+    vocab = json.loads((ensure_tiny_model() / "config.json").read_text())["vocab_size"]
+    shapes = tensor_shapes(adapters[name])
+    assert shapes[base_weight] == [vocab, 128]
+    # The LoRA-only saves of the same modules do not have it.
+    lora_only = {"embed-default": "rank8-embed", "lm-head-default": "lm-head"}[name]
+    assert base_weight not in tensor_shapes(adapters[lora_only])
+    assert len(shapes) == len(tensor_shapes(adapters[lora_only])) + 1
+
+
+def test_layers_to_transform_has_tensors_for_those_layers_only(
+    adapters: dict[str, Path],
+) -> None:
+    shapes = tensor_shapes(adapters["layers-to-transform"])
+    assert {key.split(".layers.")[1].split(".")[0] for key in shapes} == {"0"}
+    assert len(shapes) == 2 * len(SPECS["layers-to-transform"].modules)
 
 
 def test_lora_b_is_not_peft_s_zero_init(adapters: dict[str, Path]) -> None:

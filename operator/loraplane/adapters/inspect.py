@@ -105,7 +105,12 @@ class TensorInfo(BaseModel):
     shape: tuple[int, ...]
 
 
-TensorRole = Literal["lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "other"]
+TensorRole = Literal[
+    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "base_embedding", "other"
+]
+# peft's default save (save_embedding_layers="auto") writes the base layer's whole weight beside the
+# LoRA of embed_tokens or lm_head; vLLM skips exactly these names (is_base_embedding_weights).
+_BASE_EMBEDDING_SUFFIXES = (".embed_tokens.base_layer.weight", ".lm_head.base_layer.weight")
 
 
 class ModuleWeights(BaseModel):
@@ -201,8 +206,12 @@ def parse_tensor_name(name: str) -> tuple[str, TensorRole, str]:
     (``model.layers.0.self_attn.q_proj``, ``lora_A``, ``weight``).
 
     The same split vLLM's ``parse_fine_tuned_lora_name`` does, plus a role for everything vLLM
-    would refuse (``other``: the module is the name without its last component).
+    would refuse (``other``: the module is the name without its last component) and for the
+    base embedding weights vLLM skips (``base_embedding``).
     """
+    if name.endswith(_BASE_EMBEDDING_SUFFIXES):
+        module = name.removeprefix("base_model.model.").removesuffix(".base_layer.weight")
+        return module, "base_embedding", "base_layer.weight"
     stem = name.removeprefix("base_model.model.")
     parts = stem.split(".")
     if len(parts) >= 3 and parts[-2] in ("lora_A", "lora_B"):
@@ -291,6 +300,14 @@ def parse_config(text: str | bytes) -> dict[str, Any]:
 
 def _load_config(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
+    if directory.exists() and not directory.is_dir():
+        # Pointing at one of the adapter's files instead of its directory is an easy slip.
+        hint = (
+            f"; did you mean its directory {directory.parent}?"
+            if (directory.parent / CONFIG_FILE).is_file()
+            else f": give the directory that holds {CONFIG_FILE}"
+        )
+        raise AdapterConfigMissing(f"{directory} is a file, not an adapter directory{hint}")
     if not directory.is_dir():
         raise AdapterConfigMissing(f"adapter directory {directory} does not exist")
     if not config_path.is_file():
@@ -322,13 +339,19 @@ _UNSUPPORTED_FEATURES: dict[str, Any] = {
     "use_bdlora": None,
     "use_qalora": False,
 }
+# vLLM's PEFTHelper has no default for these keys and refuses a config without one of them.
+_REQUIRED_KEYS = ("r", "lora_alpha", "target_modules")
 # init_lora_weights values that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ, ...).
 _SUPPORTED_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 
 
 def _summary_fields(config: dict[str, Any]) -> dict[str, Any]:
-    if "r" not in config:
-        raise InvalidAdapterConfig(f"{CONFIG_FILE} has no rank `r`")
+    missing = [key for key in _REQUIRED_KEYS if key not in config]
+    if missing:
+        raise InvalidAdapterConfig(
+            f"{CONFIG_FILE} has no {', '.join(missing)}: vLLM requires r, lora_alpha and "
+            "target_modules (peft's save_pretrained writes them all)"
+        )
     rank = _positive_int("r", config["r"])
     rank_pattern_raw = config.get("rank_pattern") or {}
     alpha_pattern_raw = config.get("alpha_pattern") or {}
@@ -338,7 +361,7 @@ def _summary_fields(config: dict[str, Any]) -> dict[str, Any]:
         str(k): _positive_int(f"rank_pattern[{k!r}]", v) for k, v in rank_pattern_raw.items()
     }
     try:
-        alpha = float(config.get("lora_alpha", 8))
+        alpha = float(config["lora_alpha"])
         alpha_pattern = {str(k): float(v) for k, v in alpha_pattern_raw.items()}
     except (TypeError, ValueError) as e:
         raise InvalidAdapterConfig(f"{CONFIG_FILE}: lora_alpha must be a number: {e}") from e
@@ -391,6 +414,8 @@ def _group_modules(tensors: dict[str, TensorInfo]) -> tuple[dict[str, ModuleWeig
     unparsed: list[str] = []
     for name, info in sorted(tensors.items()):
         module, role, rest = parse_tensor_name(name)
+        if role == "base_embedding":
+            continue  # vLLM never reads it, so nothing about it can make vLLM refuse
         if not module:
             unparsed.append(name)
             continue

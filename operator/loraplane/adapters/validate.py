@@ -286,7 +286,7 @@ def _check_modules(summary: AdapterSummary, base: BaseModelFacts) -> list[Findin
     allowed_full = ALLOWED_MODULES_TO_SAVE | set(summary.modules_to_save or [])
     # The tensors are what vLLM checks (PEFT skips configured modules the model lacks).
     unknown = sorted(s for s in summary.module_suffixes if s not in supported)
-    unknown += sorted(
+    full = sorted(
         name
         for name, m in summary.modules.items()
         if m.lora_a is None
@@ -295,6 +295,23 @@ def _check_modules(summary: AdapterSummary, base: BaseModelFacts) -> list[Findin
         and not set(m.other) <= {"bias", "lora_B.bias"}
         and not any(k.startswith("lora_magnitude_vector") for k in m.other)
     )
+    # Whole weights of a module LoRA could target: "not a LoRA module" would read as nonsense.
+    whole = [name for name in full if name.rsplit(".", 1)[-1] in supported]
+    unknown += [name for name in full if name not in whole]
+    if whole:
+        findings.append(
+            Finding(
+                severity="error",
+                reason=Reason.UNSUPPORTED_TARGET_MODULES,
+                message=(
+                    f"the adapter holds whole weights of {_fmt(whole)[:300]}, not LoRA matrices "
+                    "(peft saves the embeddings whole when tokens were added to the vocabulary "
+                    "for training); vLLM serves LoRA weights only: train without adding tokens, "
+                    "or merge the adapter into the base model"
+                ),
+                details={"wholeWeights": whole},
+            )
+        )
     if unknown or summary.unparsed_tensors:
         names = unknown + summary.unparsed_tensors
         findings.append(
