@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.cluster import (
+    VLLM_PROCESS,
     Cluster,
-    cmdline,
-    netns_pids,
+    container_pid,
     pod_ready,
     post_text,
     served_adapters,
@@ -191,7 +191,7 @@ def bench_recovery(c: Cluster) -> None:
     pod = ready_pods(c)[0]
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
     expected = set(served_adapters(ip))
-    pid = min(p for p in netns_pids(pod["metadata"]["uid"]) if "vllm.entrypoints" in cmdline(p))
+    pid = container_pid(pod, VLLM_PROCESS)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
 

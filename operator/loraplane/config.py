@@ -143,6 +143,9 @@ class AgentSettings(_FromEnv):
         None, description="Base model directory, to check adapter shapes against its config."
     )
     vllm_api_key: str | None = Field(None, description="vLLM's API key, when it has one.")
+    peer_timeout_seconds: float = Field(
+        120.0, gt=0, description="Timeout of copying a pinned version from a peer's agent."
+    )
     vllm_probe_timeout_seconds: float = Field(
         2.0, gt=0, description="Timeout of the readiness check's calls to vLLM."
     )

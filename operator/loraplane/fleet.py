@@ -79,10 +79,17 @@ class AdapterView:
     generation: int
     deleting: bool = False
     spec_error: str | None = None
+    refresh: str | None = None
+    follow: bool = False  # updatePolicy Follow: changed source files become a new version
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def claim(self) -> tuple[str, str]:
+        """Who holds a contested served name: the oldest claimant, then the first by name."""
+        return (self.created, self.name)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ class PodAdapterState:
     since: datetime = field(default_factory=now)
     last_error: str | None = None
     path: str | None = None  # what vLLM serves under the adapter's name on this pod
+    reason: str | None = None  # of last_error, when it is one the base model reports
 
 
 class PodChange(Enum):
@@ -137,8 +145,8 @@ class PodChange(Enum):
     OTHER = "other"
 
 
-def fingerprint(source: ModelSource) -> str:
-    raw = json.dumps(source.to_k8s(), sort_keys=True).encode()
+def fingerprint(source: ModelSource, refresh: str | None) -> str:
+    raw = json.dumps([source.to_k8s(), refresh], sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -193,7 +201,7 @@ class Fleet:
         base = self.bases.get((ad.namespace, ad.base_model))
         if base is None:
             return None
-        return Judgement(fingerprint(ad.source), base.max_lora_rank)
+        return Judgement(fingerprint(ad.source, ad.refresh), base.max_lora_rank)
 
     def version(self, key: Key) -> Version | None:
         v = self._versions.get(key)
@@ -203,13 +211,33 @@ class Fleet:
         f = self._failures.get(key)
         return f if f is not None and f.judged == self.judgement(key) else None
 
+    def served_name_holder(self, key: Key) -> AdapterView | None:
+        """The adapter that holds this adapter's served name, when it is another one.
+
+        A served name has one owner per base model: two adapters under one name would swap each
+        other's weights at every sync, and clients would get either.
+        """
+        ad = self.adapters.get(key)
+        if ad is None:
+            return None
+        claimants = [
+            a
+            for a in self.adapters_of(ad.namespace, ad.base_model)
+            if a.served_name == ad.served_name and not a.deleting and a.spec_error is None
+        ]
+        holder = min(claimants, key=lambda a: a.claim, default=None)
+        return holder if holder is not None and holder.name != ad.name else None
+
     def placement(self, namespace: str, base_model: str) -> Placement:
         """Which adapters this base model's pods should serve (failed and deleting ones not)."""
         base = self.bases.get((namespace, base_model))
         candidates = [
             Candidate(a.name, a.priority, a.created)
             for a in self.adapters_of(namespace, base_model)
-            if not a.deleting and a.spec_error is None and self.failure(a.key) is None
+            if not a.deleting
+            and a.spec_error is None
+            and self.failure(a.key) is None
+            and self.served_name_holder(a.key) is None
         ]
         return place(candidates, base.cap if base else None)
 
@@ -289,7 +317,7 @@ class Fleet:
             or summary.max_lora_rank is None
         ):
             return
-        judged = Judgement(fingerprint(ad.source), summary.max_lora_rank)
+        judged = Judgement(fingerprint(ad.source, ad.refresh), summary.max_lora_rank)
         self._versions[ad.key] = Version(judged, summary.path, summary)
 
     def mark_deleting(self, key: Key) -> Kicks:
@@ -352,15 +380,27 @@ class Fleet:
 
     # -- what the per-pod sync found -----------------------------------------------------------
 
-    def record_version(self, key: Key, judged: Judgement, version: Version) -> bool:
-        """Keep a verified version, unless the spec or base moved on while it was fetched."""
-        if judged != self.judgement(key):
-            return False
-        current = self._versions.get(key)
-        if current is None or current.judged != judged or current.path != version.path:
-            self._versions[key] = version
+    def record_version(self, key: Key, judged: Judgement, version: Version) -> Kicks | None:
+        """Keep a verified version; None when it is not what the adapter serves now.
+
+        The first version verified for a judgement is pinned: every pod serves it, whatever the
+        source does afterwards. Only an adapter that follows its source moves the pin to files
+        that changed, which kicks every pod of its base model to roll it out.
+        """
+        ad = self.adapters.get(key)
+        if ad is None or judged != self.judgement(key):
+            return None  # the spec or the base moved on while this was fetched
+        current = self.version(key)
+        if current is not None and current.path != version.path and not ad.follow:
+            return None
+        if current is not None and current.path == version.path:
+            return NO_KICKS
+        self._versions[key] = version
+        if current is None:
             self.adapter_changed(key).set()
-        return True
+            return NO_KICKS
+        log.info("adapter %s/%s: new version %s (was %s)", *key, version.path, current.path)
+        return self._kicks(ad.namespace, ad.base_model)
 
     def record_failure(self, key: Key, judged: Judgement, reason: str, message: str) -> Kicks:
         """A verdict against the adapter's files: every pod of its base drops it from its plan."""
@@ -378,14 +418,16 @@ class Fleet:
         state: str,
         last_error: str | None = None,
         path: str | None = None,
+        reason: str | None = None,
     ) -> None:
         states = self.pod_states.setdefault(pod, {})
         current = states.get(adapter)
         if current is None or current.state != state:
-            states[adapter] = PodAdapterState(state, last_error=last_error, path=path)
+            states[adapter] = PodAdapterState(
+                state, last_error=last_error, path=path, reason=reason
+            )
         else:
-            current.last_error = last_error
-            current.path = path
+            current.last_error, current.path, current.reason = last_error, path, reason
         ad = self.adapters.get((pod[0], adapter))
         if ad is not None:
             self.adapter_changed(ad.key).set()
@@ -507,6 +549,8 @@ def adapter_view(obj: Mapping[str, Any]) -> AdapterView:
         served_name=parsed.served_name,
         source=parsed.spec.source,
         priority=parsed.spec.priority,
+        refresh=parsed.spec.refresh,
+        follow=parsed.spec.update_policy == "Follow",
         **common,
     )
 

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loraplane import kube, metrics
-from loraplane.agent.client import AdapterRejectedByAgent, AgentClient, AgentError
+from loraplane.agent.client import (
+    AdapterRejectedByAgent,
+    AgentClient,
+    AgentError,
+    VersionUnavailable,
+)
 from loraplane.agent.protocol import FetchRequest
 from loraplane.builders import naming
 from loraplane.fleet import GATE, AdapterView, BaseView, Fleet, Judgement, Key, PodView, Version
@@ -117,7 +122,22 @@ async def agent_client(rt: Runtime, pod: PodView, base: BaseView) -> AgentClient
     return AgentClient(url, token, rt.session, timeout=rt.settings.agent_timeout_seconds)
 
 
-async def fetch_request(rt: Runtime, ad: AdapterView, judged: Judgement) -> FetchRequest:
+def peers(rt: Runtime, pod: PodView, ad: AdapterView, version: Version) -> list[str]:
+    """Agents of the other pods that serve the pinned version, so hold it in their store."""
+    port = rt.settings.agent_port
+    return [
+        f"http://{p.ip}:{port}"
+        for p in rt.fleet.pods_of(pod.namespace, pod.base_model)
+        if p.name != pod.name
+        and p.ip
+        and (st := rt.fleet.state(p.key, ad.name)) is not None
+        and st.path == version.path
+    ]
+
+
+async def fetch_request(
+    rt: Runtime, pod: PodView, ad: AdapterView, judged: Judgement, pinned: Version | None
+) -> FetchRequest:
     assert ad.source is not None  # placement leaves out adapters whose spec did not parse
     hf_token = None
     ref = ad.source.huggingface.token_secret_ref if ad.source.huggingface else None
@@ -129,6 +149,9 @@ async def fetch_request(rt: Runtime, ad: AdapterView, judged: Judgement) -> Fetc
         hf_token=hf_token,
         max_lora_rank=judged.max_lora_rank,
         base_model=ad.base_model,
+        expected_digest=pinned.summary.digest if pinned else None,
+        peers=peers(rt, pod, ad, pinned) if pinned else [],
+        follow=ad.follow,
     )
 
 
@@ -153,26 +176,36 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
     judged = fleet.judgement(ad.key)
     if judged is None:
         return False
-    version = fleet.version(ad.key)
-    if version is not None and current == version.path:
+    pinned = fleet.version(ad.key)
+    serving = pinned is not None and current == pinned.path
+    if serving and not ad.follow:
         fleet.set_state(pkey, ad.name, "Registered", path=current)
         return False
-    fleet.set_state(pkey, ad.name, "Loading", path=current)
+    if not serving:
+        fleet.set_state(pkey, ad.name, "Loading", path=current)
     started = time.monotonic()
     async with rt.loads:
         try:
-            fetched = await pc.agent.fetch(await fetch_request(rt, ad, judged))
+            fetched = await pc.agent.fetch(await fetch_request(rt, pc.pod, ad, judged, pinned))
         except AdapterRejectedByAgent as exc:
             metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
             rt.kick(fleet.record_failure(ad.key, judged, exc.reason, exc.message))
             fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
             return False
+        except VersionUnavailable as exc:
+            state = "Registered" if serving else "Loading"
+            fleet.set_state(pkey, ad.name, state, exc.message, path=current, reason=exc.reason)
+            raise
         except AgentError as exc:
             fleet.set_state(pkey, ad.name, "Loading", f"agent: {exc}", path=current)
             raise
         version = Version(judged, fetched.path, fetched.summary, tuple(fetched.warnings))
-        if not fleet.record_version(ad.key, judged, version):
-            return False  # the spec moved on while this was fetched: the next run loads that
+        kicks = fleet.record_version(ad.key, judged, version)
+        if kicks is None:
+            # The spec moved on, or another pod pinned other files first: look again now.
+            rt.kick([pkey])
+            return False
+        rt.kick(kicks - {pkey})
         if current == fetched.path:
             fleet.set_state(pkey, ad.name, "Registered", path=current)
             return False

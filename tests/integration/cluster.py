@@ -162,3 +162,14 @@ def cmdline(pid: int) -> str:
             return fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def container_pid(pod: dict[str, Any], marker: str) -> int:
+    """The first process of a pod whose command line contains `marker` (e.g. vllm.entrypoints)."""
+    pids = [p for p in netns_pids(pod["metadata"]["uid"]) if marker in cmdline(p)]
+    assert pids, f"no process with {marker!r} found in pod {pod['metadata']['name']}"
+    return min(pids)
+
+
+VLLM_PROCESS = "vllm.entrypoints"
+AGENT_PROCESS = "loraplane-agent"

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 
 from tests.integration.cluster import (
+    AGENT_PROCESS,
+    VLLM_PROCESS,
     Cluster,
-    cmdline,
     completion,
     condition,
-    netns_pids,
+    container_pid,
     pod_ready,
     served_adapters,
     wait_for,
@@ -157,16 +158,10 @@ def test_bad_adapters_fail_each_with_its_reason_and_the_others_keep_serving(base
         base.kubectl("delete", "lora", name, "-n", NS)
 
 
-def _vllm_pid(pod: dict[str, Any]) -> int:
-    pids = [p for p in netns_pids(pod["metadata"]["uid"]) if "vllm.entrypoints" in cmdline(p)]
-    assert pids, f"no vLLM process found for pod {pod['metadata']['name']}"
-    return min(pids)
-
-
 def test_killed_vllm_gets_its_adapters_back_and_is_not_ready_in_between(base: Cluster) -> None:
     pod = _ready_pods(base)[0]
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
-    os.kill(_vllm_pid(pod), signal.SIGKILL)
+    os.kill(container_pid(pod, VLLM_PROCESS), signal.SIGKILL)
     wait_for(
         "the pod to turn not Ready",
         lambda: not pod_ready(base.get("pod", name, NS) or {}),
@@ -249,19 +244,13 @@ def test_operator_restart_unloads_nothing_and_keeps_statuses(
         )
 
 
-def _agent_pid(pod: dict[str, Any]) -> int:
-    pids = [p for p in netns_pids(pod["metadata"]["uid"]) if "loraplane-agent" in cmdline(p)]
-    assert pids, f"no agent process found for pod {pod['metadata']['name']}"
-    return min(pids)
-
-
 @contextlib.contextmanager
 def _agents_stopped(pods: list[dict[str, Any]]) -> Iterator[None]:
     """SIGSTOP the pods' agents: they accept connections and answer nothing, like a hung one.
 
     Their liveness probe restarts them after about 30 s; the tests using this finish sooner.
     """
-    pids = [_agent_pid(p) for p in pods]
+    pids = [container_pid(p, AGENT_PROCESS) for p in pods]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -7,11 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from loraplane.agent.main import build_app
 from loraplane.agent.protocol import FetchRequest
-from loraplane.agent.store import AdapterStore, Rejected
+from loraplane.agent.store import AdapterStore, Rejected, Unavailable
 from loraplane.api import ModelSource
+from loraplane.config import AgentSettings
 from tests.support import ensure_adapters
+from tests.support.vllm_server import free_port
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +64,79 @@ def test_a_prune_killed_halfway_never_leaves_a_partial_version(
     # The next prune finishes what the killed one left behind.
     store.prune({"sql": version.name})
     assert sorted(p.name for p in (tmp_path / "sql").iterdir()) == [version.name]
+
+
+def visible(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+def pinned(source: Path, digest: str, peers: list[str] | None = None) -> FetchRequest:
+    req = request(source)
+    return req.model_copy(update={"expected_digest": digest, "peers": peers or []})
+
+
+def test_a_pinned_version_is_served_from_the_store_whatever_the_source_does(
+    adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(adapters["rank8"], source)
+    store = AdapterStore(tmp_path / "store", None)
+    first = asyncio.run(store.fetch(request(source)))
+    digest = first.summary.digest
+    assert digest is not None
+    shutil.rmtree(source)
+    assert asyncio.run(store.fetch(pinned(source, digest))).path == first.path
+    shutil.copytree(adapters["rank8-v2"], source)  # other files at the same path
+    assert asyncio.run(store.fetch(pinned(source, digest))).path == first.path
+    # Without the pin the source is what counts: a new version.
+    assert asyncio.run(store.fetch(request(source))).path != first.path
+
+
+def test_a_pinned_version_missing_everywhere_is_unavailable_not_rejected(
+    adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(adapters["rank8"], source)
+    digest = asyncio.run(AdapterStore(tmp_path / "a", None).fetch(request(source))).summary.digest
+    assert digest is not None
+    empty = AdapterStore(tmp_path / "b", None)
+    shutil.rmtree(source)
+    with pytest.raises(Unavailable) as gone:
+        asyncio.run(empty.fetch(pinned(source, digest)))
+    assert gone.value.reason == "SourceUnavailable"
+    shutil.copytree(adapters["rank8-v2"], source)
+    with pytest.raises(Unavailable) as changed:
+        asyncio.run(empty.fetch(pinned(source, digest)))
+    assert changed.value.reason == "SourceChanged" and digest in changed.value.message
+    # A first verification has no pin: a missing source is the adapter's own failure.
+    with pytest.raises(Rejected) as missing:
+        asyncio.run(empty.fetch(request(tmp_path / "nowhere")))
+    assert missing.value.reason == "AdapterNotFound"
+
+
+async def test_a_pod_without_the_pinned_version_gets_it_from_a_peer(
+    adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(adapters["rank8"], source)
+    holder_cfg = AgentSettings(adapter_root=tmp_path / "holder", agent_token="t")
+    holder = AdapterStore(holder_cfg.adapter_root, None)
+    digest = (await holder.fetch(request(source))).summary.digest
+    assert digest is not None
+    runner = web.AppRunner(build_app(holder_cfg))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        shutil.rmtree(source)
+        newcomer = AdapterStore(tmp_path / "new", None, token="t")
+        peer = f"http://127.0.0.1:{port}"
+        with pytest.raises(Unavailable):  # a wrong token is refused by the peer
+            await AdapterStore(tmp_path / "x", None, token="bad").fetch(
+                pinned(source, digest, [peer])
+            )
+        got = await newcomer.fetch(pinned(source, digest, ["http://127.0.0.1:1", peer]))
+    finally:
+        await runner.cleanup()
+    assert got.summary.digest == digest
+    assert visible(Path(got.path)) == ["adapter_config.json", "adapter_model.safetensors"]

@@ -96,6 +96,8 @@ FULL_LORA_SPEC: dict[str, Any] = {
         }
     },
     "priority": 100,
+    "updatePolicy": "Follow",
+    "refresh": "2026-11-29",
 }
 
 FULL_LORA_STATUS: dict[str, Any] = {
@@ -115,7 +117,7 @@ FULL_LORA_STATUS: dict[str, Any] = {
         "digest": "sha256:0123abcd",
         "path": "/adapters/sql-lora/0123abcd",
     },
-    "replicas": {"desired": 2, "registered": 2},
+    "replicas": {"desired": 2, "registered": 2, "outdated": 0},
     "ready": "2/2",
     "pods": [
         {"name": "llama-abc-1", "state": "Registered", "since": "2026-11-29T01:02:03Z"},
@@ -221,7 +223,12 @@ def test_hugging_face_defaults() -> None:
 
 def test_lora_defaults() -> None:
     spec = api.LoRAAdapterSpec.from_k8s({"baseModel": "tiny", "source": {"path": "/a"}})
-    assert spec.to_k8s() == {"baseModel": "tiny", "source": {"path": "/a"}, "priority": 0}
+    assert spec.to_k8s() == {
+        "baseModel": "tiny",
+        "source": {"path": "/a"},
+        "priority": 0,
+        "updatePolicy": "Pinned",
+    }
 
 
 def test_status_defaults_are_empty() -> None:

@@ -92,7 +92,7 @@ def verified(fleet: Fleet, name: str) -> Version:
     version = Version(
         judged, f"/adapters/{name}/{'a' * 64}", AdapterSummary(rank=8, size_bytes=10, digest=digest)
     )
-    assert fleet.record_version(key, judged, version)
+    assert fleet.record_version(key, judged, version) is not None
     return version
 
 
@@ -133,7 +133,7 @@ def test_a_version_fetched_for_an_older_spec_is_not_kept() -> None:
     assert before is not None
     fleet.observe_adapter(lora("a", path="/src/new", generation=2))
     stale = Version(before, "/adapters/a/old", AdapterSummary(rank=8))
-    assert not fleet.record_version(key, before, stale)
+    assert fleet.record_version(key, before, stale) is None
     assert fleet.version(key) is None
 
 
@@ -152,7 +152,9 @@ def test_new_source_is_not_ready_on_the_old_version() -> None:
     status = status_of(fleet, "a")
     assert status.phase == "Loading" and status.ready == "0/2"
     assert status.adapter is None
-    assert {p.state for p in status.pods or []} == {"Loading"}
+    # Both pods still serve the first version: shown and counted as such.
+    assert {p.state for p in status.pods or []} == {"Outdated"}
+    assert status.replicas is not None and status.replicas.outdated == 2
 
 
 def test_whole_status_clears_what_the_new_generation_lacks() -> None:
@@ -201,9 +203,10 @@ def test_one_event_per_transition() -> None:
     loading = status_of(fleet, "a")
     register(fleet, "a")
     ready = status_of(fleet, "a", loading)
-    event = adapter_status.event(loading, ready)
-    assert event is not None and (event.type, event.reason) == ("Normal", "Ready")
-    assert adapter_status.event(ready, status_of(fleet, "a", ready)) is None
+    assert [(e.type, e.reason) for e in adapter_status.events(loading, ready)] == [
+        ("Normal", "Ready")
+    ]
+    assert adapter_status.events(ready, status_of(fleet, "a", ready)) == []
 
 
 def test_pod_entries_keep_their_since_across_a_recompute() -> None:
@@ -268,3 +271,67 @@ def test_judgement_is_none_without_a_base() -> None:
     status = status_of(fleet, "a")
     ready = next(x for x in status.conditions if x.type == "Ready")
     assert status.phase == "Pending" and ready.reason == "BaseModelNotFound"
+
+
+def test_a_served_name_has_one_owner_the_oldest() -> None:
+    fleet = fleet_with("first")
+    intruder = lora("second", created="2026-02-01T00:00:00Z")
+    intruder["spec"]["servedName"] = "first"
+    fleet.observe_adapter(intruder)
+    assert fleet.placement(NS, "base").placed == ("first",)
+    status = status_of(fleet, "second")
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (status.phase, ready.reason) == ("Failed", "ServedNameConflict")
+    assert "'first'" in (ready.message or "")
+    assert {p.state for p in status.pods or []} == {"NotAttempted"}
+    assert {p.last_error for p in status.pods or []} == {"ServedNameConflict"}
+    fleet.mark_deleting((NS, "first"))
+    assert fleet.placement(NS, "base").placed == ("second",)
+    taken = status_of(fleet, "second", status)
+    assert ("Normal", "ServedNameTaken") in [
+        (e.type, e.reason) for e in adapter_status.events(status, taken)
+    ]
+
+
+def test_pinned_keeps_the_first_version_and_follow_moves_to_the_new_one() -> None:
+    fleet = fleet_with("a")
+    key = (NS, "a")
+    first = verified(fleet, "a")
+    judged = first.judged
+    newer = Version(
+        judged, "/adapters/a/" + "f" * 64, AdapterSummary(rank=8, digest="sha256:" + "f" * 64)
+    )
+    assert fleet.record_version(key, judged, newer) is None
+    assert fleet.version(key) == first
+    follow = lora("a", generation=2)
+    follow["spec"]["updatePolicy"] = "Follow"
+    fleet.observe_adapter(follow)
+    for i in range(2):
+        fleet.set_state((NS, f"p{i}"), "a", "Registered", path=first.path)
+    before = status_of(fleet, "a")
+    assert fleet.record_version(key, judged, newer) == {(NS, "p0"), (NS, "p1")}
+    during = status_of(fleet, "a", before)
+    assert during.phase == "Loading" and during.ready == "0/2"
+    assert during.replicas is not None and during.replicas.outdated == 2
+    progressing = next(c for c in during.conditions if c.type == "Progressing")
+    assert progressing.status == "True" and "2 on sha256:aaaaaaaaaaaa" in (
+        progressing.message or ""
+    )
+    reasons = [e.reason for e in adapter_status.events(before, during)]
+    assert "NewVersion" in reasons
+    fleet.set_state((NS, "p0"), "a", "Registered", path=newer.path)
+    mixed = status_of(fleet, "a", during)
+    assert mixed.phase != "Ready", "Ready with pods on two versions"
+    fleet.set_state((NS, "p1"), "a", "Registered", path=newer.path)
+    assert status_of(fleet, "a", mixed).phase == "Ready"
+
+
+def test_a_refused_adapter_is_not_attempted_on_pods_that_never_tried() -> None:
+    fleet = fleet_with("a")
+    judged = fleet.judgement((NS, "a"))
+    assert judged is not None
+    fleet.record_failure((NS, "a"), judged, "DoRANotSupported", "DoRA")
+    fleet.set_state((NS, "p0"), "a", "Failed", "DoRA")
+    entries = {p.name: p for p in status_of(fleet, "a").pods or []}
+    assert entries["p0"].state == "Failed"
+    assert (entries["p1"].state, entries["p1"].last_error) == ("NotAttempted", "DoRANotSupported")

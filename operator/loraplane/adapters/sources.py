@@ -48,6 +48,8 @@ __all__ = [
     "install_directory",
     "remove_version",
     "resolve_hf_revision",
+    "staging_dir",
+    "stored_version",
     "validate_name",
     "version_dir",
 ]
@@ -157,6 +159,11 @@ def install_directory(
         shutil.rmtree(staged, ignore_errors=True)
 
 
+def stored_version(store: Path | str, name: str, digest: str) -> AdapterSummary | None:
+    """The summary of a version already in the store, or None."""
+    return _existing(version_dir(store, name, digest))
+
+
 def _existing(target: Path) -> AdapterSummary | None:
     if not target.is_dir():
         return None
@@ -173,7 +180,8 @@ def _prefixed(digest: str) -> str:
     return digest if digest.startswith("sha256:") else "sha256:" + digest
 
 
-def _staging_dir(store: Path | str, name: str) -> Path:
+def staging_dir(store: Path | str, name: str) -> Path:
+    """A hidden directory beside the versions of `name`, for files not verified yet."""
     parent = Path(store) / validate_name(name)
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
@@ -195,7 +203,7 @@ def fetch_path(
         if verify is not None:
             verify(existing)
         return FetchResult(path=str(target), summary=existing, created=False)
-    staged = _staging_dir(store, name)
+    staged = staging_dir(store, name)
     try:
         for rel in summary.files:
             destination = staged / rel
@@ -271,7 +279,7 @@ def fetch_huggingface(
             if verify is not None:
                 verify(existing)
             return FetchResult(path=existing.path, summary=existing, created=False)
-    staged = _staging_dir(store, name)
+    staged = staging_dir(store, name)
     try:
         snapshot_download(
             repo_id=repo,

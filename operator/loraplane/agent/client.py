@@ -16,6 +16,15 @@ class AgentError(Exception):
     """The agent could not be reached or answered something unexpected: worth a retry."""
 
 
+class VersionUnavailable(AgentError):
+    """The pinned version is in neither the store, the source nor a peer: retried."""
+
+    def __init__(self, unavailable: protocol.Unavailable) -> None:
+        super().__init__(unavailable.message)
+        self.reason = unavailable.reason
+        self.message = unavailable.message
+
+
 class AdapterRejectedByAgent(Exception):
     """The adapter itself is bad: the same answer on every pod, do not retry."""
 
@@ -61,6 +70,8 @@ class AgentClient:
         if status == protocol.REJECTED_STATUS:
             rejection = self._parse(protocol.Rejection, "fetch", 200, data)
             raise AdapterRejectedByAgent(rejection)
+        if status == protocol.UNAVAILABLE_STATUS:
+            raise VersionUnavailable(self._parse(protocol.Unavailable, "fetch", 200, data))
         return self._parse(protocol.Fetched, "fetch", status, data)
 
     async def set_required(self, names: list[str]) -> None:

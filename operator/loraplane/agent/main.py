@@ -13,12 +13,14 @@ from pydantic import BaseModel, ValidationError
 
 from loraplane.agent import protocol
 from loraplane.agent.readiness import RequiredStore, evaluate
-from loraplane.agent.store import AdapterStore, Rejected
+from loraplane.agent.store import AdapterStore, Rejected, Unavailable
 from loraplane.config import AgentSettings
 from loraplane.vllm.client import VLLMClient
 from loraplane.vllm.errors import VLLMError
 
 log = logging.getLogger("loraplane.agent")
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+VLLM = web.AppKey("vllm", VLLMClient)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -51,7 +53,9 @@ async def _body(request: web.Request, model: type[M]) -> M:
 
 def build_app(cfg: AgentSettings) -> web.Application:
     required = RequiredStore(cfg.adapter_root)
-    adapters = AdapterStore(cfg.adapter_root, cfg.model_path)
+    adapters = AdapterStore(
+        cfg.adapter_root, cfg.model_path, cfg.agent_token, cfg.peer_timeout_seconds
+    )
     app = web.Application()
 
     def guard(request: web.Request) -> None:
@@ -59,19 +63,19 @@ def build_app(cfg: AgentSettings) -> web.Application:
             raise web.HTTPUnauthorized(text="missing or wrong agent token")
 
     async def on_startup(app: web.Application) -> None:
-        session = app["session"] = aiohttp.ClientSession()
-        app["vllm"] = VLLMClient(
+        session = app[SESSION] = aiohttp.ClientSession()
+        app[VLLM] = VLLMClient(
             cfg.vllm_url, cfg.vllm_api_key, session, timeout=cfg.vllm_probe_timeout_seconds
         )
 
     async def on_cleanup(app: web.Application) -> None:
-        await app["session"].close()
+        await app[SESSION].close()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def readyz(request: web.Request) -> web.Response:
-        healthy, registered = await _vllm_state(request.app["vllm"])
+        healthy, registered = await _vllm_state(request.app[VLLM])
         result = evaluate(healthy, required.load(), registered)
         return web.Response(status=200 if result.ready else 503, text=result.reason)
 
@@ -94,6 +98,30 @@ def build_app(cfg: AgentSettings) -> web.Application:
                 reason=exc.reason, message=exc.message, findings=exc.findings
             )
             return _json(rejection, status=protocol.REJECTED_STATUS)
+        except Unavailable as exc:
+            unavailable = protocol.Unavailable(reason=exc.reason, message=exc.message)
+            return _json(unavailable, status=protocol.UNAVAILABLE_STATUS)
+
+    async def version(request: web.Request) -> web.StreamResponse:
+        """A stored version for a peer of the same base model (which checks its digest)."""
+        guard(request)
+        name, digest = request.match_info["name"], request.match_info["digest"]
+        try:
+            archive = await asyncio.to_thread(adapters.archive, name, digest)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        if archive is None:
+            raise web.HTTPNotFound(text=f"no version {digest} of {name} here")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        await response.prepare(request)
+        try:
+            with archive.open("rb") as data:
+                while chunk := await asyncio.to_thread(data.read, 1 << 20):
+                    await response.write(chunk)
+        finally:
+            archive.unlink(missing_ok=True)
+        await response.write_eof()
+        return response
 
     async def prune(request: web.Request) -> web.Response:
         guard(request)
@@ -109,6 +137,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
     app.router.add_put(protocol.REQUIRED, put_required)
     app.router.add_post(protocol.FETCH, fetch)
     app.router.add_post(protocol.PRUNE, prune)
+    app.router.add_get(protocol.VERSION, version)
     return app
 
 

@@ -1,8 +1,9 @@
 """The agent's HTTP contract: routes and bodies, imported by the agent and by the operator.
 
 Bodies are camelCase on the wire, like the API's own models. A fetch answers 200 with a
-`Fetched`, or 422 with a `Rejection` when the adapter itself is bad (the same answer on every
-pod); any other answer is trouble worth a retry.
+`Fetched`; 422 with a `Rejection` when the adapter itself is bad (the same answer on every pod);
+409 with an `Unavailable` when the pinned version can be had from neither the source nor a peer
+(transient: the source may come back); any other answer is trouble worth a retry.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ PRUNE: Final = "/v1/adapters/prune"
 REQUIRED: Final = "/v1/required"
 HEALTHZ: Final = "/healthz"
 READYZ: Final = "/readyz"
+# GET: a version directory as an uncompressed tar stream, for a peer that lacks it.
+VERSION: Final = "/v1/adapters/{name}/{digest}"
 REJECTED_STATUS: Final = 422
+UNAVAILABLE_STATUS: Final = 409
+SOURCE_UNAVAILABLE: Final = "SourceUnavailable"
+SOURCE_CHANGED: Final = "SourceChanged"
 
 
 class FetchRequest(K8sModel):
@@ -31,6 +37,24 @@ class FetchRequest(K8sModel):
     hf_token: str | None = Field(default=None, description="Token for a private hub repo.")
     max_lora_rank: int
     base_model: str | None = Field(default=None, description="The BaseModelDeployment's name.")
+    expected_digest: str | None = Field(
+        default=None,
+        description=(
+            "The pinned version (sha256:...): served from the store when there, else from the "
+            "source or a peer only if the files have this digest."
+        ),
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of agents of the same base model that hold the pinned version.",
+    )
+    follow: bool = Field(
+        default=False,
+        description=(
+            "Read the source even when the pinned version is stored, and answer what it holds "
+            "now (a new version); fall back to the pinned one when the source is unavailable."
+        ),
+    )
 
 
 class Fetched(StatusModel):
@@ -47,6 +71,15 @@ class Rejection(StatusModel):
     reason: str
     message: str
     findings: list[Finding] = Field(default_factory=list)
+
+
+class Unavailable(StatusModel):
+    reason: str  # SOURCE_UNAVAILABLE or SOURCE_CHANGED
+    message: str
+
+
+def version_path(name: str, digest: str) -> str:
+    return VERSION.format(name=name, digest=digest.removeprefix("sha256:"))
 
 
 class RequiredAdapters(K8sModel):

@@ -5,19 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import tarfile
+import tempfile
+import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from loraplane.adapters.inspect import AdapterInspectionError
 from loraplane.adapters.inspect import AdapterSummary as Inspected
 from loraplane.adapters.sources import (
+    FetchResult,
     empty_trash,
     fetch_huggingface,
     fetch_path,
+    install_directory,
     remove_version,
+    staging_dir,
+    stored_version,
     validate_name,
+    version_dir,
 )
 from loraplane.adapters.validate import BaseModelFacts, Finding, errors, llama_base_facts, validate
+from loraplane.agent import protocol
 from loraplane.agent.protocol import Fetched, FetchRequest
 from loraplane.api.adapter import AdapterSummary
 
@@ -32,6 +43,15 @@ class Rejected(Exception):
         self.reason = reason
         self.message = message
         self.findings = findings or []
+
+
+class Unavailable(Exception):
+    """The pinned version is in neither this store, the source nor a peer: worth a retry."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 def status_summary(summary: Inspected) -> AdapterSummary:
@@ -49,11 +69,20 @@ def status_summary(summary: Inspected) -> AdapterSummary:
 
 
 class AdapterStore:
-    """Adapters under `<root>/<name>/<digest>/`; one fetch per adapter at a time."""
+    """Adapters under `<root>/<name>/<digest>/`; one fetch per adapter at a time.
 
-    def __init__(self, root: Path, model_path: Path | None) -> None:
+    A fetch that names a pinned digest is served from the store when the version is there,
+    whatever the source holds meanwhile; otherwise from the source only if its files still have
+    that digest, else from a peer's store (the same token, the digest checked again here).
+    """
+
+    def __init__(
+        self, root: Path, model_path: Path | None, token: str = "", peer_timeout: float = 120.0
+    ) -> None:
         self.root = root
         self.model_path = model_path
+        self._token = token
+        self._peer_timeout = peer_timeout
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def base_facts(self, req: FetchRequest) -> BaseModelFacts:
@@ -80,12 +109,55 @@ class AdapterStore:
             if bad:
                 raise Rejected(bad[0].reason, "; ".join(f.message for f in bad), found)
 
+        def answer(path: str, summary: Inspected) -> Fetched:
+            return Fetched(path=path, summary=status_summary(summary), findings=found)
+
+        pinned = req.expected_digest
+
+        def from_store() -> Fetched | None:
+            kept = stored_version(self.root, req.name, pinned) if pinned else None
+            if kept is None or pinned is None:
+                return None
+            verify(kept)
+            return answer(str(version_dir(self.root, req.name, pinned)), kept)
+
+        if not req.follow and (kept := from_store()) is not None:
+            return kept
+        try:
+            result = self._from_source(req, verify)
+        except Rejected as exc:
+            if pinned is None:
+                raise
+            missing = exc.reason == "AdapterNotFound"
+            reason = protocol.SOURCE_UNAVAILABLE if missing else protocol.SOURCE_CHANGED
+            problem = f"the source no longer holds version {pinned}: {exc.message}"
+        else:
+            if pinned is None or req.follow or result.summary.digest == pinned:
+                return answer(result.path, result.summary)
+            reason = protocol.SOURCE_CHANGED
+            problem = f"the source now holds {result.summary.digest}, not the pinned {pinned}"
+        if req.follow and (kept := from_store()) is not None:
+            log.info("%s: source unavailable (%s); keeping version %s", req.name, reason, pinned)
+            return kept
+        assert pinned is not None  # a fetch without a pin has answered or raised by now
+        for peer in req.peers:
+            try:
+                result = self._from_peer(peer, req.name, pinned, verify)
+            except (OSError, tarfile.TarError, AdapterInspectionError) as exc:
+                log.info("peer %s could not give %s %s: %s", peer, req.name, pinned, exc)
+                continue
+            log.info("got %s %s from peer %s", req.name, pinned, peer)
+            return answer(result.path, result.summary)
+        tried = f"; no peer had it ({len(req.peers)} asked)" if req.peers else "; no peer holds it"
+        raise Unavailable(reason, problem + tried)
+
+    def _from_source(self, req: FetchRequest, verify: Callable[[Inspected], None]) -> FetchResult:
         source = req.source
         try:
             if source.path is not None:
-                result = fetch_path(source.path, self.root, req.name, verify=verify)
-            elif source.huggingface is not None:
-                result = fetch_huggingface(
+                return fetch_path(source.path, self.root, req.name, verify=verify)
+            if source.huggingface is not None:
+                return fetch_huggingface(
                     source.huggingface.repo,
                     source.huggingface.revision,
                     self.root,
@@ -93,13 +165,40 @@ class AdapterStore:
                     token=req.hf_token,
                     verify=verify,
                 )
-            else:
-                raise Rejected("InvalidRequest", "no source given")
         except AdapterInspectionError as exc:
             raise Rejected(str(exc.reason), str(exc)) from exc
         except FileNotFoundError as exc:
             raise Rejected("AdapterNotFound", f"no adapter at {source.path}: {exc}") from exc
-        return Fetched(path=result.path, summary=status_summary(result.summary), findings=found)
+        raise Rejected("InvalidRequest", "no source given")
+
+    def _from_peer(
+        self, peer: str, name: str, digest: str, verify: Callable[[Inspected], None]
+    ) -> FetchResult:
+        url = peer.rstrip("/") + protocol.version_path(name, digest)
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self._token}"})
+        staged = staging_dir(self.root, name)
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=self._peer_timeout) as resp,
+                tarfile.open(fileobj=resp, mode="r|") as archive,
+            ):
+                archive.extractall(staged, filter="data")
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        # The peer is trusted with nothing: the files must have the pinned digest.
+        return install_directory(staged, self.root, name, expected_digest=digest, verify=verify)
+
+    def archive(self, name: str, digest: str) -> Path | None:
+        """A tar of one stored version, in a hidden temporary file the caller removes."""
+        target = version_dir(self.root, name, digest)
+        if stored_version(self.root, name, digest) is None:
+            return None
+        handle, path = tempfile.mkstemp(prefix=".tar-", dir=target.parent)
+        with open(handle, "wb") as out, tarfile.open(fileobj=out, mode="w|") as archive:
+            for item in sorted(target.iterdir()):
+                archive.add(item, arcname=item.name)
+        return Path(path)
 
     async def fetch(self, req: FetchRequest) -> Fetched:
         validate_name(req.name)

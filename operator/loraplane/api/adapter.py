@@ -36,8 +36,11 @@ LIST_KIND = "LoRAAdapterList"
 MAX_STATUS_PODS = 32
 
 Phase = Literal["Pending", "Loading", "Ready", "Degraded", "Failed"]
-PodState = Literal["Pending", "Loading", "Registered", "Failed", "Evicted"]
-AdapterConditionType = Literal["Validated", "Ready"]
+PodState = Literal[
+    "Pending", "Loading", "Registered", "Outdated", "Failed", "Evicted", "NotAttempted"
+]
+AdapterConditionType = Literal["Validated", "Ready", "Progressing"]
+UpdatePolicy = Literal["Pinned", "Follow"]
 
 BASE_MODEL_NAME = CelRule(
     name="adapter-base-model-name",
@@ -96,6 +99,23 @@ class LoRAAdapterSpec(K8sModel):
         json_schema_extra=validations(SERVED_NAME_FORMAT),
     )
     source: ModelSource = Field(description="Where the adapter's files come from.")
+    update_policy: UpdatePolicy = Field(
+        default="Pinned",
+        description=(
+            "Pinned (default): the files first verified for this spec are the version every pod "
+            "serves, whatever happens to the source afterwards; to serve changed files, change "
+            "the source or `refresh`. Follow: the source is checked at each resync, and changed "
+            "files roll out to every pod as a new version (with an Event naming both digests)."
+        ),
+    )
+    refresh: str | None = Field(
+        default=None,
+        max_length=253,
+        description=(
+            "Any value; changing it fetches the source again as a new version (for example after "
+            "overwriting the files at the same path)."
+        ),
+    )
     priority: int = Field(
         default=0,
         ge=-1000,
@@ -149,14 +169,28 @@ class ReplicaCounts(StatusModel):
     """Pods that should hold the adapter, and pods where it is registered."""
 
     desired: int = Field(default=0, ge=0, description="Pods the adapter is placed on.")
-    registered: int = Field(default=0, ge=0, description="Of those, pods where it is registered.")
+    registered: int = Field(
+        default=0, ge=0, description="Of those, pods that serve the current version."
+    )
+    outdated: int = Field(
+        default=0, ge=0, description="Of those, pods that still serve an earlier version."
+    )
 
 
 class PodAdapterStatus(StatusModel):
     """The adapter on one pod."""
 
     name: str = Field(description="Pod name.")
-    state: PodState = Field(description="Pending, Loading, Registered, Failed or Evicted.")
+    state: PodState = Field(
+        description=(
+            "Pending, Loading, Registered (serves the current version), Outdated (serves an "
+            "earlier version), Failed, Evicted, or NotAttempted (the adapter was refused before "
+            "this pod tried it)."
+        )
+    )
+    digest: str | None = Field(
+        default=None, description="The version this pod serves: the digest of its files."
+    )
     since: datetime | None = Field(default=None, description="When the pod entered this state.")
     last_error: str | None = Field(default=None, description="Last error on this pod, if any.")
 
@@ -171,7 +205,7 @@ class LoRAAdapterStatus(StatusModel):
         default=None, description="Pending, Loading, Ready, Degraded or Failed."
     )
     message: str | None = Field(default=None, description="Why the adapter is in this phase.")
-    conditions: list[Condition] = conditions_field("Validated, Ready")
+    conditions: list[Condition] = conditions_field("Validated, Ready, Progressing")
     adapter: AdapterSummary | None = Field(default=None, description="The adapter's files.")
     replicas: ReplicaCounts | None = Field(default=None, description="Pod counts.")
     ready: str | None = Field(

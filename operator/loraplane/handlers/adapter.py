@@ -41,8 +41,7 @@ async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **k
     new = adapter_status.compute(rt.fleet, ad, old, rt.settings.pod_status_cap)
     if new.to_k8s() != old.to_k8s():
         patch.status.update(whole(new))
-    ev = adapter_status.event(rt.republish(ADAPTER_KIND, key, old, new), new)
-    if ev is not None:
+    for ev in adapter_status.events(rt.republish(ADAPTER_KIND, key, old, new), new):
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
 
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from loraplane.api import (
     AdapterSummary,
     LoRAAdapterStatus,
     PodAdapterStatus,
     ReplicaCounts,
 )
+from loraplane.builders import naming
 from loraplane.fleet import AdapterView, Fleet, PodAdapterState, Version
 from loraplane.status import Event
 from loraplane.status.conditions import Cond, find, merge
 
 # How many per-pod errors the message quotes.
 MESSAGE_ERRORS = 3
+# Characters of a digest quoted in messages and Events (status fields keep it whole).
+SHORT_DIGEST = len("sha256:") + 12
 
 
 def serves(st: PodAdapterState | None, version: Version | None) -> bool:
@@ -25,36 +30,70 @@ def serves(st: PodAdapterState | None, version: Version | None) -> bool:
     )
 
 
+def digest_of(path: str | None) -> str | None:
+    """The version a store path holds: its directory is named by the files' sha256."""
+    prefix = naming.ADAPTER_MOUNT_PATH.rstrip("/") + "/"
+    if not path or not path.startswith(prefix):
+        return None
+    return "sha256:" + path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def short(digest: str | None) -> str:
+    return (digest or "?")[:SHORT_DIGEST]
+
+
+@dataclass
+class PodTally:
+    entries: list[PodAdapterStatus] = field(default_factory=list)
+    registered: int = 0  # serve the pinned version
+    outdated: int = 0  # still serve an earlier one
+    errors: list[str] = field(default_factory=list)
+    digests: dict[str, int] = field(default_factory=dict)  # served digest -> pods
+
+
 def _pods(
-    fleet: Fleet, ad: AdapterView, version: Version | None, old: LoRAAdapterStatus, cap: int
-) -> tuple[list[PodAdapterStatus], int, list[str]]:
-    """Per-pod entries, pods that serve this version, and the pods' errors."""
+    fleet: Fleet,
+    ad: AdapterView,
+    version: Version | None,
+    refused: str | None,
+    old: LoRAAdapterStatus,
+    cap: int,
+) -> PodTally:
+    """Per-pod entries and counts; `refused` is why the adapter is tried on no pod."""
     before = {p.name: p for p in old.pods or []}
-    entries: list[PodAdapterStatus] = []
-    registered = 0
-    errors: list[str] = []
+    tally = PodTally()
     for pod in fleet.pods_of(ad.namespace, ad.base_model):
         st = fleet.state(pod.key, ad.name)
-        state = st.state if st else "Pending"
-        if serves(st, version):
-            registered += 1
-        elif state == "Registered":
-            state = "Loading"  # it serves an earlier version: not this one yet
+        error = st.last_error if st else None
+        if st is None:
+            state, error = ("NotAttempted", refused) if refused else ("Pending", None)
+        elif serves(st, version):
+            state = "Registered"
+            tally.registered += 1
+        else:
+            state = "Outdated" if st.state == "Registered" else st.state
+        digest = digest_of(st.path) if st else None
+        if digest is not None:
+            tally.digests[digest] = tally.digests.get(digest, 0) + 1
+            if state != "Registered":
+                tally.outdated += 1
         if st and st.last_error and state != "Evicted":
-            errors.append(f"{pod.name}: {st.last_error}")
+            tally.errors.append(f"{pod.name}: {st.last_error}")
         prev = before.get(pod.name)
         since = prev.since if prev is not None and prev.state == state else None
         if since is None and st is not None:
             since = st.since
-        entries.append(
+        tally.entries.append(
             PodAdapterStatus(
                 name=pod.name,
                 state=state,
+                digest=digest,
                 since=since,
-                last_error=st.last_error[:1024] if st and st.last_error else None,
+                last_error=error[:1024] if error else None,
             )
         )
-    return entries[:cap], registered, errors
+    tally.entries = tally.entries[:cap]
+    return tally
 
 
 def _summary(version: Version | None) -> AdapterSummary | None:
@@ -65,23 +104,44 @@ def _summary(version: Version | None) -> AdapterSummary | None:
     )
 
 
+def _refusal(fleet: Fleet, ad: AdapterView) -> tuple[str, str, str] | None:
+    """(reason, Validated message, Ready message) when the adapter is tried on no pod."""
+    failure = fleet.failure(ad.key)
+    if ad.spec_error is not None:
+        return "InvalidSpec", ad.spec_error, ad.spec_error
+    if failure is not None:
+        return (
+            failure.reason,
+            failure.message,
+            "this version was rejected and not loaded; a version registered before it keeps "
+            "serving until its pod restarts",
+        )
+    holder = fleet.served_name_holder(ad.key)
+    if holder is not None:
+        message = (
+            f"servedName {ad.served_name!r} is held by LoRAAdapter {holder.name!r}, created "
+            f"earlier; this adapter is loaded nowhere until {holder.name!r} goes or is renamed"
+        )
+        return "ServedNameConflict", message, message
+    return None
+
+
 def compute(fleet: Fleet, ad: AdapterView, old: LoRAAdapterStatus, cap: int) -> LoRAAdapterStatus:
     version = fleet.version(ad.key)
-    failure = fleet.failure(ad.key)
-    pods, registered, errors = _pods(fleet, ad, version, old, cap)
+    refusal = _refusal(fleet, ad)
+    tally = _pods(fleet, ad, version, refusal[0] if refusal else None, old, cap)
     desired = len(fleet.pods_of(ad.namespace, ad.base_model))
-    phase, conds = _judge(fleet, ad, version, desired, registered, errors)
-    if failure is not None:
-        registered = 0
+    phase, conds = _judge(fleet, ad, version, refusal, desired, tally)
+    registered = 0 if refusal else tally.registered
     return LoRAAdapterStatus(
         observed_generation=ad.generation,
         phase=phase,
         message=conds[1].message,
         conditions=merge(old.conditions, conds, ad.generation),
-        adapter=_summary(version),
-        replicas=ReplicaCounts(desired=desired, registered=registered),
+        adapter=None if refusal else _summary(version),
+        replicas=ReplicaCounts(desired=desired, registered=registered, outdated=tally.outdated),
         ready=f"{registered}/{desired}",
-        pods=pods,
+        pods=tally.entries,
     )
 
 
@@ -89,25 +149,18 @@ def _judge(
     fleet: Fleet,
     ad: AdapterView,
     version: Version | None,
+    refusal: tuple[str, str, str] | None,
     desired: int,
-    registered: int,
-    errors: list[str],
+    tally: PodTally,
 ) -> tuple[str, list[Cond]]:
-    """(phase, [Validated, Ready])."""
-    failure = fleet.failure(ad.key)
-    if ad.spec_error is not None:
-        validated = Cond("Validated", False, "InvalidSpec", ad.spec_error)
-        return "Failed", [validated, Cond("Ready", False, "InvalidSpec", ad.spec_error)]
-    if failure is not None:
-        validated = Cond("Validated", False, failure.reason, failure.message)
-        ready = Cond(
-            "Ready",
-            False,
-            failure.reason,
-            "this version was rejected and not loaded; a version registered before it keeps "
-            "serving until its pod restarts",
-        )
-        return "Failed", [validated, ready]
+    """(phase, [Validated, Ready, Progressing])."""
+    if refusal is not None:
+        reason, why, ready_message = refusal
+        return "Failed", [
+            Cond("Validated", False, reason, why),
+            Cond("Ready", False, reason, ready_message),
+            Cond("Progressing", False, reason, "nothing rolls out until the spec changes"),
+        ]
     if version is not None:
         note = f"rank {version.summary.rank}, {version.summary.size_bytes} bytes"
         if version.warnings:
@@ -116,6 +169,7 @@ def _judge(
     else:
         validated = Cond("Validated", None, "Pending", "not fetched and verified yet")
 
+    registered, errors = tally.registered, tally.errors
     base = fleet.bases.get((ad.namespace, ad.base_model))
     placement = fleet.placement(ad.namespace, ad.base_model)
     quoted = "; ".join(errors[:MESSAGE_ERRORS])
@@ -143,29 +197,57 @@ def _judge(
         phase, reason = "Degraded", "PartiallyRegistered"
         message = f"registered on {registered}/{desired} replicas; {quoted}"
     else:
-        phase, reason = "Loading", "Loading"
+        phase, reason = "Loading", "RollingOut" if tally.outdated else "Loading"
         message = f"registered on {registered}/{desired} replicas"
         if quoted:
             message += "; " + quoted
-    return phase, [validated, Cond("Ready", phase == "Ready", reason, message)]
+    ready = Cond("Ready", phase == "Ready", reason, message)
+    return phase, [validated, ready, _progressing(version, tally, desired)]
 
 
-def event(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> Event | None:
-    """The Event of a transition of phase (or into CapacityExceeded); None when there is none."""
+def _progressing(version: Version | None, tally: PodTally, desired: int) -> Cond:
+    pinned = version.summary.digest if version else None
+    if pinned is not None and tally.registered == desired:
+        return Cond("Progressing", False, "RolloutComplete", f"every pod serves {short(pinned)}")
+    served = ", ".join(
+        f"{n} on {short(d)}{' (current)' if d == pinned else ''}"
+        for d, n in sorted(tally.digests.items())
+    )
+    target = short(pinned) if pinned else "a version not verified yet"
+    return Cond(
+        "Progressing",
+        True,
+        "RollingOut",
+        f"rolling out {target} to {desired} pod(s)"
+        + (f"; pods serving: {served}" if served else ""),
+    )
+
+
+def events(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> list[Event]:
+    """The Events of a transition (phase, version, served name); none when nothing moved."""
+    out: list[Event] = []
     before, after = find(old.conditions, "Ready"), find(new.conditions, "Ready")
-    reason = after.reason if after else None
-    if (old.phase, before.reason if before else None) == (new.phase, reason):
-        return None
+    old_reason, reason = (before.reason if before else None), (after.reason if after else None)
+    was, now = (
+        (old.adapter.digest if old.adapter else None),
+        (new.adapter.digest if new.adapter else None),
+    )
+    if was and now and was != now:
+        out.append(Event("Normal", "NewVersion", f"version {short(was)} -> {short(now)}"))
+    if old_reason == "ServedNameConflict" and reason != "ServedNameConflict":
+        out.append(Event("Normal", "ServedNameTaken", "the servedName is free: taking it over"))
+    if (old.phase, old_reason) == (new.phase, reason):
+        return out
     message = new.message or ""
     if new.phase == "Ready":
-        return Event("Normal", "Ready", message)
-    if new.phase == "Failed":
-        return Event("Warning", str(reason), message)
-    if reason == "CapacityExceeded":
-        return Event("Warning", "CapacityExceeded", message)
-    if new.phase == "Degraded" and old.phase != "Degraded":
-        return Event("Warning", "Degraded", message)
-    return None
+        out.append(Event("Normal", "Ready", message))
+    elif new.phase == "Failed":
+        out.append(Event("Warning", str(reason), message))
+    elif reason == "CapacityExceeded":
+        out.append(Event("Warning", "CapacityExceeded", message))
+    elif new.phase == "Degraded" and old.phase != "Degraded":
+        out.append(Event("Warning", "Degraded", message))
+    return out
 
 
 def waiting_for_first_look(fleet: Fleet, ad: AdapterView) -> bool:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from loraplane.agent.protocol import SOURCE_CHANGED, SOURCE_UNAVAILABLE
 from loraplane.api import AdapterCounts, BaseModelDeploymentStatus, Condition
 from loraplane.builders import naming
 from loraplane.builders.service import service_endpoint
@@ -143,6 +144,20 @@ def events(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
     return out
 
 
+# Reasons a pod gives for an adapter it cannot have, that concern the base model's operator: a
+# verified version that is neither in the source any more nor on another pod.
+SOURCE_REASONS = frozenset({SOURCE_UNAVAILABLE, SOURCE_CHANGED})
+
+
+def source_problems(fleet: Fleet, namespace: str, name: str) -> list[PodProblem]:
+    return [
+        PodProblem(pod.name, str(st.reason), f"adapter {adapter}: {st.last_error}")
+        for pod in fleet.pods_of(namespace, name)
+        for adapter, st in sorted(fleet.pod_states.get(pod.key, {}).items())
+        if st.reason in SOURCE_REASONS
+    ]
+
+
 def adapter_counts(fleet: Fleet, namespace: str, name: str) -> AdapterCounts:
     """Adapters placed on this base model, and those whose version every pod serves."""
     placed = fleet.placement(namespace, name).placed
@@ -169,6 +184,7 @@ def of(
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     problems = [p for pod in fleet.all_pods_of(ns, name) for p in pod.problems]
+    problems += source_problems(fleet, ns, name)
     observed = Observed(outcome.desired, outcome.deployment, problems, outcome.spec_error)
     who = Identity(
         generation=int(meta.get("generation") or 0),

@@ -1,0 +1,306 @@
+"""Names and versions: one owner per served name, pinned versions, sources that go and come back.
+
+One 2-pod base model is shared by the tests of this module, which run in order. Adapter sources
+are copies of the fixtures in a scratch directory of the node, mounted in the pods at /scratch,
+so a test can move, restore or overwrite them as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster import (
+    VLLM_PROCESS,
+    Cluster,
+    completion,
+    condition,
+    container_pid,
+    pod_ready,
+    served_adapters,
+    wait_for,
+)
+from tests.integration.manifests import lora_adapter, tiny_base_model
+from tests.integration.operator_process import OperatorProcess
+
+NS = "it-versions"
+BASE = "tiny"
+SELECTOR = f"loraplane.dev/base-model={BASE}"
+START = 480.0
+PROMPT = "the quick brown fox"
+MOUNT = "/scratch"
+
+
+@pytest.fixture(scope="module")
+def scratch(loraplane_home: Path) -> Iterator[Path]:
+    root = loraplane_home / "scratch" / NS
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def adapters(loraplane_home: Path) -> dict[str, Path]:
+    from tests.support.adapters import ensure_adapters
+
+    return ensure_adapters(loraplane_home)
+
+
+@pytest.fixture(scope="module")
+def base(operator: OperatorProcess, tiny_model: Path, scratch: Path) -> Iterator[Cluster]:
+    cluster = operator.cluster
+    cluster.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s", check=False)
+    cluster.kubectl("create", "namespace", NS)
+    bmd = tiny_base_model(BASE, cluster.home, replicas=2)
+    template = bmd["spec"]["template"]
+    template["volumes"].append({"name": "scratch", "hostPath": {"path": str(scratch)}})
+    template["volumeMounts"].append({"name": "scratch", "mountPath": MOUNT, "readOnly": True})
+    cluster.apply(bmd, NS)
+    wait_for("base model 2/2", lambda: len(_ready_pods(cluster)) == 2 or None, timeout=START)
+    yield cluster
+    cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def _pods(cluster: Cluster) -> list[dict[str, Any]]:
+    pods = cluster.list("pods", NS, SELECTOR)
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    return [p for p in _pods(cluster) if pod_ready(p)]
+
+
+def _status(cluster: Cluster, name: str) -> dict[str, Any]:
+    return ((cluster.get("lora", name, NS) or {}).get("status")) or {}
+
+
+def _phase(cluster: Cluster, name: str, phase: str) -> dict[str, Any] | None:
+    obj = cluster.get("lora", name, NS)
+    status = (obj or {}).get("status") or {}
+    current = obj and status.get("observedGeneration") == obj["metadata"]["generation"]
+    return obj if current and status.get("phase") == phase else None
+
+
+def _ready_on(cluster: Cluster, name: str, n: int) -> dict[str, Any] | None:
+    obj = _phase(cluster, name, "Ready")
+    return obj if obj and obj["status"]["ready"] == f"{n}/{n}" else None
+
+
+def _copy(scratch: Path, adapters: dict[str, Path], fixture: str, name: str) -> str:
+    target = scratch / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(adapters[fixture], target)
+    return f"{MOUNT}/{name}"
+
+
+def _overwrite(scratch: Path, adapters: dict[str, Path], fixture: str, name: str) -> None:
+    """New weights at the same path, file by file, as `cp` over an old checkpoint would."""
+    for item in adapters[fixture].iterdir():
+        shutil.copyfile(item, scratch / name / item.name)
+
+
+def _apply(cluster: Cluster, name: str, path: str, **spec: Any) -> None:
+    manifest = lora_adapter(name, BASE, path)
+    manifest["spec"].update(spec)
+    cluster.apply(manifest, NS)
+
+
+def _events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.events(NS, name) if e.get("reason") == reason]
+
+
+def _count(cluster: Cluster, name: str, reason: str) -> int:
+    """Events of one reason; the API server may fold repeats into one Event with a count."""
+    return sum(int(e.get("count") or 1) for e in _events(cluster, name, reason))
+
+
+def _kill_vllm_and_wait(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
+    name = pod["metadata"]["name"]
+    os.kill(container_pid(pod, VLLM_PROCESS), signal.SIGKILL)
+    wait_for(
+        f"{name} not Ready", lambda: not pod_ready(cluster.get("pod", name, NS) or {}), 60, 0.2
+    )
+    return wait_for(
+        f"{name} Ready again",
+        lambda: (p := cluster.get("pod", name, NS)) and pod_ready(p) and p,
+        START,
+    )
+
+
+class ModelsWatch:
+    """Polls /v1/models of every pod every 200 ms and records each moment a name was missing."""
+
+    def __init__(self, ips: list[str], name: str) -> None:
+        self.ips, self.name = ips, name
+        self.missing: list[tuple[str, float]] = []
+        self.paths: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for ip in self.ips:
+                listed = served_adapters(ip)
+                if self.name in listed:
+                    self.paths.add(listed[self.name])
+                else:
+                    self.missing.append((ip, time.monotonic()))
+            time.sleep(0.2)
+
+    def __enter__(self) -> ModelsWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_served_name_has_one_owner(
+    base: Cluster, scratch: Path, adapters: dict[str, Path]
+) -> None:
+    _apply(base, "holder", _copy(scratch, adapters, "rank8", "holder"), servedName="shared")
+    holder = wait_for("holder Ready", lambda: _ready_on(base, "holder", 2), timeout=120)
+    path = holder["status"]["adapter"]["path"]
+    ips = [p["status"]["podIP"] for p in _ready_pods(base)]
+    answer = completion(ips[0], "shared", PROMPT)
+    with ModelsWatch(ips, "shared") as watch:
+        _apply(
+            base, "intruder", _copy(scratch, adapters, "rank8-v2", "intruder"), servedName="shared"
+        )
+        obj = wait_for("intruder refused", lambda: _phase(base, "intruder", "Failed"), timeout=60)
+        ready = condition(obj, "Ready") or {}
+        assert ready["reason"] == "ServedNameConflict" and "holder" in ready["message"]
+        assert {p["state"] for p in obj["status"]["pods"]} == {"NotAttempted"}
+        time.sleep(6)  # several syncs and status periods: nothing may swap
+        assert _ready_on(base, "holder", 2), "the holder lost its Ready"
+        assert _count(base, "intruder", "ServedNameConflict") == 1, "one Event per transition"
+        base.kubectl("delete", "lora", "intruder", "-n", NS, "--timeout=60s")
+        time.sleep(2)
+    assert watch.missing == [], f"'shared' went missing during the intruder's life: {watch.missing}"
+    assert watch.paths == {path}, (
+        f"the holder's name was reloaded with other weights: {watch.paths}"
+    )
+    assert completion(ips[0], "shared", PROMPT) == answer
+    assert _count(base, "holder", "Ready") == 1
+
+    # When the holder goes, the next claimant takes the name over.
+    _apply(base, "intruder", f"{MOUNT}/intruder", servedName="shared")
+    wait_for("intruder refused again", lambda: _phase(base, "intruder", "Failed"), timeout=60)
+    base.kubectl("delete", "lora", "holder", "-n", NS, "--timeout=60s")
+    obj = wait_for("intruder Ready under 'shared'", lambda: _ready_on(base, "intruder", 2), 120)
+    assert obj["status"]["adapter"]["path"].startswith("/adapters/intruder/")
+    for ip in ips:
+        assert served_adapters(ip)["shared"] == obj["status"]["adapter"]["path"]
+    wait_for("a ServedNameTaken event", lambda: _events(base, "intruder", "ServedNameTaken"), 30)
+    base.kubectl("delete", "lora", "intruder", "-n", NS, "--timeout=60s")
+
+
+def test_a_pod_comes_back_from_its_store_and_a_new_pod_from_a_peer(
+    base: Cluster, scratch: Path, adapters: dict[str, Path]
+) -> None:
+    _apply(base, "pin", _copy(scratch, adapters, "rank8", "pin"))
+    obj = wait_for("pin Ready", lambda: _ready_on(base, "pin", 2), timeout=120)
+    digest = obj["status"]["adapter"]["digest"]
+    assert {p["digest"] for p in obj["status"]["pods"]} == {digest}
+    ip = _ready_pods(base)[0]["status"]["podIP"]
+    answer = completion(ip, "pin", PROMPT)
+    shutil.move(scratch / "pin", scratch / "pin.away")
+    # A restarted vLLM gets the verified copy from its pod's store, not from the gone source.
+    pod = _kill_vllm_and_wait(base, _ready_pods(base)[0])
+    assert "pin" in served_adapters(pod["status"]["podIP"]), "Ready without its adapter"
+    wait_for("pin Ready 2/2 again", lambda: _ready_on(base, "pin", 2), timeout=60)
+    assert completion(pod["status"]["podIP"], "pin", PROMPT) == answer
+    # A new pod has no copy and the source is gone: it gets the version from a peer's agent.
+    base.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=3")
+    obj = wait_for("pin Ready 3/3 with the source gone", lambda: _ready_on(base, "pin", 3), START)
+    assert {p["digest"] for p in obj["status"]["pods"]} == {digest}
+    base.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=2")
+    wait_for("back to 2 pods", lambda: len(_pods(base)) == 2, timeout=120)
+    shutil.move(scratch / "pin.away", scratch / "pin")
+
+
+def test_a_source_gone_is_transient_and_recovers_when_it_returns(
+    base: Cluster, scratch: Path
+) -> None:
+    base.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=1")
+    wait_for("1 pod", lambda: len(_pods(base)) == 1 and len(_ready_pods(base)) == 1, timeout=120)
+    shutil.move(scratch / "pin", scratch / "pin.away")
+    base.kubectl("delete", "pod", _pods(base)[0]["metadata"]["name"], "-n", NS, "--wait=false")
+
+    def unavailable() -> dict[str, Any] | None:
+        pods = _status(base, "pin").get("pods") or []
+        return pods[0] if pods and "SourceUnavailable" in str(pods[0].get("lastError")) else None
+
+    # The new pod has no copy, no peer has one, the source is gone: said so, not Failed.
+    entry = wait_for("pin unavailable on the new pod", unavailable, timeout=START)
+    assert _status(base, "pin")["phase"] != "Failed"
+    assert entry["state"] != "Failed"
+    bmd = wait_for(
+        "the base model Degraded by it",
+        lambda: (
+            (b := base.get("bmd", BASE, NS))
+            and (condition(b, "Degraded") or {}).get("reason") == "SourceUnavailable"
+            and b
+        ),
+        timeout=60,
+    )
+    assert "pin" in (condition(bmd, "Degraded") or {})["message"]
+    shutil.move(scratch / "pin.away", scratch / "pin")  # no spec change
+    wait_for("pin Ready once its source is back", lambda: _ready_on(base, "pin", 1), timeout=120)
+    wait_for(
+        "the base model no longer Degraded",
+        lambda: (condition(base.get("bmd", BASE, NS), "Degraded") or {}).get("status") == "False",
+        timeout=60,
+    )
+    base.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=2")
+    wait_for("pin Ready 2/2", lambda: _ready_on(base, "pin", 2), timeout=START)
+
+
+def test_files_overwritten_in_place_change_nothing_unless_followed(
+    base: Cluster, scratch: Path, adapters: dict[str, Path]
+) -> None:
+    before = _status(base, "pin")
+    digest = before["adapter"]["digest"]
+    _overwrite(scratch, adapters, "rank8-v2", "pin")
+    # Pinned: a restarted pod re-registers the pinned version, so no pod serves other weights.
+    pod = _kill_vllm_and_wait(base, _ready_pods(base)[0])
+    obj = wait_for("pin Ready 2/2 on the pinned version", lambda: _ready_on(base, "pin", 2), 60)
+    assert obj["status"]["adapter"]["digest"] == digest
+    assert {p["digest"] for p in obj["status"]["pods"]} == {digest}
+    paths = {served_adapters(p["status"]["podIP"])["pin"] for p in _ready_pods(base)}
+    assert len(paths) == 1, f"pods serve different files: {paths}"
+    assert pod["metadata"]["name"] in {p["name"] for p in obj["status"]["pods"]}
+
+    # Follow: the new files roll out as a new version; Ready never shows two versions.
+    patch = {"spec": {"updatePolicy": "Follow"}}
+    base.kubectl("patch", "lora", "pin", "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    deadline = time.monotonic() + 120
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        status = _status(base, "pin")
+        current = (status.get("adapter") or {}).get("digest")
+        served = {p.get("digest") for p in status.get("pods") or []}
+        seen |= {d for d in served if d}
+        if status.get("phase") == "Ready":
+            assert served == {current}, f"Ready with pods on {served}, current {current}"
+            if current != digest:
+                break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the new files never rolled out; last status {status}")
+    assert digest in seen, "the rollout was never seen leaving the pinned version"
+    events = _events(base, "pin", "NewVersion")
+    assert _count(base, "pin", "NewVersion") == 1 and digest[:19] in events[0]["message"]
+    for p in _ready_pods(base):
+        assert served_adapters(p["status"]["podIP"])["pin"] == status["adapter"]["path"]
