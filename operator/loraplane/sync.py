@@ -194,7 +194,8 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
             return False
         except VersionUnavailable as exc:
             state = "Registered" if serving else "Loading"
-            fleet.set_state(pkey, ad.name, state, exc.message, path=current, reason=exc.reason)
+            error = f"{exc.reason}: {exc.message}"
+            fleet.set_state(pkey, ad.name, state, error, path=current, reason=exc.reason)
             raise
         except AgentError as exc:
             fleet.set_state(pkey, ad.name, "Loading", f"agent: {exc}", path=current)
