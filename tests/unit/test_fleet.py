@@ -14,6 +14,7 @@ from loraplane.fleet import Fleet, Version
 from loraplane.metrics import FleetCollector
 from loraplane.status import adapter as adapter_status
 from loraplane.status import whole
+from loraplane.sync import plan
 
 NS = "ns"
 
@@ -335,3 +336,27 @@ def test_a_refused_adapter_is_not_attempted_on_pods_that_never_tried() -> None:
     entries = {p.name: p for p in status_of(fleet, "a").pods or []}
     assert entries["p0"].state == "Failed"
     assert (entries["p1"].state, entries["p1"].last_error) == ("NotAttempted", "DoRANotSupported")
+
+
+def test_the_sync_plan_unloads_only_what_is_ours_to_unload() -> None:
+    fleet = fleet_with("keep", "gone", "extra", "bad", cap=2)
+    fleet.mark_deleting((NS, "gone"))
+    judged = fleet.judgement((NS, "bad"))
+    assert judged is not None
+    fleet.record_failure((NS, "bad"), judged, "RankExceedsMax", "rank 64")
+    registered = {
+        "keep": "/adapters/keep/" + "a" * 64,
+        "gone": "/adapters/gone/" + "a" * 64,
+        "bad": "/adapters/bad/" + "a" * 64,  # its earlier version keeps serving
+        "static": "/models/static-lora",  # --lora-modules: not ours
+        "orphan": "/adapters/orphan/" + "a" * 64,  # in our store, owned by nobody now
+    }
+    steps = plan(fleet, fleet.bases[(NS, "base")], registered)
+    assert [a.name for a in steps.wanted] == ["keep", "extra"]
+    assert [(u.served_name, u.reason) for u in steps.unloads] == [
+        ("gone", "deleted"),
+        ("orphan", "orphan"),
+    ]
+    fleet.observe_base(bmd(cap=1))
+    steps = plan(fleet, fleet.bases[(NS, "base")], {**registered, "extra": "/adapters/extra/x"})
+    assert ("extra", "capacity") in [(u.served_name, u.reason) for u in steps.unloads]
