@@ -61,14 +61,20 @@ class Runtime:
     published: dict[tuple[str, Key], StatusModel] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, api: ApiClient, session: aiohttp.ClientSession, settings: Settings) -> Runtime:
+    def create(
+        cls,
+        api: ApiClient,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        fleet: Fleet | None = None,
+    ) -> Runtime:
         from loraplane.sync import sync_pod  # the sync takes the runtime whole
 
         def converge(key: Key) -> Awaitable[bool]:
             return sync_pod(runtime, key)
 
         runtime = cls(
-            fleet=Fleet(),
+            fleet=fleet if fleet is not None else Fleet(),
             api=api,
             session=session,
             settings=settings,

@@ -101,7 +101,8 @@ def test_three_adapters_ready_on_every_pod_and_change_the_output(base: Cluster) 
     for name in GOOD:
         obj = wait_for(f"{name} Ready", lambda n=name: _phase(base, n, "Ready"), timeout=180)
         status = obj["status"]
-        assert status["ready"] == "2/2" and status["replicas"] == {"desired": 2, "registered": 2}
+        assert status["ready"] == "2/2"
+        assert status["replicas"] == {"desired": 2, "registered": 2, "outdated": 0}
         assert condition(obj, "Validated")["status"] == "True"  # type: ignore[index]
         assert status["adapter"]["path"].startswith(f"/adapters/{name}/")
         assert {p["state"] for p in status["pods"]} == {"Registered"}
@@ -298,13 +299,17 @@ def test_a_hung_agent_freezes_no_status(base: Cluster, operator: OperatorProcess
             return obj
         return None
 
-    with _agents_stopped([p for p in _ready_pods(base) if p["metadata"]["name"] == stuck]):
-        operator.restart()
-        _apply_adapter(base, "fresh", "rank8-mlp")
-        obj = wait_for("fresh registered on one pod, the other saying why", partial, timeout=40)
-        assert obj["status"]["replicas"] == {"desired": 2, "registered": 1}
-    wait_for("fresh Ready 2/2 once the agent answers", lambda: _phase(base, "fresh", "Ready"), 120)
-    base.kubectl("delete", "lora", "fresh", "-n", NS, "--timeout=60s")
+    try:
+        with _agents_stopped([p for p in _ready_pods(base) if p["metadata"]["name"] == stuck]):
+            operator.restart()
+            _apply_adapter(base, "fresh", "rank8-mlp")
+            obj = wait_for("fresh registered on one pod, the other saying why", partial, 40)
+            assert obj["status"]["replicas"] == {"desired": 2, "registered": 1, "outdated": 0}
+        wait_for(
+            "fresh Ready 2/2 once the agent answers", lambda: _phase(base, "fresh", "Ready"), 120
+        )
+    finally:  # the later tests count this base model's adapters
+        base.kubectl("delete", "lora", "fresh", "-n", NS, "--timeout=60s", check=False)
 
 
 def metric(series: str) -> float | None:

@@ -286,12 +286,10 @@ def test_files_overwritten_in_place_change_nothing_unless_followed(
     patch = {"spec": {"updatePolicy": "Follow"}}
     base.kubectl("patch", "lora", "pin", "-n", NS, "--type=merge", "-p", json.dumps(patch))
     deadline = time.monotonic() + 120
-    seen: set[str] = set()
     while time.monotonic() < deadline:
         status = _status(base, "pin")
         current = (status.get("adapter") or {}).get("digest")
         served = {p.get("digest") for p in status.get("pods") or []}
-        seen |= {d for d in served if d}
         if status.get("phase") == "Ready":
             assert served == {current}, f"Ready with pods on {served}, current {current}"
             if current != digest:
@@ -299,7 +297,6 @@ def test_files_overwritten_in_place_change_nothing_unless_followed(
         time.sleep(0.2)
     else:
         pytest.fail(f"the new files never rolled out; last status {status}")
-    assert digest in seen, "the rollout was never seen leaving the pinned version"
     events = _events(base, "pin", "NewVersion")
     assert _count(base, "pin", "NewVersion") == 1 and digest[:19] in events[0]["message"]
     for p in _ready_pods(base):

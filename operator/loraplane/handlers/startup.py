@@ -9,6 +9,7 @@ import aiohttp
 import kopf
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from loraplane import kube, metrics
@@ -37,8 +38,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
-    rt = Runtime.create(ApiClient(), aiohttp.ClientSession(), cfg)
-    await _seed(rt.fleet, rt.api, cfg.namespace)
+    api, fleet = ApiClient(), Fleet()
+    try:
+        await _seed(fleet, api, cfg.namespace)
+    except ApiException as exc:
+        # A control plane still starting answers 429 or 5xx: soon again, without a Traceback.
+        await api.close()
+        raise kopf.TemporaryError(f"API server not ready: {exc.status} {exc.reason}", 2) from exc
+    rt = Runtime.create(api, aiohttp.ClientSession(), cfg, fleet)
     rt.kick(rt.fleet.pods)
     metrics.watch_fleet(rt.fleet)
     memo.runtime = rt
