@@ -38,7 +38,7 @@ async def _ensure_agent_secret(rt: Runtime, owner: dict[str, Any]) -> None:
     if uid in rt.fleet.agent_secrets:
         return
     await kube.create_if_absent(rt.api, agent_token_secret(owner, secrets.token_urlsafe(32)))
-    rt.fleet.agent_secrets.add(uid)
+    rt.fleet.made_agent_secret(uid)
 
 
 async def converge(rt: Runtime, body: Any) -> Outcome:

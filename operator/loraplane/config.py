@@ -81,7 +81,12 @@ class Settings(_FromEnv):
         ),
     )
     secret_cache_seconds: float = Field(
-        30.0, gt=0, description="How long a Secret value (API key, tokens) is reused."
+        300.0,
+        gt=0,
+        description=(
+            "How long a Secret value (API key, tokens) is reused: every pod sync needs the agent "
+            "token, so this bounds the Secret reads per pod; a changed value is seen within it."
+        ),
     )
     backoff_initial_seconds: float = Field(
         1.0, gt=0, description="First retry delay of a pod sync that failed."

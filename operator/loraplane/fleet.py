@@ -211,33 +211,37 @@ class Fleet:
         f = self._failures.get(key)
         return f if f is not None and f.judged == self.judgement(key) else None
 
-    def served_name_holder(self, key: Key) -> AdapterView | None:
-        """The adapter that holds this adapter's served name, when it is another one.
+    def _name_holders(self, namespace: str, base_model: str) -> dict[str, AdapterView]:
+        """Served name -> the adapter holding it: the oldest claimant, then the first by name.
 
         A served name has one owner per base model: two adapters under one name would swap each
         other's weights at every sync, and clients would get either.
         """
+        holders: dict[str, AdapterView] = {}
+        for a in self.adapters_of(namespace, base_model):
+            if a.deleting or a.spec_error is not None:
+                continue
+            held = holders.get(a.served_name)
+            if held is None or a.claim < held.claim:
+                holders[a.served_name] = a
+        return holders
+
+    def served_name_holder(self, key: Key) -> AdapterView | None:
+        """The adapter that holds this adapter's served name, when it is another one."""
         ad = self.adapters.get(key)
         if ad is None:
             return None
-        claimants = [
-            a
-            for a in self.adapters_of(ad.namespace, ad.base_model)
-            if a.served_name == ad.served_name and not a.deleting and a.spec_error is None
-        ]
-        holder = min(claimants, key=lambda a: a.claim, default=None)
+        holder = self._name_holders(ad.namespace, ad.base_model).get(ad.served_name)
         return holder if holder is not None and holder.name != ad.name else None
 
     def placement(self, namespace: str, base_model: str) -> Placement:
         """Which adapters this base model's pods should serve (failed and deleting ones not)."""
         base = self.bases.get((namespace, base_model))
+        holders = self._name_holders(namespace, base_model)
         candidates = [
             Candidate(a.name, a.priority, a.created)
-            for a in self.adapters_of(namespace, base_model)
-            if not a.deleting
-            and a.spec_error is None
-            and self.failure(a.key) is None
-            and self.served_name_holder(a.key) is None
+            for a in holders.values()
+            if self.failure(a.key) is None
         ]
         return place(candidates, base.cap if base else None)
 
@@ -333,8 +337,9 @@ class Fleet:
         self._adapter_changed.pop(key, None)
         self._versions.pop(key, None)
         self._failures.pop(key, None)
-        for states in self.pod_states.values():
-            states.pop(key[1], None)
+        for pod, states in self.pod_states.items():
+            if pod[0] == key[0]:
+                states.pop(key[1], None)
         return NO_KICKS if ad is None else self._kicks(ad.namespace, ad.base_model)
 
     def observe_pod(self, obj: Mapping[str, Any]) -> PodChange:
@@ -426,8 +431,10 @@ class Fleet:
             states[adapter] = PodAdapterState(
                 state, last_error=last_error, path=path, reason=reason
             )
-        else:
+        elif (current.last_error, current.path, current.reason) != (last_error, path, reason):
             current.last_error, current.path, current.reason = last_error, path, reason
+        else:
+            return  # a converged pod's resync: no status to recompute
         ad = self.adapters.get((pod[0], adapter))
         if ad is not None:
             self.adapter_changed(ad.key).set()
@@ -436,10 +443,31 @@ class Fleet:
         self.pod_states.get(pod, {}).pop(adapter, None)
 
     def record_registrations(self, pod: Key, registered: Mapping[str, str | None]) -> None:
+        """What the pod's `/v1/models` listed; from now on the pod counts as looked at."""
+        if self.registrations.get(pod) == registered:
+            return  # a converged pod's resync changes nothing: nothing to wake
         self.registrations[pod] = dict(registered)
         view = self.pods.get(pod)
         if view is not None:
             self.touch(view.namespace, view.base_model)
+
+    def lost_registrations(self, pod: Key) -> None:
+        """The pod's vLLM is not ready: a restarted server has nothing registered.
+
+        Its adapters' states turn Pending, which its next sync counts as a recovery.
+        """
+        for name, st in list(self.pod_states.get(pod, {}).items()):
+            if st.state == "Registered":
+                self.set_state(pod, name, "Pending", "vLLM is not ready on this pod")
+        self.record_registrations(pod, {})
+
+    def told_agent(
+        self, pod: Key, told: tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+    ) -> None:
+        self.agent_told[pod] = told
+
+    def made_agent_secret(self, uid: str) -> None:
+        self.agent_secrets.add(uid)
 
     def lost_agent_secret(self, base: BaseView) -> None:
         """A sync found the agent token Secret gone: the base model's reconcile makes it again."""
@@ -533,7 +561,7 @@ def adapter_view(obj: Mapping[str, Any]) -> AdapterView:
     }
     try:
         parsed = LoRAAdapter.from_k8s({"metadata": meta, "spec": obj.get("spec") or {}})
-    except (ValidationError, ValueError) as exc:
+    except ValueError as exc:  # pydantic's ValidationError among them
         # The CRD's schema should have refused it; say so in status instead of crashing.
         spec = obj.get("spec") or {}
         return AdapterView(
@@ -560,7 +588,7 @@ def base_view(obj: Mapping[str, Any]) -> BaseView | None:
     meta = obj["metadata"]
     try:
         spec = BaseModelDeploymentSpec.from_k8s(obj.get("spec") or {})
-    except (ValidationError, ValueError):
+    except ValueError:  # pydantic's ValidationError among them
         return None
     return BaseView(
         namespace=meta["namespace"],

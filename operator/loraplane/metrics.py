@@ -24,7 +24,7 @@ ADAPTER_LOADS = Counter(
 )
 ADAPTER_UNLOADS = Counter(
     "loraplane_adapter_unloads_total",
-    "Adapters unregistered from a vLLM server, by reason (deleted, failed, orphan); "
+    "Adapters unregistered from a vLLM server, by reason (deleted, renamed, failed, orphan); "
     "capacity evictions are counted in loraplane_adapter_evictions_total only.",
     [*ADAPTER, "reason"],
 )
@@ -35,7 +35,8 @@ ADAPTER_EVICTIONS = Counter(
 )
 ADAPTER_RECOVERIES = Counter(
     "loraplane_adapter_recoveries_total",
-    "Adapters registered again on a server that had lost them (a restart or drift).",
+    "Adapters registered again on a server that had them and lost them (a restart or drift); "
+    "first loads and returns after a capacity eviction are not counted.",
     list(ADAPTER),
 )
 ADAPTER_LOAD_SECONDS = Histogram(

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Registered = Mapping[str, str | None]  # served name -> path, as /v1/models lists them
+# States of an adapter that was registered on the pod until it lost it (Pending: vLLM restarted).
+LOST = frozenset({"Registered", "Pending"})
 
 
 class PodNotReachable(Exception):
@@ -46,7 +48,7 @@ class PodNotReachable(Exception):
 class Unload:
     served_name: str
     adapter: str  # the LoRAAdapter's name, or the served name of a registration nobody owns
-    reason: str  # deleted, capacity, failed, orphan
+    reason: str  # deleted, capacity, renamed, failed, orphan
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,6 @@ class Plan:
     wanted: tuple[AdapterView, ...]
     unloads: tuple[Unload, ...]
     displaced: tuple[str, ...]
-
-
-def in_store(path: str | None) -> bool:
-    return bool(path) and str(path).startswith(naming.ADAPTER_MOUNT_PATH.rstrip("/") + "/")
 
 
 def store_versions(paths: Iterable[str | None]) -> dict[str, str]:
@@ -77,23 +75,26 @@ def plan(fleet: Fleet, base: BaseView, registered: Registered) -> Plan:
     placement = fleet.placement(base.namespace, base.name)
     wanted = tuple(fleet.adapters[(base.namespace, n)] for n in placement.placed)
     keep = {a.served_name for a in wanted}
-    owners = {a.served_name: a for a in fleet.adapters_of(base.namespace, base.name)}
     unloads: list[Unload] = []
     for served in sorted(set(registered) - keep):
-        owner = owners.get(served)
-        if owner is None:
-            if in_store(registered[served]):
-                unloads.append(Unload(served, served, "orphan"))
+        # Whose files these are, by path: a served name may be claimed by several adapters.
+        name = next(iter(store_versions([registered[served]])), None)
+        if name is None:
             continue  # registered by someone else (e.g. --lora-modules): not ours to remove
-        if owner.deleting:
+        owner = fleet.adapters.get((base.namespace, name))
+        if owner is None:
+            reason = "orphan"
+        elif owner.deleting:
             reason = "deleted"
         elif owner.name in placement.displaced:
             reason = "capacity"
+        elif owner.served_name != served:
+            reason = "renamed"
         elif fleet.failure(owner.key) is not None:
             continue  # its new version was rejected: the one registered before keeps serving
         else:
             reason = "failed"
-        unloads.append(Unload(served, owner.name, reason))
+        unloads.append(Unload(served, name, reason))
     return Plan(wanted, tuple(unloads), placement.displaced)
 
 
@@ -164,7 +165,6 @@ class PodContext:
     vllm: VLLMClient
     agent: AgentClient
     registered: Registered
-    looked_at_before: bool  # its registrations were known before this run: a loss is a recovery
 
 
 async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
@@ -178,6 +178,9 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
         return False
     pinned = fleet.version(ad.key)
     serving = pinned is not None and current == pinned.path
+    # Registered here before and missing now: a restart or someone else lost it (not a first load).
+    before = fleet.state(pkey, ad.name)
+    recovering = current is None and before is not None and before.state in LOST
     if serving and not ad.follow:
         fleet.set_state(pkey, ad.name, "Registered", path=current)
         return False
@@ -227,7 +230,7 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
     metrics.ADAPTER_LOAD_SECONDS.labels(ad.namespace, pc.base.name).observe(
         time.monotonic() - started
     )
-    if pc.looked_at_before and current is None:
+    if recovering:
         metrics.ADAPTER_RECOVERIES.labels(*labels).inc()
     fleet.set_state(pkey, ad.name, "Registered", path=fetched.path)
     return True
@@ -261,7 +264,7 @@ async def publish(
     if fleet.agent_told.get(pc.pod.key) != told:
         await pc.agent.set_required(serving)
         await pc.agent.prune(dict(told[1]))
-        fleet.agent_told[pc.pod.key] = told
+        fleet.told_agent(pc.pod.key, told)
     settled = all(
         (st := fleet.state(pc.pod.key, a.name)) is not None and st.state in ("Registered", "Failed")
         for a in wanted
@@ -287,12 +290,7 @@ async def set_gate(rt: Runtime, pod: PodView, ready: bool, message: str) -> None
 async def _not_ready(rt: Runtime, pod: PodView) -> None:
     """A restarted vLLM lost every runtime registration: say so in status rather than keep
     reporting what was true before, and keep the pod out of the Service until it is back."""
-    fleet = rt.fleet
-    for name, st in list(fleet.pod_states.get(pod.key, {}).items()):
-        if st.state == "Registered":
-            fleet.set_state(pod.key, name, "Pending", "vLLM is not ready on this pod")
-    fleet.registrations.pop(pod.key, None)
-    fleet.touch(pod.namespace, pod.base_model)
+    rt.fleet.lost_registrations(pod.key)
     await set_gate(rt, pod, False, "vLLM is not ready; adapters are registered once it is")
 
 
@@ -318,11 +316,10 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
         registered = (await vllm.list_models()).adapter_paths
     except VLLMError as exc:
         raise PodNotReachable(f"{pod.name}: {exc.message}") from exc
-    looked_at_before = fleet.looked_at(key)
     # Known before any agent call: a pod whose agent is down still has its status told.
     fleet.record_registrations(key, registered)
     agent = await agent_client(rt, pod, base)
-    pc = PodContext(pod, base, vllm, agent, registered, looked_at_before)
+    pc = PodContext(pod, base, vllm, agent, registered)
     steps = plan(fleet, base, registered)
 
     sem = asyncio.Semaphore(rt.settings.load_concurrency_per_pod)

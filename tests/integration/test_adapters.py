@@ -183,6 +183,9 @@ def test_killed_vllm_gets_its_adapters_back_and_is_not_ready_in_between(base: Cl
     assert status["restartCount"] >= 1
     for adapter in GOOD:
         wait_for(f"{adapter} Ready again", lambda a=adapter: _phase(base, a, "Ready"), timeout=60)
+        # The restarted server got each adapter back once; new pods before it recovered nothing.
+        labels = f'adapter="{adapter}",base_model="{BASE}",namespace="{NS}"'
+        assert metric(f"loraplane_adapter_recoveries_total{{{labels}}}") == 1
     assert completion(ip, "sql", PROMPT)
 
 

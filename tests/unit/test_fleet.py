@@ -360,3 +360,40 @@ def test_the_sync_plan_unloads_only_what_is_ours_to_unload() -> None:
     fleet.observe_base(bmd(cap=1))
     steps = plan(fleet, fleet.bases[(NS, "base")], {**registered, "extra": "/adapters/extra/x"})
     assert ("extra", "capacity") in [(u.served_name, u.reason) for u in steps.unloads]
+
+
+def test_forgetting_an_adapter_leaves_its_namesake_in_another_namespace() -> None:
+    fleet = fleet_with("a")
+    fleet.set_state(("other", "p9"), "a", "Registered", path="/adapters/a/x")
+    fleet.forget_adapter((NS, "a"))
+    assert fleet.state(("other", "p9"), "a") is not None
+
+
+def test_a_restarted_vllm_stays_looked_at_so_its_reload_is_a_recovery() -> None:
+    fleet = fleet_with("a")
+    register(fleet, "a")
+    fleet.lost_registrations((NS, "p0"))
+    assert fleet.looked_at((NS, "p0")) and fleet.registrations[(NS, "p0")] == {}
+    assert fleet.state((NS, "p0"), "a").state == "Pending"  # type: ignore[union-attr]
+    assert fleet.holders((NS, "a")) == [fleet.pods[(NS, "p1")]]
+
+
+def test_the_sync_plan_finds_the_owner_of_a_registration_by_its_path() -> None:
+    fleet = fleet_with("holder", "other", cap=1)
+    intruder = lora("intruder", created="2026-03-01T00:00:00Z")
+    intruder["spec"]["servedName"] = "holder"
+    fleet.observe_adapter(intruder)
+    renamed = lora("other")
+    renamed["spec"]["servedName"] = "other-v2"
+    fleet.observe_adapter(renamed)
+    # cap 1: the oldest, holder, is placed; other is displaced; the intruder is placed nowhere.
+    registered = {"holder": "/adapters/holder/" + "a" * 64, "other": "/adapters/other/" + "a" * 64}
+    placed = fleet.placement(NS, "base")
+    steps = plan(fleet, fleet.bases[(NS, "base")], registered)
+    assert placed.placed == ("holder",) and placed.displaced == ("other",)
+    assert [(u.served_name, u.adapter, u.reason) for u in steps.unloads] == [
+        ("other", "other", "capacity")
+    ]
+    fleet.observe_base(bmd())  # room for both: the old served name of `other` goes as renamed
+    steps = plan(fleet, fleet.bases[(NS, "base")], registered)
+    assert [(u.served_name, u.reason) for u in steps.unloads] == [("other", "renamed")]

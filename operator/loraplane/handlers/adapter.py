@@ -46,14 +46,16 @@ async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **k
 
 
 @kopf.on.delete(GROUP, VERSION, ADAPTER_PLURAL)
-async def delete_adapter(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+async def delete_adapter(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Unregister from every pod before the object goes; bounded, so gone pods never block."""
     rt: Runtime = memo.runtime
     key = _key(body)
     rt.kick(rt.fleet.observe_adapter(body) | rt.fleet.mark_deleting(key))
     left = await rt.fleet.wait_unregistered(key, rt.settings.unload_timeout_seconds)
-    for pod in left:
-        logger.info("%s: gave up waiting for pod %s to unregister it", key[1], pod.name)
     rt.kick(rt.fleet.forget_adapter(key))
     rt.forget_published(ADAPTER_KIND, key)
-    kopf.info(body, reason="Deleted", message=f"unregistered; {len(left)} pod(s) did not answer")
+    message = "unregistered from every serving pod"
+    if left:
+        names = ", ".join(p.name for p in left)
+        message = f"unregistered; {names} did not answer in time: their next sync unloads it"
+    kopf.info(body, reason="Deleted", message=message)
