@@ -438,6 +438,9 @@ class Fleet:
         ad = self.adapters.get((pod[0], adapter))
         if ad is not None:
             self.adapter_changed(ad.key).set()
+        view = self.pods.get(pod)
+        if view is not None:  # its counts and the sources it reports missing are in its status
+            self.base_changed((view.namespace, view.base_model)).set()
 
     def clear_state(self, pod: Key, adapter: str) -> None:
         self.pod_states.get(pod, {}).pop(adapter, None)

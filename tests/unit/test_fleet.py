@@ -397,3 +397,19 @@ def test_the_sync_plan_finds_the_owner_of_a_registration_by_its_path() -> None:
     fleet.observe_base(bmd())  # room for both: the old served name of `other` goes as renamed
     steps = plan(fleet, fleet.bases[(NS, "base")], registered)
     assert [(u.served_name, u.reason) for u in steps.unloads] == [("other", "renamed")]
+
+
+def test_a_pod_state_change_wakes_its_base_model_and_a_repeat_wakes_nothing() -> None:
+    fleet = fleet_with("a")
+    woke = fleet.base_changed((NS, "base"))
+    woke.clear()
+    fleet.set_state(
+        (NS, "p0"), "a", "Loading", "SourceUnavailable: gone", reason="SourceUnavailable"
+    )
+    assert woke.is_set(), "the base model's Degraded would wait for its slow resync"
+    woke.clear()
+    fleet.adapter_changed((NS, "a")).clear()
+    fleet.set_state(
+        (NS, "p0"), "a", "Loading", "SourceUnavailable: gone", reason="SourceUnavailable"
+    )
+    assert not woke.is_set() and not fleet.adapter_changed((NS, "a")).is_set()
