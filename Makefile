@@ -10,8 +10,9 @@ WHEELS ?= $(abspath $(CURDIR)/../shared/wheels)
 # The venv is cached outside the checkout and keyed by what installs it; .venv links to it.
 VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: .venv help venv lint crds crds-check test unit integration e2e bench demo demo-down \
-        cluster-build cluster-up cluster-down cluster-status fixtures clean
+.PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
+        bench demo demo-down \
+        tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -37,19 +38,38 @@ crds: .venv ## regenerate crds/ from the pydantic models
 crds-check: .venv ## fail with a diff when crds/ is stale
 	$(PY) -m loraplane.api.crd --check crds
 
+chart: crds ## regenerate the chart's values.yaml, values.schema.json, README values, CRD templates, env
+	$(PY) -m loraplane.chart --chart charts/loraplane --crds crds
+
+chart-check: .venv ## fail with a diff when a generated file of the chart is stale
+	$(PY) -m loraplane.chart --chart charts/loraplane --crds crds --check
+
+dashboards: .venv ## regenerate the chart's dashboard.json and alerts.yaml from loraplane.dashboards
+	$(PY) -m loraplane.dashboards --out charts/loraplane/files
+
+dashboards-check: .venv ## fail with a diff when the chart's dashboard or alerts are stale
+	$(PY) -m loraplane.dashboards --check charts/loraplane/files
+
 fixtures: .venv ## the tiny model and its adapters in $LORAPLANE_HOME (built once)
 	$(PY) -c 'from tests.support.tinymodel import ensure_tiny_model; from tests.support.adapters import ensure_adapters; print(ensure_tiny_model()); print(len(ensure_adapters()), "adapters")'
 
 unit: .venv ## unit tests (no cluster, no vLLM)
 	$(PY) -m pytest tests/unit -q
 
-integration: .venv cluster-up fixtures ## integration tests on the local cluster with real vLLM
+tools: ## Prometheus, promtool, helm-unittest, controller-gen and the Prometheus Operator CRDs from Go modules (cached)
+	bash hack/build-tools.sh
+
+images: ## the local base image (buildah, debootstrap) and the operator image (cached)
+	bash hack/images.sh base
+	bash hack/images.sh operator
+
+integration: .venv cluster-up fixtures tools ## integration tests on the local cluster with real vLLM
 	$(PY) -m pytest tests/integration -q --durations=12
 
-e2e: .venv cluster-up fixtures ## end-to-end tests (helm chart, operator in a pod)
-	@if ls tests/e2e/test_*.py >/dev/null 2>&1; then $(PY) -m pytest tests/e2e -q; else echo "e2e: no tests yet"; fi
+e2e: .venv cluster-up fixtures tools images ## end-to-end tests: images, the chart (lint, unit, install), make demo, Prometheus
+	$(PY) -m pytest tests/e2e -q --durations=8
 
-test: lint crds-check unit integration e2e ## the whole suite: lint, CRD drift, unit, integration, e2e
+test: lint crds-check chart-check dashboards-check unit integration e2e ## the whole suite: lint, generated-file drift, unit, integration, e2e
 
 bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run)
 	$(PY) -m bench
@@ -66,13 +86,11 @@ cluster-down: ## stop the local cluster; no process, mount or netns left (hack/c
 cluster-status: ## one line per component
 	bash hack/cluster.sh status
 
-demo: ## bring up the cluster, install the chart, deploy a model and adapters, show them served
-	@echo "make demo is not built yet: it needs the Helm chart and the operator image mapping"
-	@echo "(the demo issue). Today: 'make cluster-up', then 'make test' shows the system working."
-	@exit 1
+demo: .venv cluster-up fixtures ## bring up the cluster, install the chart, deploy a model and adapters, show them served
+	bash hack/demo.sh up
 
-demo-down: ## remove what make demo installed
-	@echo "make demo-down: nothing to remove until the demo exists"
+demo-down: ## remove what make demo installed (the cluster stays up)
+	bash hack/demo.sh down
 
 clean: ## remove caches in the checkout (not $LORAPLANE_HOME)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .venv

@@ -3,8 +3,9 @@
 - image contains `vllm` (e.g. vllm/vllm-openai:v0.32.0):
   $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (the container command is ignored,
   like the real image's entrypoint; a leading `serve` or positional model is accepted)
-- image starts with `ghcr.io/loraplane/loraplane` or `loraplane/`: command + args, command[0]
-  taken from $VENV/bin when not absolute and present there; PYTHONPATH=<checkout>/operator prepended
+- image starts with `ghcr.io/loraplane/loraplane` or `loraplane/`: command + args (no command: the
+  image's ENTRYPOINT, `loraplane-operator`), command[0] taken from $VENV/bin when not absolute and
+  present there; PYTHONPATH=<checkout>/operator prepended
 - anything else: the container stays Waiting with reason ImageNotMapped
 """
 
@@ -29,6 +30,11 @@ VLLM_ENV_DEFAULTS = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+
+
+# The ENTRYPOINT of images/operator/Containerfile (a test checks that the two agree), used as a
+# container runtime does when a pod gives args but no command (the chart's operator Deployment).
+LORAPLANE_ENTRYPOINT = ["loraplane-operator"]
 
 
 class ImageNotMapped(Exception):
@@ -74,9 +80,7 @@ def resolve(
         defaults = {**VLLM_ENV_DEFAULTS, "VLLM_CPU_OMP_THREADS_BIND": str(cpu_for(pod_ip))}
         return LocalCommand(argv, env_defaults=defaults)
     if image.startswith("ghcr.io/loraplane/loraplane") or image.startswith("loraplane/"):
-        argv = [*command, *args]
-        if not argv:
-            raise ImageNotMapped(f"image {image} needs an explicit command on this node")
+        argv = [*(command or LORAPLANE_ENTRYPOINT), *args]
         if not os.path.isabs(argv[0]) and os.path.exists(f"{venv}/bin/{argv[0]}"):
             argv[0] = f"{venv}/bin/{argv[0]}"
         return LocalCommand(

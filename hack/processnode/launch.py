@@ -5,6 +5,11 @@ order it: joins the container's cgroup (so every descendant can be found and kil
 pod's network namespace, unshares a private mount and UTS namespace, bind-mounts each volume at
 its mountPath (creating the target if missing, read-only where asked), sets the hostname to the
 pod name, changes to workingDir and execs the command. Standard library only, single-threaded.
+
+Every volume source and every `keep` path (the venv and the checkout that stand in for the image)
+is opened before the first mount and mounted from its descriptor: a volume mounted over one of
+their parents (an emptyDir at /tmp, with the checkout under /tmp) then hides nothing they need;
+a kept path that a mount did shadow is bound again at its own path.
 """
 
 import ctypes
@@ -34,6 +39,16 @@ def mount(src: str, dst: str, flags: int) -> None:
     check(libc.mount(src.encode(), dst.encode(), None, flags, None), f"mount {src} {dst}")
 
 
+def _same(path: str, fd: int) -> bool:
+    """`path` still names the directory `fd` was opened on (no mount hid it)."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    was = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino)
+
+
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -48,15 +63,21 @@ def main() -> None:
     mount("none", "/", MS_REC | MS_PRIVATE)
     hostname = spec["hostname"][:63].encode()
     check(libc.sethostname(hostname, len(hostname)), "sethostname")
-    for m in spec["mounts"]:
-        if os.path.isdir(m["source"]):
+    sources = [os.open(m["source"], os.O_PATH) for m in spec["mounts"]]
+    kept = [(p, os.open(p, os.O_PATH)) for p in spec.get("keep", []) if os.path.isdir(p)]
+    for m, fd in zip(spec["mounts"], sources, strict=True):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(m["target"], exist_ok=True)
         elif not os.path.exists(m["target"]):
             os.makedirs(os.path.dirname(m["target"]), exist_ok=True)
             open(m["target"], "a").close()
-        mount(m["source"], m["target"], MS_BIND | MS_REC)
+        mount(f"/proc/self/fd/{fd}", m["target"], MS_BIND | MS_REC)
         if m["readOnly"]:
             mount("none", m["target"], MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+    for path, fd in kept:
+        if not _same(path, fd):
+            os.makedirs(path, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
     if spec.get("workingDir"):
         os.makedirs(spec["workingDir"], exist_ok=True)
         os.chdir(spec["workingDir"])

@@ -204,6 +204,9 @@ class ContainerRunner(threading.Thread):
             "mounts": [
                 {"source": m.source, "target": m.target, "readOnly": m.read_only} for m in mounts
             ],
+            # What stands in for the image: it must stay visible under a volume mounted over one
+            # of its parents (the chart mounts an emptyDir at /tmp; a checkout may live there).
+            "keep": [w.node.venv, w.node.checkout],
         }
         return Prepared(local.argv, env, spec)
 

@@ -1,4 +1,5 @@
-"""A base model's children (agent token Secret, Service, Deployment), converged from the cache.
+"""A base model's children (agent token Secret, Service, Deployment, NetworkPolicy), converged
+from the cache.
 
 The live children come from the watches (the fleet's `children`), so a reconcile that finds
 nothing drifted makes no API call; a child edited or deleted by hand shows up as a watch event,
@@ -15,6 +16,7 @@ from loraplane import kube
 from loraplane.api import BaseModelDeploymentSpec
 from loraplane.api.common import plain
 from loraplane.builders.deployment import PodContext, ResourceError, deployment
+from loraplane.builders.network_policy import network_policy, network_policy_name
 from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError
 from loraplane.runtime import Runtime
@@ -22,6 +24,13 @@ from loraplane.runtime import Runtime
 # Spec keys a PUT takes back whole when apply cannot (see kube.converge).
 SERVICE_KEYS = ("ports", "selector", "type")
 DEPLOYMENT_KEYS = ("replicas", "selector", "strategy", "template")
+NETWORK_POLICY_KEYS = ("podSelector", "policyTypes", "ingress")
+# What the operator creates per base model (the agent Secret aside: it is made once, not watched).
+CHILD_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,24 @@ async def _ensure_agent_secret(rt: Runtime, owner: dict[str, Any]) -> None:
     rt.fleet.made_agent_secret(uid)
 
 
+async def _converge_network_policy(rt: Runtime, owner: dict[str, Any]) -> None:
+    """Present exactly while the setting is on: turning it off removes the ones we made."""
+    meta = owner["metadata"]
+    key = (meta["namespace"], meta["name"])
+    live = rt.fleet.child(key, "NetworkPolicy")
+    cfg = rt.settings
+    if not cfg.network_policy:
+        if live is not None:
+            name = network_policy_name(meta["name"])
+            await kube.delete(rt.api, "networking.k8s.io/v1", "NetworkPolicy", key[0], name)
+            rt.fleet.observe_child(live, deleted=True)
+        return
+    desired = network_policy(
+        owner, cfg.vllm_port, cfg.agent_port, cfg.operator_namespace, cfg.network_policy_clients
+    )
+    rt.fleet.observe_child(await kube.converge(rt.api, desired, live, NETWORK_POLICY_KEYS))
+
+
 async def converge(rt: Runtime, body: Any) -> Outcome:
     owner = plain(body)
     meta = owner["metadata"]
@@ -56,6 +83,7 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
     svc = service(owner, rt.settings.vllm_port)
     live_svc = await kube.converge(rt.api, svc, rt.fleet.child(key, "Service"), SERVICE_KEYS)
     rt.fleet.observe_child(live_svc)
+    await _converge_network_policy(rt, owner)
     try:
         desired = deployment(owner, spec, served, PodContext.of(rt.settings))
     except ArgsError as exc:

@@ -6,13 +6,14 @@ environment for a tunable.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loraplane.api.adapter import MAX_STATUS_PODS
 
@@ -41,8 +42,39 @@ def env_name(field: str) -> str:
 class Settings(_FromEnv):
     """The operator's settings. Environment: LORAPLANE_<FIELD_NAME_UPPER>."""
 
-    namespace: str | None = Field(
-        None, description="Watch only this namespace; empty means every namespace."
+    namespaces: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Watch only these namespaces (comma-separated in the environment); empty means "
+            "every namespace."
+        ),
+    )
+    operator_namespace: str | None = Field(
+        None,
+        description=(
+            "The operator's own namespace: the NetworkPolicies let the operator's pods in it "
+            "reach the vLLM and agent ports."
+        ),
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of the operator."
+    )
+    network_policy: bool = Field(
+        False,
+        description=(
+            "Create a NetworkPolicy per BaseModelDeployment: only the operator (and the pod's "
+            "peers, for copies of pinned versions) reach the agent port; only the operator and "
+            "the clients reach the vLLM port, whose adapter routes vLLM leaves unguarded."
+        ),
+    )
+    network_policy_clients: tuple[dict[str, Any], ...] = Field(
+        ({"podSelector": {}},),
+        description=(
+            "Who may call the vLLM port (the OpenAI API) when network_policy is on: a JSON list "
+            "of NetworkPolicyPeer objects (podSelector, namespaceSelector, ipBlock); the default "
+            "is every pod of the base model's namespace; an empty list lets any source in. Add "
+            "your Prometheus here to scrape vLLM's /metrics."
+        ),
     )
     operator_image: str = Field(
         "ghcr.io/loraplane/loraplane:0.1.0",
@@ -121,6 +153,18 @@ class Settings(_FromEnv):
     agent_cpu_request: str = Field("50m", description="CPU request of the agent sidecar.")
     agent_memory_request: str = Field("128Mi", description="Memory request of the agent sidecar.")
     agent_memory_limit: str = Field("512Mi", description="Memory limit of the agent sidecar.")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    @field_validator("network_policy_clients", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
 
     def agent_resources(self) -> dict[str, Any]:
         return {

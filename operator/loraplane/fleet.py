@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from loraplane import metrics
 from loraplane.api import (
     AdapterSummary,
     BaseModelDeploymentSpec,
@@ -43,6 +44,7 @@ from loraplane.status.conditions import now
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+Held = tuple[str, str, str]  # (namespace, base model, adapter)
 Kicks = frozenset[Key]  # pods whose sync should run now
 NO_KICKS: Kicks = frozenset()
 
@@ -104,6 +106,7 @@ class PodView:
     deleting: bool
     gate: bool | None  # our readiness gate condition as the API shows it
     problems: tuple[PodProblem, ...] = ()
+    created: datetime | None = None
 
     @property
     def key(self) -> Key:
@@ -137,6 +140,17 @@ class PodAdapterState:
     last_error: str | None = None
     path: str | None = None  # what vLLM serves under the adapter's name on this pod
     reason: str | None = None  # of last_error, when it is one the base model reports
+    # The vLLM container ID that registered the adapter here, kept while the registration is
+    # lost (to tell a restart from drift); None: never registered here, or unloaded on purpose.
+    registered_in: str | None = None
+
+
+def registered_in(current: PodAdapterState | None, state: str, container: str | None) -> str | None:
+    if state == "Registered":
+        return container
+    if state == "Evicted":
+        return None  # unloaded on purpose: its return is no re-registration
+    return current.registered_in if current is not None else None
 
 
 class PodChange(Enum):
@@ -169,6 +183,10 @@ class Fleet:
     children: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _versions: dict[Key, Version] = field(default_factory=dict)
     _failures: dict[Key, Failure] = field(default_factory=dict)
+    # registrations lost with a pod that went, not yet taken over by a newer pod
+    _lost: dict[Held, int] = field(default_factory=dict)
+    # pods that registered an adapter first after an older pod had it: maybe its replacement
+    _newer: dict[Held, set[str]] = field(default_factory=dict)
     _adapter_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
     _base_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
 
@@ -286,6 +304,7 @@ class Fleet:
         self.bases.pop(key, None)
         self.children.pop(key, None)
         self._base_changed.pop(key, None)
+        metrics.forget_base(*key)
         return self._kicks(*key)
 
     def observe_adapter(self, obj: Mapping[str, Any]) -> Kicks:
@@ -340,6 +359,10 @@ class Fleet:
         for pod, states in self.pod_states.items():
             if pod[0] == key[0]:
                 states.pop(key[1], None)
+        for held in [h for h in (*self._lost, *self._newer) if (h[0], h[2]) == key]:
+            self._lost.pop(held, None)
+            self._newer.pop(held, None)
+        metrics.forget_adapter(*key)
         return NO_KICKS if ad is None else self._kicks(ad.namespace, ad.base_model)
 
     def observe_pod(self, obj: Mapping[str, Any]) -> PodChange:
@@ -354,14 +377,32 @@ class Fleet:
 
     def forget_pod(self, key: Key) -> None:
         gone = self.pods.pop(key, None)
-        self.pod_states.pop(key, None)
+        states = self.pod_states.pop(key, {})
         self.registrations.pop(key, None)
         self.agent_told.pop(key, None)
-        if gone is not None:
-            self.touch(gone.namespace, gone.base_model)
+        if gone is None:
+            return
+        for held, newer in self._newer.items():
+            if held[:2] == (gone.namespace, gone.base_model):
+                newer.discard(gone.name)
+        for name, st in states.items():
+            if st.state == "Registered":
+                self._lost_with(gone, name)
+        self.touch(gone.namespace, gone.base_model)
+
+    def _lost_with(self, gone: PodView, adapter: str) -> None:
+        """The adapter's registration went with its pod: a newer pod took it over, or will."""
+        held = (gone.namespace, gone.base_model, adapter)
+        metrics.ADAPTER_UNLOADS.labels(*held, "pod_gone").inc()
+        newer = self._newer.get(held, set())
+        if newer:
+            newer.remove(min(newer))
+            metrics.ADAPTER_REREGISTRATIONS.labels(*held, "new_pod").inc()
+        else:
+            self._lost[held] = self._lost.get(held, 0) + 1
 
     def observe_child(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
-        """A Deployment or Service as a watch (or our own write) shows it.
+        """A Deployment, Service or NetworkPolicy as a watch (or our own write) shows it.
 
         Children are found by name, which they share with their base model, not by labels: a
         label edited by hand must not hide the edit from the reconcile that puts it back.
@@ -413,6 +454,7 @@ class Fleet:
         if ad is None or judged != self.judgement(key) or self.failure(key) is not None:
             return NO_KICKS
         self._failures[key] = Failure(judged, reason, message)
+        metrics.VALIDATION_FAILURES.labels(ad.namespace, ad.base_model, ad.name, reason).inc()
         log.warning("adapter %s/%s rejected: %s: %s", *key, reason, message)
         return self._kicks(ad.namespace, ad.base_model)
 
@@ -424,15 +466,24 @@ class Fleet:
         last_error: str | None = None,
         path: str | None = None,
         reason: str | None = None,
+        container: str | None = None,
     ) -> None:
+        """The adapter's state on the pod; `container`: the vLLM container of a registration."""
         states = self.pod_states.setdefault(pod, {})
         current = states.get(adapter)
+        held_in = registered_in(current, state, container)
         if current is None or current.state != state:
             states[adapter] = PodAdapterState(
-                state, last_error=last_error, path=path, reason=reason
+                state, last_error=last_error, path=path, reason=reason, registered_in=held_in
             )
-        elif (current.last_error, current.path, current.reason) != (last_error, path, reason):
+        elif (current.last_error, current.path, current.reason, current.registered_in) != (
+            last_error,
+            path,
+            reason,
+            held_in,
+        ):
             current.last_error, current.path, current.reason = last_error, path, reason
+            current.registered_in = held_in
         else:
             return  # a converged pod's resync: no status to recompute
         ad = self.adapters.get((pod[0], adapter))
@@ -444,6 +495,39 @@ class Fleet:
 
     def clear_state(self, pod: Key, adapter: str) -> None:
         self.pod_states.get(pod, {}).pop(adapter, None)
+
+    def record_load(self, pod: PodView, ad: AdapterView, path: str, replaced: str | None) -> None:
+        """The pod's vLLM loaded the adapter from `path`, in place of `replaced` if not None."""
+        if replaced is None:
+            self._count_reregistration(pod, ad)
+        self.set_state(pod.key, ad.name, "Registered", path=path, container=pod.vllm_container_id)
+
+    def _count_reregistration(self, pod: PodView, ad: AdapterView) -> None:
+        """Whether registering the adapter on the pod replaces a lost registration, and why."""
+        held = (ad.namespace, ad.base_model, ad.name)
+        before = self.state(pod.key, ad.name)
+        if before is not None and before.registered_in is not None:
+            cause = (
+                "container_restart" if before.registered_in != pod.vllm_container_id else "drift"
+            )
+        elif self._lost.get(held):
+            self._lost[held] -= 1
+            cause = "new_pod"
+        else:
+            if self._registered_before(pod, ad.name):
+                self._newer.setdefault(held, set()).add(pod.name)
+            return
+        metrics.ADAPTER_REREGISTRATIONS.labels(*held, cause).inc()
+
+    def _registered_before(self, pod: PodView, adapter: str) -> bool:
+        """Another pod of the base model had the adapter registered when this pod was created."""
+        return pod.created is not None and any(
+            (st := self.state(other.key, adapter)) is not None
+            and st.state == "Registered"
+            and st.since < pod.created
+            for other in self.pods_of(pod.namespace, pod.base_model)
+            if other.name != pod.name
+        )
 
     def record_registrations(self, pod: Key, registered: Mapping[str, str | None]) -> None:
         """What the pod's `/v1/models` listed; from now on the pod counts as looked at."""
@@ -457,7 +541,8 @@ class Fleet:
     def lost_registrations(self, pod: Key) -> None:
         """The pod's vLLM is not ready: a restarted server has nothing registered.
 
-        Its adapters' states turn Pending, which its next sync counts as a recovery.
+        Its adapters' states turn Pending and keep the container that registered them, so their
+        next load counts as a re-registration.
         """
         for name, st in list(self.pod_states.get(pod, {}).items()):
             if st.state == "Registered":
@@ -550,7 +635,15 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         or status.get("phase") in ("Succeeded", "Failed"),
         gate=None if gate is None else gate.get("status") == "True",
         problems=tuple(pod_problems(pod)),
+        created=_timestamp(meta.get("creationTimestamp")),
     )
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 def adapter_view(obj: Mapping[str, Any]) -> AdapterView:

@@ -22,6 +22,7 @@ _COLLECTIONS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
     ("v1", "Pod"): "pods",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("v1", "Event"): "events",
     ("loraplane.dev/v1alpha1", "BaseModelDeployment"): "basemodeldeployments",
     ("loraplane.dev/v1alpha1", "LoRAAdapter"): "loraadapters",

@@ -5,22 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import kopf
-
-import loraplane.handlers  # noqa: F401  (registers the handlers)
-from loraplane.config import settings
+from loraplane.cli import parse_args
+from loraplane.config import Settings, settings
 
 
 def run_operator() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parse_args(
+        "loraplane-operator",
+        "The loraplane operator: serves LoRAAdapters on the vLLM pods of BaseModelDeployments.",
+        Settings,
+    )
+    # Imported only now: --help and --version should not pay for kopf and every handler module.
+    import kopf
+
+    import loraplane.handlers  # noqa: F401  (registers the handlers)
+
+    cfg = settings()
+    level = logging.getLevelNamesMapping()[cfg.log_level]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # kopf logs every successful handler run at INFO: one line per pod event and timer tick.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    ns = settings().namespace
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, level))
     asyncio.run(
         kopf.operator(
-            clusterwide=ns is None,
-            namespaces=[ns] if ns else [],
-            liveness_endpoint=f"http://0.0.0.0:{settings().health_port}/healthz",
+            clusterwide=not cfg.namespaces,
+            namespaces=list(cfg.namespaces),
+            liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
         )
     )
 

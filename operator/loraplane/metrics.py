@@ -1,55 +1,321 @@
 """Every Prometheus metric loraplane exports, defined in one place.
 
 Counters and histograms are observed where their event happens (one event, one counter). Gauges
-of current state are read from the fleet at scrape time by `FleetCollector`: a series exists
-exactly while its adapter and pod do, with no bookkeeping that could leave one behind.
+of current state are read from the fleet at scrape time by `FleetCollector` rather than kept by
+set/remove bookkeeping: the status module already computes each adapter's replicas and phase from
+the fleet, so reading them at scrape time cannot disagree with the status, and a series exists
+exactly while its adapter and pod do, with no remove that a code path could forget.
+
+Counters and histograms labelled by adapter are removed with their adapter (`forget_adapter`) or
+base model (`forget_base`); no counter carries a `pod` label, so a pod leaves nothing behind.
+
+`python -m loraplane.metrics --doc` prints the table of docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-from loraplane.fleet import Fleet
+from loraplane.api import LoRAAdapterStatus
+from loraplane.api.adapter import MAX_STATUS_PODS
+
+if TYPE_CHECKING:
+    from loraplane.fleet import AdapterView, Fleet
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 ADAPTER = ("namespace", "base_model", "adapter")
+BASE = ("namespace", "base_model")
 
-ADAPTER_LOADS = Counter(
+# CPU vLLM loads a LoRA in 10-20 ms; a GPU pod downloading a large adapter from a hub takes a
+# minute or two (the agent's timeout is 120 s by default). Few buckets: each one is a series per
+# adapter.
+LOAD_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 120.0)
+# A converged pod's sync is one GET /v1/models (milliseconds); one with loads lasts as they do.
+SYNC_BUCKETS = (0.005, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 120.0)
+# A reconcile computes a status and, at most, writes a few objects.
+RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What docs/metrics.md says about one metric family."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+FAMILIES: list[Family] = []
+# Families labelled by adapter, with their label names: removed when their adapter goes.
+_PER_ADAPTER: list[tuple[MetricWrapperBase, tuple[str, ...]]] = []
+_PER_BASE: list[tuple[MetricWrapperBase, tuple[str, ...]]] = []
+
+
+def _metric(cls: type[M], name: str, help_: str, labels: tuple[str, ...], **kw: Any) -> M:
+    metric = cls(name, help_, labels, **kw)
+    FAMILIES.append(Family(name, cls.__name__.lower(), labels, help_))
+    if labels[: len(ADAPTER)] == ADAPTER:
+        _PER_ADAPTER.append((metric, labels))
+    elif labels[: len(BASE)] == BASE:
+        _PER_BASE.append((metric, labels))
+    return metric
+
+
+def _gauge(name: str, help_: str, labels: tuple[str, ...]) -> Family:
+    """A gauge the fleet collector reads at scrape time."""
+    family = Family(name, "gauge", labels, help_)
+    FAMILIES.append(family)
+    return family
+
+
+# -- adapters: events ------------------------------------------------------------------------
+
+ADAPTER_LOADS = _metric(
+    Counter,
     "loraplane_adapter_loads_total",
-    "Adapter load calls to vLLM servers, by result (success, rejected, error).",
-    [*ADAPTER, "result"],
+    "Attempts to register a version of the adapter on a vLLM server that does not serve it yet, "
+    "by result: success (vLLM loaded it), rejected (the agent's checks or vLLM refused the "
+    "files), error (the agent or vLLM failed for a reason worth a retry).",
+    (*ADAPTER, "result"),
 )
-ADAPTER_UNLOADS = Counter(
+FETCH_SECONDS = _metric(
+    Histogram,
+    "loraplane_adapter_fetch_duration_seconds",
+    "Duration of the agent's fetch and verify call in a load attempt, when the agent answered "
+    "with a path (from its store, the source or a peer).",
+    ADAPTER,
+    buckets=LOAD_BUCKETS,
+)
+VLLM_LOAD_SECONDS = _metric(
+    Histogram,
+    "loraplane_adapter_vllm_load_duration_seconds",
+    "Duration of a successful vLLM load call (POST /v1/load_lora_adapter).",
+    ADAPTER,
+    buckets=LOAD_BUCKETS,
+)
+ADAPTER_UNLOADS = _metric(
+    Counter,
     "loraplane_adapter_unloads_total",
-    "Adapters unregistered from a vLLM server, by reason (deleted, renamed, failed, orphan); "
-    "capacity evictions are counted in loraplane_adapter_evictions_total only.",
-    [*ADAPTER, "reason"],
+    "Registrations of the adapter that ended on a vLLM server, by reason: deleted (the "
+    "LoRAAdapter is being deleted), new_version (a new version replaced it in place), capacity "
+    "(maxAdaptersPerReplica displaced it; also counted in loraplane_adapter_evictions_total), "
+    "renamed (its servedName changed), failed (its placement ended for another reason), "
+    "pod_gone (its pod was deleted or replaced while it was registered), orphan (files under "
+    'the adapter store that no LoRAAdapter owns; counted with adapter=""). An eviction by the '
+    "operator is also an unload: the sum over reasons is every unregistration.",
+    (*ADAPTER, "reason"),
 )
-ADAPTER_EVICTIONS = Counter(
+ADAPTER_EVICTIONS = _metric(
+    Counter,
     "loraplane_adapter_evictions_total",
-    "Adapters displaced from a server by the per-replica cap (reason CapacityExceeded).",
-    [*ADAPTER, "reason"],
+    "Evictions of the adapter, by tier and reason: tier server, reason capacity: the operator "
+    "unregistered it from a vLLM server under maxAdaptersPerReplica (also an unload, reason "
+    "capacity). Tiers gpu and cpu (reason lru) are reserved for the engine's own evictions, "
+    "which no released component reports yet.",
+    (*ADAPTER, "tier", "reason"),
 )
-ADAPTER_RECOVERIES = Counter(
-    "loraplane_adapter_recoveries_total",
-    "Adapters registered again on a server that had them and lost them (a restart or drift); "
-    "first loads and returns after a capacity eviction are not counted.",
-    list(ADAPTER),
+ADAPTER_REREGISTRATIONS = _metric(
+    Counter,
+    "loraplane_adapter_reregistrations_total",
+    "Registrations of the adapter that replace one that was lost, by cause: container_restart "
+    "(registered on this pod before, missing now, and the pod's vLLM container ID changed), "
+    "drift (registered on this pod before, same vLLM container, and /v1/models no longer lists "
+    "it), new_pod (a first registration on a pod created after another pod of the base model "
+    "had it registered, counted once per such pod that went, when the later of the two "
+    "happens). First loads on the initial pods, scale-ups with no pod gone, and returns after a "
+    "capacity eviction or an unload are not counted.",
+    (*ADAPTER, "cause"),
 )
-ADAPTER_LOAD_SECONDS = Histogram(
-    "loraplane_adapter_load_duration_seconds",
-    "Time of one adapter load: agent fetch and verify, then the vLLM load call.",
-    ["namespace", "base_model"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+VALIDATION_FAILURES = _metric(
+    Counter,
+    "loraplane_adapter_validation_failures_total",
+    "Versions of the adapter judged invalid, by reason (the Validated=False reason: the agent's "
+    "or vLLM's rejection): once per verdict, not per pod or status computation.",
+    (*ADAPTER, "reason"),
 )
-POD_SYNCS = Counter(
+
+# -- adapters: current state, read from the fleet at scrape time -----------------------------
+
+REGISTERED = _gauge(
+    "loraplane_adapter_registered",
+    "1 when the pod's vLLM server serves the adapter's current version, else 0; one series per "
+    "adapter placed on a base model and pod of that base model.",
+    (*ADAPTER, "pod"),
+)
+DESIRED_REPLICAS = _gauge(
+    "loraplane_adapter_desired_replicas",
+    "Pods that should serve the adapter (status.replicas.desired).",
+    ADAPTER,
+)
+REGISTERED_REPLICAS = _gauge(
+    "loraplane_adapter_registered_replicas",
+    "Pods that serve the adapter's current version (status.replicas.registered).",
+    ADAPTER,
+)
+READY = _gauge(
+    "loraplane_adapter_ready",
+    "1 when the adapter's status phase is Ready, else 0.",
+    ADAPTER,
+)
+INFO = _gauge(
+    "loraplane_adapter_info",
+    "Always 1: the adapter's served name and its current version's rank and digest, and the "
+    "source's revision (empty when the source has none or the version is not verified yet).",
+    (*ADAPTER, "served_name", "rank", "digest", "revision"),
+)
+SIZE_BYTES = _gauge(
+    "loraplane_adapter_size_bytes",
+    "Size of the files of the adapter's current version.",
+    ADAPTER,
+)
+
+# -- the operator's own health ---------------------------------------------------------------
+
+RECONCILE_SECONDS = _metric(
+    Histogram,
+    "loraplane_reconcile_duration_seconds",
+    "Duration of one reconcile after a change woke it, by kind (BaseModelDeployment: "
+    "converging its Deployment, Service and Secret; LoRAAdapter: computing its status).",
+    ("kind",),
+    buckets=RECONCILE_BUCKETS,
+)
+POD_SYNC_SECONDS = _metric(
+    Histogram,
+    "loraplane_pod_sync_duration_seconds",
+    "Duration of one pod sync that reached the pod's vLLM (desired adapters vs /v1/models, then "
+    "loads and unloads).",
+    BASE,
+    buckets=SYNC_BUCKETS,
+)
+POD_SYNCS = _metric(
+    Counter,
     "loraplane_pod_syncs_total",
-    "Per-pod convergence runs (desired adapters vs /v1/models), by result.",
-    ["result"],
+    "Pod syncs that reached the pod's vLLM, by result (ok, error).",
+    (*BASE, "result"),
 )
+VLLM_API_ERRORS = _metric(
+    Counter,
+    "loraplane_vllm_api_errors_total",
+    "Calls to a vLLM server that failed, by endpoint (models, load, unload, health, version) "
+    "and class (timeout, unreachable, rejected, client_error, server_error). A second load of "
+    "a registered name and the unload of an unknown one are answers, not errors. Health checks "
+    "fail while a server starts.",
+    ("endpoint", "class"),
+)
+AGENT_API_ERRORS = _metric(
+    Counter,
+    "loraplane_agent_api_errors_total",
+    "Calls to a pod's agent that failed, by endpoint (fetch, required, prune) and class "
+    "(timeout, unreachable, rejected, unavailable, client_error, server_error).",
+    ("endpoint", "class"),
+)
+WORK_IN_FLIGHT = _metric(
+    Gauge,
+    "loraplane_work_in_flight",
+    "Work running now, by kind (pod_sync, adapter_load).",
+    ("kind",),
+)
+WATCH_RESTARTS = _metric(
+    Counter,
+    "loraplane_watch_restarts_total",
+    "Watch streams kopf restarted with a fresh list, by resource (kopf's name of it), after the "
+    "API server answered 410 Gone (the resource version expired).",
+    ("resource",),
+)
+
+
+@contextmanager
+def pod_sync(namespace: str, base_model: str) -> Iterator[None]:
+    """Time, count and track one pod sync; an exception is an error, a cancel is neither."""
+    with (
+        WORK_IN_FLIGHT.labels("pod_sync").track_inprogress(),
+        POD_SYNC_SECONDS.labels(namespace, base_model).time(),
+    ):
+        try:
+            yield
+        except Exception:
+            POD_SYNCS.labels(namespace, base_model, "error").inc()
+            raise
+    POD_SYNCS.labels(namespace, base_model, "ok").inc()
+
+
+def _children(metric: MetricWrapperBase, labels: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The label values of every child of a labelled metric (through its public samples)."""
+    return {
+        tuple(sample.labels[name] for name in labels)
+        for family in metric.collect()
+        for sample in family.samples
+    }
+
+
+def _remove(
+    families: list[tuple[MetricWrapperBase, tuple[str, ...]]], match: dict[str, str]
+) -> None:
+    for metric, labels in families:
+        where = {labels.index(name): value for name, value in match.items()}
+        for values in _children(metric, labels):
+            if all(values[i] == value for i, value in where.items()):
+                metric.remove(*values)
+
+
+def forget_adapter(namespace: str, adapter: str) -> None:
+    """Remove every series of the adapter, under whichever base model it was counted."""
+    _remove(_PER_ADAPTER, {"namespace": namespace, "adapter": adapter})
+
+
+def forget_base(namespace: str, base_model: str) -> None:
+    """Remove the base model's own series (its pod syncs, its orphan unloads)."""
+    _remove(_PER_BASE, {"namespace": namespace, "base_model": base_model})
+    _remove(_PER_ADAPTER, {"namespace": namespace, "base_model": base_model, "adapter": ""})
+
+
+# kopf has no hook for a watch restart; its own debug record is the one place it shows
+# (kopf/_cogs/clients/watching.py, continuous_watch, on 410 Gone). A test drives that code.
+WATCH_LOGGER = "kopf._cogs.clients.watching"
+_RESTART = re.compile(r"^Restarting the watch-stream for (?P<resource>\S+) ")
+
+
+class WatchRestarts(logging.Filter):
+    """Counts kopf's watch restarts; passes on only the records the logger's level passed."""
+
+    def __init__(self, passes: int) -> None:
+        super().__init__()
+        self.passes = passes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        restart = _RESTART.match(record.getMessage())
+        if restart:
+            WATCH_RESTARTS.labels(restart["resource"]).inc()
+        return record.levelno >= self.passes
+
+
+def count_watch_restarts() -> None:
+    """Let kopf's debug record of a watch restart through to `WatchRestarts` (once)."""
+    logger = logging.getLogger(WATCH_LOGGER)
+    if any(isinstance(f, WatchRestarts) for f in logger.filters):
+        return
+    logger.addFilter(WatchRestarts(logger.getEffectiveLevel()))
+    logger.setLevel(logging.DEBUG)
+
+
+# -- the fleet's gauges ----------------------------------------------------------------------
+
+
+def _family(spec: Family) -> GaugeMetricFamily:
+    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
 
 
 class FleetCollector(Collector):
@@ -59,26 +325,55 @@ class FleetCollector(Collector):
         self.fleet = fleet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from loraplane.status.adapter import serves  # status imports the fleet, as we do
+        from loraplane.status import adapter as adapter_status  # it imports the fleet
 
-        registered = GaugeMetricFamily(
-            "loraplane_adapter_registered",
-            "1 when the pod's vLLM server serves the adapter's current version, else 0; one "
-            "series per adapter placed on a base model and pod of that base model.",
-            labels=[*ADAPTER, "pod"],
-        )
         fleet = self.fleet
+        families = {
+            spec.name: _family(spec)
+            for spec in (REGISTERED, DESIRED_REPLICAS, REGISTERED_REPLICAS, READY, INFO, SIZE_BYTES)
+        }
         for (ns, base), _view in sorted(fleet.bases.items()):
             pods = fleet.pods_of(ns, base)
             for name in fleet.placement(ns, base).placed:
                 version = fleet.version((ns, name))
                 for pod in pods:
-                    value = 1.0 if serves(fleet.state(pod.key, name), version) else 0.0
-                    registered.add_metric([ns, base, name, pod.name], value)
-        yield registered
+                    value = 1.0 if adapter_status.serves(fleet.state(pod.key, name), version) else 0
+                    families[REGISTERED.name].add_metric([ns, base, name, pod.name], value)
+        for _key, ad in sorted(fleet.adapters.items()):
+            labels = [ad.namespace, ad.base_model, ad.name]
+            status = adapter_status.compute(fleet, ad, LoRAAdapterStatus(), MAX_STATUS_PODS)
+            if not adapter_status.waiting_for_first_look(fleet, ad):
+                # Until every pod was looked at, the status is not published: neither are these.
+                replicas = status.replicas
+                families[DESIRED_REPLICAS.name].add_metric(
+                    labels, replicas.desired if replicas else 0
+                )
+                families[REGISTERED_REPLICAS.name].add_metric(
+                    labels, replicas.registered if replicas else 0
+                )
+                families[READY.name].add_metric(labels, 1.0 if status.phase == "Ready" else 0.0)
+            summary = status.adapter
+            info = [
+                ad.served_name,
+                _text(summary and summary.rank),
+                _text(summary and summary.digest),
+            ]
+            families[INFO.name].add_metric([*labels, *info, revision(ad)], 1.0)
+            if summary is not None and summary.size_bytes is not None:
+                families[SIZE_BYTES.name].add_metric(labels, summary.size_bytes)
+        yield from families.values()
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def revision(ad: AdapterView) -> str:
+    hf = ad.source.huggingface if ad.source is not None else None
+    return hf.revision if hf is not None else ""
 
 
 _collector: FleetCollector | None = None
@@ -91,3 +386,22 @@ def watch_fleet(fleet: Fleet) -> None:
         REGISTRY.unregister(_collector)
     _collector = FleetCollector(fleet)
     REGISTRY.register(_collector)
+
+
+# -- docs/metrics.md -------------------------------------------------------------------------
+
+
+def doc_table() -> str:
+    """The Markdown table of every family, as docs/metrics.md carries it."""
+    rows = ["| name | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for f in sorted(FAMILIES, key=lambda f: f.name):
+        labels = ", ".join(f"`{label}`" for label in f.labels)
+        meaning = f.help.replace("|", r"\|")
+        rows.append(f"| `{f.name}` | {f.type} | {labels} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--doc"]:
+        sys.exit("usage: python -m loraplane.metrics --doc")
+    sys.stdout.write(doc_table())

@@ -22,9 +22,10 @@ from loraplane.agent.client import (
     AgentError,
     VersionUnavailable,
 )
-from loraplane.agent.protocol import FetchRequest
+from loraplane.agent.protocol import Fetched, FetchRequest
 from loraplane.builders import naming
 from loraplane.fleet import GATE, AdapterView, BaseView, Fleet, Judgement, Key, PodView, Version
+from loraplane.placement import Placement
 from loraplane.status.conditions import now_rfc3339
 from loraplane.vllm.client import VLLMClient
 from loraplane.vllm.errors import VLLMError
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Registered = Mapping[str, str | None]  # served name -> path, as /v1/models lists them
-# States of an adapter that was registered on the pod until it lost it (Pending: vLLM restarted).
-LOST = frozenset({"Registered", "Pending"})
 
 
 class PodNotReachable(Exception):
@@ -81,21 +80,28 @@ def plan(fleet: Fleet, base: BaseView, registered: Registered) -> Plan:
         name = next(iter(store_versions([registered[served]])), None)
         if name is None:
             continue  # registered by someone else (e.g. --lora-modules): not ours to remove
-        owner = fleet.adapters.get((base.namespace, name))
-        if owner is None:
-            reason = "orphan"
-        elif owner.deleting:
-            reason = "deleted"
-        elif owner.name in placement.displaced:
-            reason = "capacity"
-        elif owner.served_name != served:
-            reason = "renamed"
-        elif fleet.failure(owner.key) is not None:
-            continue  # its new version was rejected: the one registered before keeps serving
-        else:
-            reason = "failed"
-        unloads.append(Unload(served, name, reason))
+        reason = unload_reason(fleet, base.namespace, placement, name, served)
+        if reason is not None:
+            unloads.append(Unload(served, name, reason))
     return Plan(wanted, tuple(unloads), placement.displaced)
+
+
+def unload_reason(
+    fleet: Fleet, namespace: str, placement: Placement, name: str, served: str
+) -> str | None:
+    """Why adapter `name`'s registration under `served` goes; None: it stays."""
+    owner = fleet.adapters.get((namespace, name))
+    if owner is None:
+        return "orphan"
+    if owner.deleting:
+        return "deleted"
+    if owner.name in placement.displaced:
+        return "capacity"
+    if owner.served_name != served:
+        return "renamed"
+    if fleet.failure(owner.key) is not None:
+        return None  # its new version was rejected: the one registered before keeps serving
+    return "failed"
 
 
 async def vllm_client(rt: Runtime, pod: PodView, base: BaseView) -> VLLMClient:
@@ -170,80 +176,139 @@ class PodContext:
 async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
     """Bring one adapter's current version onto the pod. True when a registration changed."""
     fleet = rt.fleet
-    pkey = pc.pod.key
-    labels = (ad.namespace, pc.base.name, ad.name)
     current = pc.registered.get(ad.served_name)
     judged = fleet.judgement(ad.key)
     if judged is None:
         return False
     pinned = fleet.version(ad.key)
     serving = pinned is not None and current == pinned.path
-    # Registered here before and missing now: a restart or someone else lost it (not a first load).
-    before = fleet.state(pkey, ad.name)
-    recovering = current is None and before is not None and before.state in LOST
     if serving and not ad.follow:
-        fleet.set_state(pkey, ad.name, "Registered", path=current)
+        registered(rt, pc, ad, current)
         return False
     if not serving:
-        fleet.set_state(pkey, ad.name, "Loading", path=current)
-    started = time.monotonic()
+        fleet.set_state(pc.pod.key, ad.name, "Loading", path=current)
     async with rt.loads:
-        try:
-            fetched = await pc.agent.fetch(await fetch_request(rt, pc.pod, ad, judged, pinned))
-        except AdapterRejectedByAgent as exc:
+        with metrics.WORK_IN_FLIGHT.labels("adapter_load").track_inprogress():
+            fetched = await fetch(rt, pc, ad, judged, pinned, serving)
+            if fetched is None:
+                return False
+            version = Version(judged, fetched.path, fetched.summary, tuple(fetched.warnings))
+            kicks = fleet.record_version(ad.key, judged, version)
+            if kicks is None:
+                # The spec moved on, or another pod pinned other files first: look again now.
+                rt.kick([pc.pod.key])
+                return False
+            rt.kick(kicks - {pc.pod.key})
+            if current == fetched.path:
+                registered(rt, pc, ad, current)
+                return False
+            return await load(rt, pc, ad, judged, fetched.path)
+
+
+def registered(rt: Runtime, pc: PodContext, ad: AdapterView, path: str | None) -> None:
+    rt.fleet.set_state(
+        pc.pod.key, ad.name, "Registered", path=path, container=pc.pod.vllm_container_id
+    )
+
+
+async def fetch(
+    rt: Runtime,
+    pc: PodContext,
+    ad: AdapterView,
+    judged: Judgement,
+    pinned: Version | None,
+    serving: bool,
+) -> Fetched | None:
+    """The agent's verified copy of the pinned (or, following, the newest) version.
+
+    None when the agent rejected the files. Serving already, a following adapter's fetch only
+    looks for new files: its failures are not failed loads.
+    """
+    fleet, pkey = rt.fleet, pc.pod.key
+    labels = (ad.namespace, pc.base.name, ad.name)
+    current = pc.registered.get(ad.served_name)
+    request = await fetch_request(rt, pc.pod, ad, judged, pinned)
+    started = time.monotonic()
+    try:
+        fetched = await pc.agent.fetch(request)
+    except AdapterRejectedByAgent as exc:
+        metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
+        rt.kick(fleet.record_failure(ad.key, judged, exc.reason, exc.message))
+        fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
+        return None
+    except VersionUnavailable as exc:
+        if not serving:
+            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
+        state = "Registered" if serving else "Loading"
+        error = f"{exc.reason}: {exc.message}"
+        container = pc.pod.vllm_container_id
+        fleet.set_state(pkey, ad.name, state, error, current, exc.reason, container)
+        raise
+    except AgentError as exc:
+        if not serving:
+            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
+        fleet.set_state(pkey, ad.name, "Loading", f"agent: {exc}", path=current)
+        raise
+    if not serving or fetched.path != current:
+        metrics.FETCH_SECONDS.labels(*labels).observe(time.monotonic() - started)
+    return fetched
+
+
+async def load(rt: Runtime, pc: PodContext, ad: AdapterView, judged: Judgement, path: str) -> bool:
+    """Register `path` under the adapter's served name: True when vLLM did; False when it
+    refused the files; raises what is worth a retry."""
+    fleet, pkey = rt.fleet, pc.pod.key
+    labels = (ad.namespace, pc.base.name, ad.name)
+    current = pc.registered.get(ad.served_name)
+    started = time.monotonic()
+    try:
+        # A new version under a registered name is swapped in place: vLLM loads the new
+        # weights first, then replaces the old ones, so no request sees a missing adapter.
+        await pc.vllm.load_adapter(ad.served_name, path, inplace=current is not None)
+    except VLLMError as exc:
+        if exc.permanent:
             metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-            rt.kick(fleet.record_failure(ad.key, judged, exc.reason, exc.message))
+            rt.kick(fleet.record_failure(ad.key, judged, str(exc.reason), exc.message))
             fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
             return False
-        except VersionUnavailable as exc:
-            state = "Registered" if serving else "Loading"
-            error = f"{exc.reason}: {exc.message}"
-            fleet.set_state(pkey, ad.name, state, error, path=current, reason=exc.reason)
-            raise
-        except AgentError as exc:
-            fleet.set_state(pkey, ad.name, "Loading", f"agent: {exc}", path=current)
-            raise
-        version = Version(judged, fetched.path, fetched.summary, tuple(fetched.warnings))
-        kicks = fleet.record_version(ad.key, judged, version)
-        if kicks is None:
-            # The spec moved on, or another pod pinned other files first: look again now.
-            rt.kick([pkey])
-            return False
-        rt.kick(kicks - {pkey})
-        if current == fetched.path:
-            fleet.set_state(pkey, ad.name, "Registered", path=current)
-            return False
-        try:
-            # A new version under a registered name is swapped in place: vLLM loads the new
-            # weights first, then replaces the old ones, so no request sees a missing adapter.
-            await pc.vllm.load_adapter(ad.served_name, fetched.path, inplace=current is not None)
-        except VLLMError as exc:
-            if exc.permanent:
-                metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-                rt.kick(fleet.record_failure(ad.key, judged, str(exc.reason), exc.message))
-                fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
-                return False
-            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
-            fleet.set_state(pkey, ad.name, "Loading", f"{exc.reason}: {exc.message}", current)
-            raise
+        metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
+        fleet.set_state(pkey, ad.name, "Loading", f"{exc.reason}: {exc.message}", current)
+        raise
+    metrics.VLLM_LOAD_SECONDS.labels(*labels).observe(time.monotonic() - started)
     metrics.ADAPTER_LOADS.labels(*labels, "success").inc()
-    metrics.ADAPTER_LOAD_SECONDS.labels(ad.namespace, pc.base.name).observe(
-        time.monotonic() - started
-    )
-    if recovering:
-        metrics.ADAPTER_RECOVERIES.labels(*labels).inc()
-    fleet.set_state(pkey, ad.name, "Registered", path=fetched.path)
+    if current is not None:
+        replaced(rt, pc, ad, current)
+    fleet.record_load(pc.pod, ad, path, replaced=current)
     return True
+
+
+def replaced(rt: Runtime, pc: PodContext, ad: AdapterView, path: str) -> None:
+    """Count the registration an in-place load replaced as its owner's unload."""
+    owner = next(iter(store_versions([path])), None)
+    if owner is None:
+        return  # not from our store (e.g. --lora-modules): not ours to count
+    ns = pc.pod.namespace
+    placement = rt.fleet.placement(ns, pc.base.name)
+    reason = (
+        "new_version"
+        if owner == ad.name
+        else unload_reason(rt.fleet, ns, placement, owner, ad.served_name)
+    )
+    if reason is not None:
+        label = owner if reason != "orphan" else ""
+        metrics.ADAPTER_UNLOADS.labels(pc.pod.namespace, pc.base.name, label, reason).inc()
 
 
 async def unload(rt: Runtime, pc: PodContext, step: Unload) -> None:
     await pc.vllm.unload_adapter(step.served_name)
-    labels = (pc.pod.namespace, pc.base.name, step.adapter)
+    # An orphan's adapter is gone: a series in its name would outlive it.
+    label = "" if step.reason == "orphan" else step.adapter
+    labels = (pc.pod.namespace, pc.base.name, label)
+    metrics.ADAPTER_UNLOADS.labels(*labels, step.reason).inc()
     if step.reason == "capacity":
-        metrics.ADAPTER_EVICTIONS.labels(*labels, "CapacityExceeded").inc()
+        metrics.ADAPTER_EVICTIONS.labels(*labels, "server", "capacity").inc()
         rt.fleet.set_state(pc.pod.key, step.adapter, "Evicted", "CapacityExceeded")
     else:
-        metrics.ADAPTER_UNLOADS.labels(*labels, step.reason).inc()
         rt.fleet.clear_state(pc.pod.key, step.adapter)
 
 
@@ -312,6 +377,14 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
         # Ask the server itself rather than wait a probe period: its adapters go back the
         # moment it answers.
         raise ServerStarting(pod.name)
+    with metrics.pod_sync(pod.namespace, base.name):
+        await converge(rt, pod, base, vllm)
+    return True
+
+
+async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) -> None:
+    """List what the pod's vLLM serves, then load and unload until it serves its plan."""
+    fleet, key = rt.fleet, pod.key
     try:
         registered = (await vllm.list_models()).adapter_paths
     except VLLMError as exc:
@@ -345,4 +418,3 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
     await publish(rt, pc, steps.wanted, now)
     if errors:
         raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")
-    return True

@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from loraplane import metrics
 from loraplane.config import Settings
 from loraplane.fleet import Key
 
@@ -50,13 +49,11 @@ class PodWorker:
                 await asyncio.sleep(cfg.starting_poll_seconds)
                 self.kicked.set()
             except Exception as exc:  # any trouble: report, back off, and try again
-                metrics.POD_SYNCS.labels("error").inc()
                 log.info("sync of pod %s/%s: %s (retry in %.0fs)", *self.key, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, cfg.backoff_max_seconds)
                 self.kicked.set()
             else:
-                metrics.POD_SYNCS.labels("ok").inc()
                 backoff = cfg.backoff_initial_seconds
 
     def kick(self) -> None:

@@ -184,8 +184,11 @@ def test_killed_vllm_gets_its_adapters_back_and_is_not_ready_in_between(base: Cl
     for adapter in GOOD:
         wait_for(f"{adapter} Ready again", lambda a=adapter: _phase(base, a, "Ready"), timeout=60)
         # The restarted server got each adapter back once; new pods before it recovered nothing.
-        labels = f'adapter="{adapter}",base_model="{BASE}",namespace="{NS}"'
-        assert metric(f"loraplane_adapter_recoveries_total{{{labels}}}") == 1
+        # Labels as the exposition sorts them.
+        labels = (
+            f'adapter="{adapter}",base_model="{BASE}",cause="container_restart",namespace="{NS}"'
+        )
+        assert metric(f"loraplane_adapter_reregistrations_total{{{labels}}}") == 1
     assert completion(ip, "sql", PROMPT)
 
 
@@ -410,7 +413,7 @@ def test_capacity_evicts_the_lowest_priority_and_brings_it_back(base: Cluster) -
         lambda: [e for e in base.events(NS, "mlp") if e.get("reason") == "CapacityExceeded"],
         timeout=30,
     )
-    labels = f'adapter="mlp",base_model="{BASE}",namespace="{NS}",reason="CapacityExceeded"'
+    labels = f'adapter="mlp",base_model="{BASE}",namespace="{NS}",reason="capacity",tier="server"'
     wait_for(
         "one eviction counted per pod",
         lambda: metric(f"loraplane_adapter_evictions_total{{{labels}}}") == 2,

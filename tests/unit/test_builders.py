@@ -14,6 +14,7 @@ import yaml
 
 from loraplane.api import BaseModelDeploymentSpec
 from loraplane.builders.deployment import PodContext, ResourceError, deployment
+from loraplane.builders.network_policy import OPERATOR_POD_LABELS, network_policy
 from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError, check_extra_args, vllm_args
 
@@ -113,6 +114,22 @@ def test_deployment_golden(name: str) -> None:
 def test_service_and_secret_golden() -> None:
     check_golden("service", service(owner("tiny-cpu"), 8000))
     check_golden("agent-secret", agent_token_secret(owner("tiny-cpu"), "t0ken"))
+
+
+def test_network_policy_golden() -> None:
+    clients = ({"namespaceSelector": {"matchLabels": {"team": "ml"}}},)
+    check_golden(
+        "network-policy", network_policy(owner("tiny-cpu"), 8000, 8081, "loraplane-system", clients)
+    )
+
+
+def test_network_policy_without_clients_opens_the_vllm_port_only() -> None:
+    policy = network_policy(owner("tiny-cpu"), 8000, 8081, None, ())
+    vllm, agent = policy["spec"]["ingress"]
+    assert "from" not in vllm and vllm["ports"] == [{"protocol": "TCP", "port": 8000}]
+    operator = {"podSelector": {"matchLabels": OPERATOR_POD_LABELS}}
+    assert agent["from"][0] == operator  # no operator namespace known: the base model's own
+    assert agent["ports"] == [{"protocol": "TCP", "port": 8081}]
 
 
 def test_tp4_gets_four_gpus_and_shared_memory() -> None:

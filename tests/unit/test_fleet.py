@@ -248,7 +248,9 @@ def test_registered_series_go_with_their_pod_and_adapter() -> None:
 
     def series() -> set[str]:
         text = generate_latest(registry).decode()
-        return {line for line in text.splitlines() if line.startswith("loraplane_adapter_reg")}
+        return {
+            line for line in text.splitlines() if line.startswith("loraplane_adapter_registered{")
+        }
 
     assert (
         'loraplane_adapter_registered{adapter="a",base_model="base",namespace="ns",pod="p1"} 1.0'

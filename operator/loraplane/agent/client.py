@@ -7,9 +7,21 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from loraplane import metrics
 from loraplane.agent import protocol
 
 M = TypeVar("M", bound=BaseModel)
+
+# The endpoint label of each route in loraplane_agent_api_errors_total.
+ENDPOINTS = {protocol.FETCH: "fetch", protocol.REQUIRED: "required", protocol.PRUNE: "prune"}
+# Answers of the agent that are verdicts on the adapter, by class.
+VERDICTS = {protocol.REJECTED_STATUS: "rejected", protocol.UNAVAILABLE_STATUS: "unavailable"}
+
+
+def error_class(status: int) -> str:
+    if status in VERDICTS:
+        return VERDICTS[status]
+    return "client_error" if status < 500 else "server_error"
 
 
 class AgentError(Exception):
@@ -44,6 +56,8 @@ class AgentClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _call(self, method: str, path: str, body: BaseModel) -> tuple[int, Any]:
+        """One call; the one place its failures are counted, by endpoint and class."""
+        errors = metrics.AGENT_API_ERRORS
         try:
             async with self._session.request(
                 method,
@@ -52,9 +66,19 @@ class AgentClient:
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
-                return resp.status, await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                status, data = resp.status, await resp.json(content_type=None)
+        except TimeoutError as exc:
+            errors.labels(ENDPOINTS[path], "timeout").inc()
+            raise AgentError(f"agent at {self.base_url} timed out: {exc!r}") from exc
+        except aiohttp.ClientError as exc:
+            errors.labels(ENDPOINTS[path], "unreachable").inc()
             raise AgentError(f"agent at {self.base_url} unreachable: {exc!r}") from exc
+        except ValueError as exc:  # an answer that is not JSON: not our agent answering
+            errors.labels(ENDPOINTS[path], "server_error").inc()
+            raise AgentError(f"agent at {self.base_url} answered no JSON: {exc!r}") from exc
+        if status != 200:
+            errors.labels(ENDPOINTS[path], error_class(status)).inc()
+        return status, data
 
     @staticmethod
     def _parse(model: type[M], what: str, status: int, data: Any) -> M:

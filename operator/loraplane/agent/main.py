@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from loraplane.agent import protocol
 from loraplane.agent.readiness import RequiredStore, evaluate
 from loraplane.agent.store import AdapterStore, Rejected, Unavailable
+from loraplane.cli import parse_args
 from loraplane.config import AgentSettings
 from loraplane.vllm.client import VLLMClient
 from loraplane.vllm.errors import VLLMError
@@ -142,6 +143,12 @@ def build_app(cfg: AgentSettings) -> web.Application:
 
 
 def main() -> None:
+    parse_args(
+        "loraplane-agent",
+        "The loraplane agent, the sidecar of each vLLM pod: fetches and verifies adapter files "
+        "into the adapter store, and serves the pod's readiness.",
+        AgentSettings,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = AgentSettings.from_env()
     log.info("agent listening on :%d, vLLM at %s", cfg.agent_port, cfg.vllm_url)

@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 
+from loraplane import metrics
 from loraplane.api import ADAPTER_KIND, ADAPTER_PLURAL, GROUP, VERSION, LoRAAdapterStatus
 from loraplane.handlers.wake import changed_or_period
 from loraplane.runtime import Runtime
@@ -38,7 +39,8 @@ async def report_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **k
     if ad.deleting or adapter_status.waiting_for_first_look(rt.fleet, ad):
         return
     old = LoRAAdapterStatus.from_k8s(body.get("status") or {})
-    new = adapter_status.compute(rt.fleet, ad, old, rt.settings.pod_status_cap)
+    with metrics.RECONCILE_SECONDS.labels(ADAPTER_KIND).time():
+        new = adapter_status.compute(rt.fleet, ad, old, rt.settings.pod_status_cap)
     if new.to_k8s() != old.to_k8s():
         patch.status.update(whole(new))
     for ev in adapter_status.events(rt.republish(ADAPTER_KIND, key, old, new), new):

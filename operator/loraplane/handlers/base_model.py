@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from loraplane import children
+from loraplane import children, metrics
 from loraplane.api import BASE_MODEL_KIND, BASE_MODEL_PLURAL, GROUP, VERSION
 from loraplane.api import BaseModelDeploymentStatus as Status
 from loraplane.handlers.wake import changed_or_period
@@ -31,6 +31,7 @@ async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 # Unfiltered: kopf filters labels in the process anyway, and a child's labels can be edited.
 @kopf.on.event("apps", "v1", "deployments")
 @kopf.on.event("", "v1", "services")
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.fleet.observe_child(event["object"], deleted=event["type"] == "DELETED")
 
@@ -44,7 +45,8 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: A
     if not await changed_or_period(rt.fleet.base_changed(key), kw["stopped"], period):
         return
     try:
-        outcome = await children.converge(rt, body)
+        with metrics.RECONCILE_SECONDS.labels(BASE_MODEL_KIND).time():
+            outcome = await children.converge(rt, body)
     except ApiException as exc:
         if exc.status == 403 and "being terminated" in str(exc.body):
             return  # the namespace is going away, and the children with it

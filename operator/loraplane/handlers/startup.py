@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from loraplane import kube, metrics
 from loraplane.api import ADAPTER_KIND, API_VERSION, BASE_MODEL_KIND
 from loraplane.builders import naming
+from loraplane.children import CHILD_KINDS
 from loraplane.config import settings as load_settings
 from loraplane.fleet import Fleet
 from loraplane.handlers.pods import POD_LABELS
@@ -34,13 +35,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix="loraplane.dev", key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
+    # The resources are found once at start (the chart installs the CRDs first); watching CRDs
+    # for later changes would need cluster-wide read access to every CRD, for nothing.
+    settings.scanning.disabled = True
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
     api, fleet = ApiClient(), Fleet()
     try:
-        await _seed(fleet, api, cfg.namespace)
+        await _seed(fleet, api, cfg.namespaces)
     except ApiException as exc:
         # A control plane still starting answers 429 or 5xx: soon again, without a Traceback.
         await api.close()
@@ -48,30 +52,34 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     rt = Runtime.create(api, aiohttp.ClientSession(), cfg, fleet)
     rt.kick(rt.fleet.pods)
     metrics.watch_fleet(rt.fleet)
+    metrics.count_watch_restarts()
     memo.runtime = rt
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
 
 
-async def _seed(fleet: Fleet, api: ApiClient, namespace: str | None) -> None:
+async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...]) -> None:
     """Know every base model, adapter, child and pod before any pod is synced or status published.
 
     Watch events arrive in no particular order after a restart: a pod synced before the adapters
     are known would lose them, and an adapter seen before its pods would be reported with zero
     replicas for a moment, a status that lies.
     """
-    for obj in await kube.list_objects(api, API_VERSION, BASE_MODEL_KIND, namespace):
-        fleet.observe_base(obj)
-    for obj in await kube.list_objects(api, API_VERSION, ADAPTER_KIND, namespace):
-        fleet.observe_adapter(obj)
+    scopes: tuple[str | None, ...] = namespaces or (None,)
+    for namespace in scopes:
+        for obj in await kube.list_objects(api, API_VERSION, BASE_MODEL_KIND, namespace):
+            fleet.observe_base(obj)
+    for namespace in scopes:
+        for obj in await kube.list_objects(api, API_VERSION, ADAPTER_KIND, namespace):
+            fleet.observe_adapter(obj)
     children = naming.label_selector({"app.kubernetes.io/managed-by": naming.MANAGED_BY})
-    for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
-        for obj in await kube.list_objects(api, api_version, kind, namespace, children):
-            fleet.observe_child({**obj, "kind": kind})
-    for obj in await kube.list_objects(
-        api, "v1", "Pod", namespace, naming.label_selector(POD_LABELS)
-    ):
-        fleet.observe_pod(obj)
+    for namespace in scopes:
+        for api_version, kind in CHILD_KINDS:
+            for obj in await kube.list_objects(api, api_version, kind, namespace, children):
+                fleet.observe_child({**obj, "kind": kind})
+        pods = naming.label_selector(POD_LABELS)
+        for obj in await kube.list_objects(api, "v1", "Pod", namespace, pods):
+            fleet.observe_pod(obj)
 
 
 @kopf.on.cleanup()

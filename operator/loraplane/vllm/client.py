@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraplane import metrics
 from loraplane.vllm.errors import (
     AdapterNameConflict,
     AdapterNotLoaded,
@@ -27,6 +28,7 @@ from loraplane.vllm.errors import (
     VLLMError,
     VLLMServerError,
     classify,
+    error_class,
 )
 
 __all__ = ["LoadOutcome", "ModelCard", "ModelList", "UnloadOutcome", "VLLMClient"]
@@ -35,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 LOAD_PATH = "/v1/load_lora_adapter"
 UNLOAD_PATH = "/v1/unload_lora_adapter"
+# The endpoint label of each route in loraplane_vllm_api_errors_total.
+ENDPOINTS = {
+    "/health": "health",
+    "/version": "version",
+    "/v1/models": "models",
+    LOAD_PATH: "load",
+    UNLOAD_PATH: "unload",
+}
+# Answers the client turns into successes: not errors.
+BENIGN = (AlreadyLoaded, AdapterNotLoaded)
 
 
 class ModelCard(BaseModel):
@@ -124,7 +136,9 @@ class VLLMClient:
         payload: dict[str, Any] | None = None,
         limit: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, bytes]:
+        """One call; the one place its failures are counted, by endpoint and class."""
         url = self.base_url + path
+        errors = metrics.VLLM_API_ERRORS
         try:
             async with self._session.request(
                 method,
@@ -133,16 +147,21 @@ class VLLMClient:
                 headers=self._headers,
                 timeout=limit or self._timeout,
             ) as response:
-                return response.status, await response.read()
+                status, body = response.status, await response.read()
         except TimeoutError as e:
+            errors.labels(ENDPOINTS[path], "timeout").inc()
             raise TransientVLLMError(
                 Reason.TRANSIENT, f"{method} {url} timed out after {self._describe(limit)}"
             ) from e
         except aiohttp.ClientError as e:
+            errors.labels(ENDPOINTS[path], "unreachable").inc()
             # Connection refused while the server starts, reset when it dies, DNS, payload.
             raise TransientVLLMError(
                 Reason.TRANSIENT, f"{method} {url} failed: {type(e).__name__}: {e}"
             ) from e
+        if status >= 400 and not isinstance(error := classify(status, body), BENIGN):
+            errors.labels(ENDPOINTS[path], error_class(error)).inc()
+        return status, body
 
     def _describe(self, timeout: aiohttp.ClientTimeout | None) -> str:
         total = (timeout or self._timeout).total

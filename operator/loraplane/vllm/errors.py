@@ -30,6 +30,7 @@ __all__ = [
     "VLLMError",
     "VLLMServerError",
     "classify",
+    "error_class",
     "normalize_message",
     "parse_error_body",
 ]
@@ -406,3 +407,12 @@ def classify(status: int, body: bytes | str | Mapping[str, Any] | None) -> VLLME
         # refused it (up to 0.17 every such refusal was a 400), so retrying will not help.
         return AdapterRejected(Reason.ADAPTER_REJECTED, message, **kwargs)
     return VLLMServerError(Reason.SERVER_ERROR, message, **kwargs)
+
+
+def error_class(error: VLLMError) -> str:
+    """The coarse class of an error answer (rejected, client_error, server_error), for metrics."""
+    if error.permanent:
+        return "rejected"
+    if error.status is not None and error.status < 500:
+        return "client_error"
+    return "server_error"

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# make demo / make demo-down: the chart on the local cluster (the operator in a pod, under its
+# ServiceAccount), the tiny example applied, and proof that it is served.
+#   hack/demo.sh up     install, apply examples/tiny/, wait (showing progress), show the result
+#   hack/demo.sh down   remove what `up` made; CRDs only if `up` created them
+# `make demo` has already built what is missing (venv, cluster, tiny model and adapters).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+home=${LORAPLANE_HOME:-$HOME/.cache/loraplane}
+eval "$(bash "$here/cluster.sh" env)"
+
+RELEASE=${DEMO_RELEASE:-loraplane}
+OPERATOR_NS=${DEMO_OPERATOR_NAMESPACE:-loraplane-system}
+DEMO_NS=${DEMO_NAMESPACE:-loraplane-demo}
+TIMEOUT=${DEMO_TIMEOUT_SECONDS:-600}
+ADAPTERS=(tiny-chat tiny-sql tiny-summarize)
+REFUSED=tiny-too-big
+CRDS=(basemodeldeployments.loraplane.dev loraadapters.loraplane.dev)
+state=$home/demo
+mkdir -p "$state"
+start=$(date +%s)
+
+step() { echo "[demo $(( $(date +%s) - start ))s] $*"; }
+fail() { echo "[demo] FAILED: $*" >&2; exit 1; }
+jp() { kubectl "$@" 2>/dev/null || true; }
+
+# A CRD applied by hand (the integration tests do) has no Helm owner: Helm refuses to install
+# over it unless it carries the release's ownership metadata, so give it that (Helm's adoption).
+adopt_crds() {
+  local crd
+  for crd in "${CRDS[@]}"; do
+    kubectl get crd "$crd" >/dev/null 2>&1 || continue
+    kubectl label --overwrite crd "$crd" app.kubernetes.io/managed-by=Helm >/dev/null
+    kubectl annotate --overwrite crd "$crd" meta.helm.sh/release-name="$RELEASE" \
+      meta.helm.sh/release-namespace="$OPERATOR_NS" >/dev/null
+  done
+}
+
+wait_until() { # wait_until WHAT CHECK: CHECK prints a progress line; 0 done, 2 hopeless
+  local what=$1 check=$2 line rc last=0
+  while true; do
+    rc=0; line=$($check) || rc=$?
+    if (( rc == 0 )); then step "$what: $line"; return 0; fi
+    if (( rc == 2 )); then fail "$what: $line"; fi
+    if (( $(date +%s) - last >= 10 )); then step "waiting for $what: $line"; last=$(date +%s); fi
+    (( $(date +%s) - start < TIMEOUT )) || fail "$what not done after ${TIMEOUT}s ($line)"
+    sleep 2
+  done
+}
+
+operator_ready() {
+  local ready restarts
+  ready=$(jp -n "$OPERATOR_NS" get deploy "$RELEASE" -o 'jsonpath={.status.readyReplicas}')
+  restarts=$(jp -n "$OPERATOR_NS" get pods -l app.kubernetes.io/instance="$RELEASE" \
+    -o 'jsonpath={.items[0].status.containerStatuses[0].restartCount}')
+  echo "operator pod ready ${ready:-0}/1, restarts ${restarts:-0}"
+  if (( ${restarts:-0} > 2 )); then
+    tail -n 20 "$home"/logs/"$OPERATOR_NS"/*/operator.log >&2
+    echo "the operator keeps restarting (its log: $home/logs/$OPERATOR_NS/<pod>/operator.log)"
+    return 2
+  fi
+  [[ ${ready:-0} == 1 ]]
+}
+
+served() {
+  local pods ready total phases
+  pods=$(jp -n "$DEMO_NS" get pods -l loraplane.dev/base-model=tiny \
+    -o 'jsonpath={range .items[*]}{.status.containerStatuses[?(@.name=="vllm")].ready}{" "}{end}')
+  total=$(wc -w <<<"$pods"); ready=$(grep -o true <<<"$pods" | wc -l || true)
+  phases=$(jp -n "$DEMO_NS" get lora -o 'jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}')
+  echo "vLLM servers ready $ready/2 (CPU vLLM starts in about a minute); adapters: ${phases:-none yet}"
+  local a
+  for a in "${ADAPTERS[@]}"; do [[ " $phases" == *" $a=Ready"* ]] || return 1; done
+  [[ " $phases" == *" $REFUSED=Failed"* ]]
+}
+
+completion() { # completion POD_IP MODEL
+  curl -sf "http://$1:8000/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\": \"$2\", \"prompt\": \"hello world\", \"max_tokens\": 8, \"temperature\": 0}" |
+    python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["choices"][0]["text"]))'
+}
+
+up() {
+  step "cluster: $(bash "$here/cluster.sh" status >/dev/null && echo up || echo 'not healthy')"
+  if [[ -z $(jp get crd "${CRDS[0]}" -o name) ]]; then touch "$state/made-crds"; fi
+  adopt_crds
+  step "helm upgrade --install $RELEASE charts/loraplane -n $OPERATOR_NS (operator image ghcr.io/loraplane/loraplane: this checkout, on the process node)"
+  helm upgrade --install "$RELEASE" "$repo/charts/loraplane" -n "$OPERATOR_NS" --create-namespace \
+    >"$state/helm.log" || { cat "$state/helm.log"; fail "helm install"; }
+  wait_until "the operator" operator_ready
+  kubectl create namespace "$DEMO_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  step "kubectl apply -f examples/tiny/ -n $DEMO_NS"
+  for f in "$repo"/examples/tiny/*.yaml; do
+    sed "s|/root/.cache/loraplane|$home|g" "$f" | kubectl apply -n "$DEMO_NS" -f - >/dev/null
+  done
+  wait_until "3 adapters Ready on 2 vLLM servers, $REFUSED refused" served
+  echo
+  kubectl get bmd,lora -n "$DEMO_NS"
+  echo
+  kubectl get lora "$REFUSED" -n "$DEMO_NS" \
+    -o 'jsonpath={range .status.conditions[?(@.type=="Validated")]}'"$REFUSED"': Validated={.status} {.reason}: {.message}{"\n"}{end}'
+  local ips ip
+  ips=$(kubectl get pods -n "$DEMO_NS" -l loraplane.dev/base-model=tiny -o 'jsonpath={.items[*].status.podIP}')
+  ip=${ips%% *}
+  echo
+  echo "Completions (greedy, 8 tokens) from vLLM pod $ip:"
+  local model
+  for model in tiny "${ADAPTERS[@]}"; do
+    printf '  %-16s %s\n' "$model" "$(completion "$ip" "$model")"
+  done
+  local op
+  op=$(kubectl get pods -n "$OPERATOR_NS" -l app.kubernetes.io/instance="$RELEASE" -o 'jsonpath={.items[0].status.podIP}')
+  echo
+  echo "From the operator's /metrics (http://$op:8080/metrics):"
+  curl -sf "http://$op:8080/metrics" | grep -E '^loraplane_adapter_(registered|loads_total|ready)[{ ]' | grep -v ' 0.0$' | sort | head -12 | sed 's/^/  /'
+  echo
+  step "done. Remove it all with: make demo-down"
+}
+
+down() {
+  step "deleting namespace $DEMO_NS (the operator unregisters its adapters first)"
+  kubectl delete namespace "$DEMO_NS" --ignore-not-found --timeout=120s >/dev/null
+  step "helm uninstall $RELEASE -n $OPERATOR_NS"
+  helm uninstall "$RELEASE" -n "$OPERATOR_NS" --wait --ignore-not-found >/dev/null
+  kubectl delete namespace "$OPERATOR_NS" --ignore-not-found --timeout=60s >/dev/null
+  if [[ -e $state/made-crds ]]; then
+    step "deleting the CRDs (the demo created them)"
+    kubectl delete crd "${CRDS[@]}" --ignore-not-found >/dev/null
+    rm -f "$state/made-crds"
+  fi
+  step "removed"
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

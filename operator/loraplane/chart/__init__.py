@@ -1,0 +1,1 @@
+"""The Helm chart's generated parts: values (schema, defaults, README), CRD templates, env."""
