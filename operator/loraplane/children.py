@@ -63,7 +63,12 @@ async def _converge_network_policy(rt: Runtime, owner: dict[str, Any]) -> None:
             rt.fleet.observe_child(live, deleted=True)
         return
     desired = network_policy(
-        owner, cfg.vllm_port, cfg.agent_port, cfg.operator_namespace, cfg.network_policy_clients
+        owner,
+        cfg.vllm_port,
+        cfg.agent_port,
+        cfg.agent_metrics_port,
+        cfg.operator_namespace,
+        cfg.network_policy_clients,
     )
     rt.fleet.observe_child(await kube.converge(rt.api, desired, live, NETWORK_POLICY_KEYS))
 

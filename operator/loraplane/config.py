@@ -82,6 +82,21 @@ class Settings(_FromEnv):
     )
     agent_port: int = Field(8081, description="Port of the agent sidecar in each vLLM pod.")
     vllm_port: int = Field(8000, description="Port vLLM listens on in each pod.")
+    agent_metrics_port: int = Field(
+        8082,
+        description=(
+            "Port of the agent's /metrics in each vLLM pod (engine residency and evictions), "
+            "open to whoever may reach the vLLM port."
+        ),
+    )
+    engine_plugin: bool = Field(
+        True,
+        description=(
+            "Enable loraplane's vLLM plugin in the pods (VLLM_PLUGINS): per-adapter GPU and CPU "
+            "residency and evictions. Needs a vLLM image with the loraplane package (images/vllm); "
+            "other images serve as before, without residency."
+        ),
+    )
     resync_seconds: float = Field(
         60.0, gt=0, description="Slow periodic per-pod check of /v1/models that catches drift."
     )
@@ -198,6 +213,17 @@ class AgentSettings(_FromEnv):
     vllm_probe_timeout_seconds: float = Field(
         2.0, gt=0, description="Timeout of the readiness check's calls to vLLM."
     )
+    metrics_port: int | None = Field(
+        None, description="Port of the agent's /metrics (engine residency); none: not served."
+    )
+    residency_dir: Path | None = Field(
+        None,
+        description=(
+            "Where vLLM's loraplane plugin writes its residency snapshot (a memory volume both "
+            "containers mount); none: the engine reports no residency."
+        ),
+    )
+    base_model: str = Field("", description="The BaseModelDeployment's name, a metrics label.")
 
 
 @lru_cache(maxsize=1)

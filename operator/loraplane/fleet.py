@@ -177,6 +177,9 @@ class Fleet:
     agent_told: dict[Key, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = field(
         default_factory=dict
     )
+    # pod key -> served name -> tier of what its engine holds (gpu or cpu; absent: disk), as its
+    # sync last read it; no entry: the engine does not report residency
+    residency: dict[Key, dict[str, str]] = field(default_factory=dict)
     # uids of base models whose agent token Secret exists
     agent_secrets: set[str] = field(default_factory=set)
     # base key -> kind -> the live child object, as the watches last showed it
@@ -380,6 +383,7 @@ class Fleet:
         states = self.pod_states.pop(key, {})
         self.registrations.pop(key, None)
         self.agent_told.pop(key, None)
+        self.residency.pop(key, None)
         if gone is None:
             return
         for held, newer in self._newer.items():
@@ -537,6 +541,35 @@ class Fleet:
         view = self.pods.get(pod)
         if view is not None:
             self.touch(view.namespace, view.base_model)
+
+    def tier(self, pod: Key, served_name: str) -> str | None:
+        """Where the pod's engine holds `served_name`: gpu, cpu, disk; None: not reported."""
+        tiers = self.residency.get(pod)
+        return None if tiers is None else tiers.get(served_name, "disk")
+
+    def record_residency(self, pod: Key, tiers: Mapping[str, str] | None) -> None:
+        """What the pod's engine holds now (None: it does not say); wakes adapters it moved."""
+        before = self.residency.get(pod)
+        if before == tiers:
+            return
+        if tiers is None:
+            self.residency.pop(pod, None)
+        else:
+            self.residency[pod] = dict(tiers)
+        view = self.pods.get(pod)
+        if view is None:
+            return
+        moved = {
+            n
+            for n in set(before or {}) | set(tiers or {})
+            if (before or {}).get(n) != (tiers or {}).get(n)
+        }
+        if before is None or tiers is None:
+            moved = set(self.registrations.get(pod, {})) | moved
+        holders = self._name_holders(view.namespace, view.base_model)
+        for name in moved:
+            if (ad := holders.get(name)) is not None:
+                self.adapter_changed(ad.key).set()
 
     def lost_registrations(self, pod: Key) -> None:
         """The pod's vLLM is not ready: a restarted server has nothing registered.

@@ -17,18 +17,20 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from loraplane.api import LoRAAdapterStatus
 from loraplane.api.adapter import MAX_STATUS_PODS
+from loraplane.plugin.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from loraplane.fleet import AdapterView, Fleet
@@ -56,6 +58,7 @@ class Family:
     type: str
     labels: tuple[str, ...]
     help: str
+    exporter: str = "operator"
 
 
 FAMILIES: list[Family] = []
@@ -123,8 +126,8 @@ ADAPTER_EVICTIONS = _metric(
     "loraplane_adapter_evictions_total",
     "Evictions of the adapter, by tier and reason: tier server, reason capacity: the operator "
     "unregistered it from a vLLM server under maxAdaptersPerReplica (also an unload, reason "
-    "capacity). Tiers gpu and cpu (reason lru) are reserved for the engine's own evictions, "
-    "which no released component reports yet.",
+    "capacity). Tiers gpu and cpu, reason lru, with a pod label: the engine's own evictions, "
+    "from each pod's agent (see loraplane_adapter_evictions_total from the agent).",
     (*ADAPTER, "tier", "reason"),
 )
 ADAPTER_REREGISTRATIONS = _metric(
@@ -218,7 +221,7 @@ VLLM_API_ERRORS = _metric(
 AGENT_API_ERRORS = _metric(
     Counter,
     "loraplane_agent_api_errors_total",
-    "Calls to a pod's agent that failed, by endpoint (fetch, required, prune) and class "
+    "Calls to a pod's agent that failed, by endpoint (fetch, required, prune, residency) and class "
     "(timeout, unreachable, rejected, unavailable, client_error, server_error).",
     ("endpoint", "class"),
 )
@@ -388,16 +391,116 @@ def watch_fleet(fleet: Fleet) -> None:
     REGISTRY.register(_collector)
 
 
+# -- the engine's residency, exported by each pod's agent -----------------------------------
+# Read from the snapshot of loraplane's vLLM plugin at each scrape (loraplane.plugin.snapshot):
+# counters since the adapter came into that engine, so a vLLM restart or an unload starts them
+# again, which rate() reads as a reset. A series exists while its adapter's files are in the
+# pod's store and the engine reports it; none of them outlives its pod.
+
+ENGINE_POD = (*ADAPTER, "pod")
+
+
+def _engine(name: str, type_: str, help_: str, labels: tuple[str, ...] = ENGINE_POD) -> Family:
+    family = Family(name, type_, labels, help_, exporter="agent")
+    FAMILIES.append(family)
+    return family
+
+
+ENGINE_RESIDENT = _engine(
+    "loraplane_adapter_resident",
+    "gauge",
+    "1 for the tier the adapter's weights sit in now in the pod's engine, else 0: gpu (one of "
+    "--max-loras GPU slots), cpu (vLLM's CPU cache of --max-cpu-loras). 0 in both: on disk, "
+    "read again on its next request.",
+    (*ENGINE_POD, "tier"),
+)
+ENGINE_ACTIVATIONS = _engine(
+    "loraplane_adapter_activations_total",
+    "counter",
+    "Times the adapter took a GPU slot in the pod's engine (a request for it found it in none).",
+)
+ENGINE_EVICTIONS = _engine(
+    "loraplane_adapter_evictions_total",
+    "counter",
+    "Engine evictions of the adapter on the pod, by tier, reason lru: gpu (it lost its GPU slot "
+    "to another adapter), cpu (it left the CPU cache; its next request reads it from disk).",
+    (*ENGINE_POD, "tier", "reason"),
+)
+ENGINE_DISK_LOADS = _engine(
+    "loraplane_adapter_disk_loads_total",
+    "counter",
+    "Reads of the adapter's files into the engine's CPU cache: its registration, then every "
+    "request that found it evicted to disk.",
+)
+ENGINE_DISK_LOAD_SECONDS = _engine(
+    "loraplane_adapter_disk_load_seconds_total",
+    "counter",
+    "Time the engine spent on those reads (divide by loraplane_adapter_disk_loads_total for the "
+    "mean; a sum, not a histogram: this is a series per adapter per pod).",
+)
+ENGINE_SLOTS = _engine(
+    "loraplane_engine_lora_slots",
+    "gauge",
+    "Capacity of the pod's engine, by tier: gpu (--max-loras), cpu (--max-cpu-loras).",
+    (*BASE, "pod", "tier"),
+)
+TIERS = ("gpu", "cpu")
+
+
+def engine_metrics(
+    snap: Snapshot,
+    namespace: str,
+    base_model: str,
+    pod: str,
+    adapter_of: Callable[[str], str | None],
+) -> Iterator[Metric]:
+    """The families of one engine's snapshot; `adapter_of` maps an adapter's path to its
+    LoRAAdapter's name (None: not one of ours, left out)."""
+    resident = GaugeMetricFamily(
+        ENGINE_RESIDENT.name, ENGINE_RESIDENT.help, labels=list(ENGINE_RESIDENT.labels)
+    )
+    counters = {
+        spec.name: CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+        for spec in (
+            ENGINE_ACTIVATIONS, ENGINE_EVICTIONS, ENGINE_DISK_LOADS, ENGINE_DISK_LOAD_SECONDS
+        )
+    }  # fmt: skip
+    for served in sorted(snap.adapters):
+        a = snap.adapters[served]
+        adapter = adapter_of(a.path)
+        if adapter is None:
+            continue
+        labels = [namespace, base_model, adapter, pod]
+        for tier in TIERS:
+            resident.add_metric([*labels, tier], 1.0 if a.tier == tier else 0.0)
+        counters[ENGINE_ACTIVATIONS.name].add_metric(labels, a.activations)
+        counters[ENGINE_EVICTIONS.name].add_metric([*labels, "gpu", "lru"], a.gpu_evictions)
+        counters[ENGINE_EVICTIONS.name].add_metric([*labels, "cpu", "lru"], a.cpu_evictions)
+        counters[ENGINE_DISK_LOADS.name].add_metric(labels, a.disk_loads)
+        counters[ENGINE_DISK_LOAD_SECONDS.name].add_metric(labels, a.disk_load_seconds)
+    slots = GaugeMetricFamily(
+        ENGINE_SLOTS.name, ENGINE_SLOTS.help, labels=list(ENGINE_SLOTS.labels)
+    )
+    slots.add_metric([namespace, base_model, pod, "gpu"], snap.gpu_slots)
+    slots.add_metric([namespace, base_model, pod, "cpu"], snap.cpu_slots)
+    yield resident
+    yield from counters.values()
+    yield slots
+
+
 # -- docs/metrics.md -------------------------------------------------------------------------
 
 
 def doc_table() -> str:
     """The Markdown table of every family, as docs/metrics.md carries it."""
-    rows = ["| name | type | labels | meaning |", "| --- | --- | --- | --- |"]
-    for f in sorted(FAMILIES, key=lambda f: f.name):
+    rows = [
+        "| name | type | labels | exported by | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in sorted(FAMILIES, key=lambda f: (f.name, f.exporter)):
         labels = ", ".join(f"`{label}`" for label in f.labels)
         meaning = f.help.replace("|", r"\|")
-        rows.append(f"| `{f.name}` | {f.type} | {labels} | {meaning} |")
+        rows.append(f"| `{f.name}` | {f.type} | {labels} | {f.exporter} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 

@@ -59,14 +59,7 @@ class Plan:
 
 def store_versions(paths: Iterable[str | None]) -> dict[str, str]:
     """{adapter dir: version dir} of every path under the adapter store."""
-    keep: dict[str, str] = {}
-    prefix = naming.ADAPTER_MOUNT_PATH.rstrip("/") + "/"
-    for path in paths:
-        if path and path.startswith(prefix):
-            parts = path[len(prefix) :].strip("/").split("/")
-            if len(parts) == 2:
-                keep[parts[0]] = parts[1]
-    return keep
+    return dict(entry for path in paths if (entry := naming.store_entry(path)) is not None)
 
 
 def plan(fleet: Fleet, base: BaseView, registered: Registered) -> Plan:
@@ -337,6 +330,18 @@ async def publish(
     await set_gate(rt, pc.pod, settled, f"{len(serving)}/{len(wanted)} adapters registered")
 
 
+async def read_residency(rt: Runtime, pc: PodContext) -> None:
+    """Where the engine holds each adapter now, for the status; read at every sync, the
+    slow resync included, so a status lags the engine by at most one resync period."""
+    try:
+        residency = await pc.agent.residency()
+    except AgentError as exc:
+        log.debug("%s: no residency from its agent: %s", pc.pod.name, exc)
+        residency = None
+    tiers = residency.tiers if residency is not None and residency.available else None
+    rt.fleet.record_residency(pc.pod.key, tiers)
+
+
 async def set_gate(rt: Runtime, pod: PodView, ready: bool, message: str) -> None:
     if pod.gate is ready:
         return
@@ -416,5 +421,6 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
         now = (await vllm.list_models()).adapter_paths
     fleet.record_registrations(key, now)
     await publish(rt, pc, steps.wanted, now)
+    await read_residency(rt, pc)
     if errors:
         raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")

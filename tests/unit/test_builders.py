@@ -118,15 +118,15 @@ def test_service_and_secret_golden() -> None:
 
 def test_network_policy_golden() -> None:
     clients = ({"namespaceSelector": {"matchLabels": {"team": "ml"}}},)
-    check_golden(
-        "network-policy", network_policy(owner("tiny-cpu"), 8000, 8081, "loraplane-system", clients)
-    )
+    policy = network_policy(owner("tiny-cpu"), 8000, 8081, 8082, "loraplane-system", clients)
+    check_golden("network-policy", policy)
 
 
-def test_network_policy_without_clients_opens_the_vllm_port_only() -> None:
-    policy = network_policy(owner("tiny-cpu"), 8000, 8081, None, ())
+def test_network_policy_without_clients_opens_the_vllm_and_metrics_ports_only() -> None:
+    policy = network_policy(owner("tiny-cpu"), 8000, 8081, 8082, None, ())
     vllm, agent = policy["spec"]["ingress"]
-    assert "from" not in vllm and vllm["ports"] == [{"protocol": "TCP", "port": 8000}]
+    open_ports = [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8082}]
+    assert "from" not in vllm and vllm["ports"] == open_ports
     operator = {"podSelector": {"matchLabels": OPERATOR_POD_LABELS}}
     assert agent["from"][0] == operator  # no operator namespace known: the base model's own
     assert agent["ports"] == [{"protocol": "TCP", "port": 8081}]

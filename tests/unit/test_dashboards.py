@@ -34,6 +34,12 @@ PANELS = {
     "Evictions by tier": "timeseries",
     "Re-registrations by cause": "timeseries",
     "In-flight adapters per pod (vLLM)": "table",
+    "Resident adapters by tier": "timeseries",
+    "Engine evictions per request": "timeseries",
+    "Disk loads by adapter": "timeseries",
+    "Mean disk load time": "timeseries",
+    "GPU activations by adapter": "timeseries",
+    "Where each adapter sits": "table",
     "Reconcile duration p95 by kind": "timeseries",
     "Pod sync duration p95": "timeseries",
     "Pod syncs by result": "timeseries",
@@ -66,6 +72,13 @@ METRICS = {
     "loraplane_work_in_flight",
     "loraplane_watch_restarts_total",
     "vllm:lora_requests_info",
+    "vllm:request_success_total",
+    # From each pod's agent: the engine residency of loraplane's vLLM plugin.
+    "loraplane_adapter_resident",
+    "loraplane_adapter_activations_total",
+    "loraplane_adapter_disk_loads_total",
+    "loraplane_adapter_disk_load_seconds_total",
+    "loraplane_engine_lora_slots",
 }
 METRIC_NAME = re.compile(r"\b(?:loraplane_\w+|vllm:\w+)")
 
@@ -121,7 +134,7 @@ def test_namespace_base_model_and_adapter_are_chained_multi_select_variables(
 def test_every_panel_the_issue_lists_is_there_with_its_type(board: dict[str, Any]) -> None:
     assert {p["title"]: p["type"] for p in _panels(board)} == PANELS
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Adapters", "Loads", "Churn", "Operator"]
+    assert rows == ["Adapters", "Loads", "Churn", "Engine residency", "Operator"]
 
 
 def test_panels_have_unique_ids_and_fit_the_grid(board: dict[str, Any]) -> None:
@@ -218,6 +231,7 @@ ALERTS = {
     "LoRAAdapterNotReady": "10m",
     "LoRAAdapterLoadFailures": "10m",
     "LoRAAdapterThrashing": "15m",
+    "LoRAEngineThrashing": "15m",
     "LoRAAdapterUnderReplicated": "15m",
     "LoraplaneSyncErrors": "15m",
 }

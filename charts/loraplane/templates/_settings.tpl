@@ -16,6 +16,10 @@
   value: {{ (toString .Values.settings.agentPort) | quote }}
 - name: LORAPLANE_VLLM_PORT
   value: {{ (toString .Values.settings.vllmPort) | quote }}
+- name: LORAPLANE_AGENT_METRICS_PORT
+  value: {{ (toString .Values.settings.agentMetricsPort) | quote }}
+- name: LORAPLANE_ENGINE_PLUGIN
+  value: {{ (toString .Values.settings.enginePlugin) | quote }}
 - name: LORAPLANE_RESYNC_SECONDS
   value: {{ (toString .Values.settings.resyncSeconds) | quote }}
 - name: LORAPLANE_BASE_MODEL_RESYNC_SECONDS

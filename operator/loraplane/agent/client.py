@@ -13,7 +13,12 @@ from loraplane.agent import protocol
 M = TypeVar("M", bound=BaseModel)
 
 # The endpoint label of each route in loraplane_agent_api_errors_total.
-ENDPOINTS = {protocol.FETCH: "fetch", protocol.REQUIRED: "required", protocol.PRUNE: "prune"}
+ENDPOINTS = {
+    protocol.FETCH: "fetch",
+    protocol.REQUIRED: "required",
+    protocol.PRUNE: "prune",
+    protocol.RESIDENCY: "residency",
+}
 # Answers of the agent that are verdicts on the adapter, by class.
 VERDICTS = {protocol.REJECTED_STATUS: "rejected", protocol.UNAVAILABLE_STATUS: "unavailable"}
 
@@ -55,14 +60,18 @@ class AgentClient:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def _call(self, method: str, path: str, body: BaseModel) -> tuple[int, Any]:
+    async def _call(self, method: str, path: str, body: BaseModel | None) -> tuple[int, Any]:
         """One call; the one place its failures are counted, by endpoint and class."""
         errors = metrics.AGENT_API_ERRORS
         try:
             async with self._session.request(
                 method,
                 f"{self.base_url}{path}",
-                json=body.model_dump(mode="json", by_alias=True, exclude_none=True),
+                json=(
+                    body.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    if body is not None
+                    else None
+                ),
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
@@ -106,3 +115,7 @@ class AgentClient:
     async def prune(self, keep: dict[str, str]) -> list[str]:
         status, data = await self._call("POST", protocol.PRUNE, protocol.PruneRequest(keep=keep))
         return self._parse(protocol.PruneResult, "prune", status, data).removed
+
+    async def residency(self) -> protocol.Residency:
+        status, data = await self._call("GET", protocol.RESIDENCY, None)
+        return self._parse(protocol.Residency, "residency", status, data)

@@ -9,9 +9,11 @@ from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from loraplane.agent import protocol
+from loraplane.agent.engine import Engine
 from loraplane.agent.readiness import RequiredStore, evaluate
 from loraplane.agent.store import AdapterStore, Rejected, Unavailable
 from loraplane.cli import parse_args
@@ -22,6 +24,7 @@ from loraplane.vllm.errors import VLLMError
 log = logging.getLogger("loraplane.agent")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 VLLM = web.AppKey("vllm", VLLMClient)
+METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -52,8 +55,23 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raise web.HTTPBadRequest(text=f"bad {model.__name__}: {exc}") from exc
 
 
+def metrics_app(engine: Engine) -> web.Application:
+    """/metrics alone, on a port of its own: read-only, so open to whoever scrapes vLLM."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(engine)
+
+    async def scrape(_: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
 def build_app(cfg: AgentSettings) -> web.Application:
     required = RequiredStore(cfg.adapter_root)
+    engine = Engine(cfg)
     adapters = AdapterStore(
         cfg.adapter_root, cfg.model_path, cfg.agent_token, cfg.peer_timeout_seconds
     )
@@ -68,9 +86,15 @@ def build_app(cfg: AgentSettings) -> web.Application:
         app[VLLM] = VLLMClient(
             cfg.vllm_url, cfg.vllm_api_key, session, timeout=cfg.vllm_probe_timeout_seconds
         )
+        if cfg.metrics_port is not None:
+            runner = app[METRICS_RUNNER] = web.AppRunner(metrics_app(engine), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "0.0.0.0", cfg.metrics_port).start()
 
     async def on_cleanup(app: web.Application) -> None:
         await app[SESSION].close()
+        if METRICS_RUNNER in app:
+            await app[METRICS_RUNNER].cleanup()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -124,6 +148,10 @@ def build_app(cfg: AgentSettings) -> web.Application:
         await response.write_eof()
         return response
 
+    async def residency(request: web.Request) -> web.Response:
+        guard(request)
+        return _json(await asyncio.to_thread(engine.residency))
+
     async def prune(request: web.Request) -> web.Response:
         guard(request)
         keep = (await _body(request, protocol.PruneRequest)).keep
@@ -139,6 +167,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
     app.router.add_post(protocol.FETCH, fetch)
     app.router.add_post(protocol.PRUNE, prune)
     app.router.add_get(protocol.VERSION, version)
+    app.router.add_get(protocol.RESIDENCY, residency)
     return app
 
 

@@ -15,10 +15,12 @@ from pydantic import Field
 from loraplane.adapters.validate import Finding
 from loraplane.api.adapter import AdapterSummary
 from loraplane.api.common import K8sModel, ModelSource, StatusModel
+from loraplane.plugin.snapshot import Tier
 
 FETCH: Final = "/v1/adapters/fetch"
 PRUNE: Final = "/v1/adapters/prune"
 REQUIRED: Final = "/v1/required"
+RESIDENCY: Final = "/v1/residency"
 HEALTHZ: Final = "/healthz"
 READYZ: Final = "/readyz"
 # GET: a version directory as an uncompressed tar stream, for a peer that lacks it.
@@ -96,3 +98,12 @@ class PruneRequest(K8sModel):
 
 class PruneResult(StatusModel):
     removed: list[str] = Field(default_factory=list)
+
+
+class Residency(StatusModel):
+    """Where the engine holds each adapter now, by served name (absent from `tiers`: disk)."""
+
+    available: bool = Field(
+        description="The engine reports residency (a vLLM with loraplane's plugin, running)."
+    )
+    tiers: dict[str, Tier] = Field(default_factory=dict)

@@ -193,6 +193,15 @@ class PodAdapterStatus(StatusModel):
     )
     since: datetime | None = Field(default=None, description="When the pod entered this state.")
     last_error: str | None = Field(default=None, description="Last error on this pod, if any.")
+    tier: Literal["gpu", "cpu", "disk"] | None = Field(
+        default=None,
+        description=(
+            "Where the pod's engine holds the weights it serves under this adapter's name, as "
+            "the pod's last sync read it: gpu (a GPU slot), cpu (vLLM's CPU cache), disk (read "
+            "again on its next request). Empty when the engine does not report it (a vLLM "
+            "image without loraplane's plugin) or the pod does not serve the adapter."
+        ),
+    )
 
 
 class LoRAAdapterStatus(StatusModel):

@@ -12,6 +12,7 @@ from loraplane.api import BaseModelDeploymentSpec
 from loraplane.builders import naming
 from loraplane.builders.vllm_args import MODEL_MOUNT_CACHE, vllm_args
 from loraplane.config import Settings, env_name
+from loraplane.plugin import snapshot
 
 GPU_RESOURCE = "nvidia.com/gpu"
 STARTUP_PERIOD_SECONDS = 2
@@ -24,6 +25,8 @@ class PodContext:
     agent_image: str
     agent_port: int = 8081
     vllm_port: int = 8000
+    agent_metrics_port: int = 8082
+    engine_plugin: bool = True
     agent_resources: Mapping[str, Any] = field(default_factory=lambda: Settings().agent_resources())
 
     @classmethod
@@ -32,6 +35,8 @@ class PodContext:
             agent_image=settings.operator_image,
             agent_port=settings.agent_port,
             vllm_port=settings.vllm_port,
+            agent_metrics_port=settings.agent_metrics_port,
+            engine_plugin=settings.engine_plugin,
             agent_resources=settings.agent_resources(),
         )
 
@@ -71,6 +76,32 @@ def _adapter_volume(spec: BaseModelDeploymentSpec) -> dict[str, Any]:
     return {"name": naming.ADAPTER_VOLUME, "emptyDir": {"sizeLimit": size}}
 
 
+def _plugin_env(user_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """VLLM_PLUGINS naming loraplane's plugin first, then any the user names.
+
+    vLLM loads every installed general plugin when VLLM_PLUGINS is unset and only the named
+    ones when it is set; the user's own list (a literal value) is kept after ours. A value from a
+    Secret or ConfigMap cannot be merged: the user's entry then stands alone.
+    """
+    theirs = next((e for e in user_env if e.get("name") == "VLLM_PLUGINS"), None)
+    if theirs is not None and "value" not in theirs:
+        return []
+    named = [p for p in str((theirs or {}).get("value", "")).split(",") if p.strip()]
+    plugins = [naming.VLLM_PLUGIN, *(p.strip() for p in named if p.strip() != naming.VLLM_PLUGIN)]
+    return [
+        {"name": "VLLM_PLUGINS", "value": ",".join(plugins)},
+        {"name": snapshot.ENV_DIR, "value": naming.RESIDENCY_MOUNT_PATH},
+    ]
+
+
+def _residency_mount(read_only: bool) -> dict[str, Any]:
+    return {
+        "name": naming.RESIDENCY_VOLUME,
+        "mountPath": naming.RESIDENCY_MOUNT_PATH,
+        "readOnly": read_only,
+    }
+
+
 def vllm_container(
     spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
 ) -> dict[str, Any]:
@@ -78,6 +109,10 @@ def vllm_container(
         # Runtime load/unload routes exist only with this set (DESIGN.md §4).
         {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"},
     ]
+    user_env = [dict(e) for e in spec.engine.env]
+    plugin_env = _plugin_env(user_env) if ctx.engine_plugin else []
+    if plugin_env:
+        user_env = [e for e in user_env if e.get("name") != "VLLM_PLUGINS"]
     hf = spec.model.source.huggingface
     if hf is not None:
         env.append({"name": "HF_HOME", "value": MODEL_MOUNT_CACHE})
@@ -85,10 +120,12 @@ def vllm_container(
             env.append(_secret_env("HF_TOKEN", hf.token_secret_ref))
     if spec.engine.api_key_secret_ref is not None:
         env.append(_secret_env("VLLM_API_KEY", spec.engine.api_key_secret_ref))
-    env += [dict(e) for e in spec.engine.env]
+    env += plugin_env + user_env
     mounts: list[dict[str, Any]] = [
         {"name": naming.ADAPTER_VOLUME, "mountPath": naming.ADAPTER_MOUNT_PATH, "readOnly": True}
     ]
+    if ctx.engine_plugin:
+        mounts.append(_residency_mount(read_only=False))
     if hf is not None:
         mounts.append({"name": "loraplane-model-cache", "mountPath": MODEL_MOUNT_CACHE})
     if spec.engine.tensor_parallel_size > 1:
@@ -153,7 +190,11 @@ def agent_container(
         },
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": env_name("base_model"), "value": base_model},
+        {"name": env_name("metrics_port"), "value": str(ctx.agent_metrics_port)},
     ]
+    if ctx.engine_plugin:
+        env.append({"name": env_name("residency_dir"), "value": naming.RESIDENCY_MOUNT_PATH})
     if spec.engine.api_key_secret_ref is not None:
         env.append(_secret_env(env_name("vllm_api_key"), spec.engine.api_key_secret_ref))
     if spec.model.source.path is not None:
@@ -165,10 +206,14 @@ def agent_container(
         "imagePullPolicy": "IfNotPresent",
         "command": ["loraplane-agent"],
         "env": env,
-        "ports": [{"name": "agent", "containerPort": ctx.agent_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "agent", "containerPort": ctx.agent_port, "protocol": "TCP"},
+            {"name": "agent-metrics", "containerPort": ctx.agent_metrics_port, "protocol": "TCP"},
+        ],
         # The user's mounts too: the agent reads `path` adapter sources from them.
         "volumeMounts": [
             {"name": naming.ADAPTER_VOLUME, "mountPath": naming.ADAPTER_MOUNT_PATH},
+            *([_residency_mount(read_only=True)] if ctx.engine_plugin else []),
             *(dict(m) for m in spec.template.volume_mounts),
         ],
         # The pod is Ready only when it serves every adapter it should, which only the agent
@@ -194,6 +239,13 @@ def pod_template(
     name = owner["metadata"]["name"]
     tmpl = spec.template
     volumes: list[dict[str, Any]] = [_adapter_volume(spec)]
+    if ctx.engine_plugin:
+        volumes.append(
+            {
+                "name": naming.RESIDENCY_VOLUME,
+                "emptyDir": {"medium": "Memory", "sizeLimit": naming.RESIDENCY_SIZE_LIMIT},
+            }
+        )
     if spec.model.source.huggingface is not None:
         volumes.append({"name": "loraplane-model-cache", "emptyDir": {}})
     if spec.engine.tensor_parallel_size > 1:

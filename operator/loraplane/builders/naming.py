@@ -18,6 +18,12 @@ VLLM_CONTAINER = "vllm"
 AGENT_CONTAINER = "agent"
 ADAPTER_VOLUME = "loraplane-adapters"
 ADAPTER_MOUNT_PATH = "/adapters"
+# A small memory volume: vLLM's loraplane plugin writes its residency snapshot, the agent reads it.
+RESIDENCY_VOLUME = "loraplane-residency"
+RESIDENCY_MOUNT_PATH = "/run/loraplane"
+RESIDENCY_SIZE_LIMIT = "16Mi"  # a snapshot is about 250 bytes per adapter
+# The name of loraplane's vLLM general plugin (pyproject.toml's entry point).
+VLLM_PLUGIN = "loraplane"
 AGENT_TOKEN_KEY = "token"
 
 
@@ -68,3 +74,13 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def store_entry(path: str | None, root: str = ADAPTER_MOUNT_PATH) -> tuple[str, str] | None:
+    """(adapter dir, version dir) of a path of the adapter store, `<root>/<name>/<version>`;
+    None for any other path (an adapter someone else registered, e.g. with --lora-modules)."""
+    prefix = root.rstrip("/") + "/"
+    if not path or not path.startswith(prefix):
+        return None
+    parts = path[len(prefix) :].strip("/").split("/")
+    return (parts[0], parts[1]) if len(parts) == 2 else None

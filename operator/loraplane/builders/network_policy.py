@@ -3,7 +3,9 @@
 vLLM serves its OpenAI API and its load/unload routes (and the SageMaker `/adapters` routes,
 which `--api-key` does not guard) on one port, so the policy cannot split them: the vLLM port is
 open to the operator and to the clients the platform names, the agent port to the operator and
-to the base model's own pods (an agent copies a pinned version from a peer).
+to the base model's own pods (an agent copies a pinned version from a peer). The agent's metrics
+port (read-only: engine residency) is open to the same clients as vLLM's, whose /metrics a
+Prometheus already reads there.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def network_policy(
     owner: Mapping[str, Any],
     vllm_port: int,
     agent_port: int,
+    agent_metrics_port: int,
     operator_namespace: str | None,
     clients: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     meta = owner["metadata"]
     name = meta["name"]
     peers = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
-    vllm_rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": vllm_port}]}
+    vllm_rule: dict[str, Any] = {
+        "ports": [
+            {"protocol": "TCP", "port": vllm_port},
+            {"protocol": "TCP", "port": agent_metrics_port},
+        ]
+    }
     if clients:  # no `from` at all admits every source: what an empty client list asks for
         vllm_rule["from"] = [operator_peer(operator_namespace), *(dict(c) for c in clients)]
     return {

@@ -23,6 +23,13 @@ ADAPTER = "namespace, base_model, adapter"
 # maxCpuLoras (tiers gpu / cpu), and every return costs a load the requests wait for.
 THRASHING_EVICTIONS_PER_15M = 3
 
+# Engine evictions (GPU or CPU tier) per finished request above which the base model's engines
+# thrash: more than one request in four then waits for an adapter to be moved or read from
+# disk. Only over at least MIN_REQUESTS_PER_15M requests, so a quiet base model whose few
+# requests each name a different adapter is not paged.
+THRASHING_EVICTIONS_PER_REQUEST = 0.25
+MIN_REQUESTS_PER_15M = 20
+
 Severity = Literal["warning", "critical"]
 
 
@@ -93,6 +100,27 @@ ADAPTER_ALERTS = (
         "{{ $value | humanize }} times from tier {{ $labels.tier }} of {{ $labels.base_model }} "
         f"in the last 15 minutes (more than {THRASHING_EVICTIONS_PER_15M}, for 15 minutes): the "
         "adapters in use do not fit the base model's capacity.",
+    ),
+    Alert(
+        "LoRAEngineThrashing",
+        "sum by (namespace, base_model, tier) "
+        '(increase(loraplane_adapter_evictions_total{reason="lru"}[15m]))\n'
+        "/ ignoring (tier) group_left "
+        "sum by (namespace, base_model) (increase(vllm:request_success_total[15m]))\n"
+        f"> {THRASHING_EVICTIONS_PER_REQUEST}\n"
+        "and ignoring (tier) "
+        "sum by (namespace, base_model) (increase(vllm:request_success_total[15m]))\n"
+        f"> {MIN_REQUESTS_PER_15M}",
+        "15m",
+        "warning",
+        "The engines of {{ $labels.namespace }}/{{ $labels.base_model }} thrash their "
+        "{{ $labels.tier }} tier.",
+        "vLLM on the pods of {{ $labels.base_model }} in namespace {{ $labels.namespace }} evicted "
+        '{{ $value | printf "%.2f" }} adapters from its {{ $labels.tier }} tier per finished '
+        "request "
+        "over the last 15 minutes (above "
+        f"{THRASHING_EVICTIONS_PER_REQUEST}, for 15 minutes): the adapters in use do not fit "
+        "maxLoras (gpu) or maxCpuLoras (cpu), and requests wait for loads.",
     ),
     Alert(
         "LoRAAdapterUnderReplicated",

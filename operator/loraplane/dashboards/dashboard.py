@@ -4,10 +4,11 @@ The panels are declared as data (`ROWS`), then turned into the SDK's builders by
 same data drives the query checks and `render.py`, which draws docs/dashboard.png from the results
 of these queries against a real Prometheus.
 
-Series come from two scrapes: the operator's /metrics, whose own `namespace` label must win over
-the target's (the chart's monitor for the operator sets honorLabels), and each vLLM pod's /metrics
-(`vllm:lora_requests_info`), where the PodMonitor adds `namespace` and `pod` and copies the pod
-label loraplane.dev/base-model into `base_model`.
+Series come from three scrapes: the operator's /metrics, whose own `namespace` label must win
+over the target's (the chart's monitor for the operator sets honorLabels); each vLLM pod's
+/metrics (`vllm:lora_requests_info`, `vllm:request_success_total`), where the PodMonitor adds
+`namespace` and `pod` and copies the pod label loraplane.dev/base-model into `base_model`; and
+each pod's agent (engine residency), which labels its series itself.
 """
 
 from __future__ import annotations
@@ -123,6 +124,15 @@ def _by_adapter(metric: str) -> str:
     # labels so a table can join the queries on the adapter's own labels.
     return f"max by (namespace, base_model, adapter) ({metric}{{{ADAPTERS}}})"
 
+
+# Engine (LRU) evictions of the selected adapters per finished request, by base model and tier:
+# the request count is vLLM's own, per pod; the evictions are the agents' (reason lru).
+ENGINE_EVICTIONS_PER_REQUEST = (
+    "sum by (namespace, base_model, tier) "
+    f'(rate(loraplane_adapter_evictions_total{{reason="lru", {ADAPTERS}}}{RATE})) '
+    "/ ignoring (tier) group_left sum by (namespace, base_model) "
+    f"(rate(vllm:request_success_total{{{PODS}}}{RATE}))"
+)
 
 ROWS: tuple[Row, ...] = (
     Row(
@@ -298,6 +308,91 @@ ROWS: tuple[Row, ...] = (
                     "waiting_lora_adapters",
                     "max_lora",
                 ),
+            ),
+        ),
+    ),
+    Row(
+        "Engine residency",
+        (
+            Panel(
+                "Resident adapters by tier",
+                "timeseries",
+                "Adapters whose weights sit in the engines' GPU slots and CPU caches, summed over "
+                "the base model's pods, beside the capacity (--max-loras, --max-cpu-loras). "
+                "From loraplane's vLLM plugin, through each pod's agent.",
+                (
+                    Query(
+                        f"sum by (base_model, tier) (loraplane_adapter_resident{{{ADAPTERS}}})",
+                        "{{base_model}} {{tier}}",
+                    ),
+                    Query(
+                        f"sum by (base_model, tier) (loraplane_engine_lora_slots{{{PODS}}})",
+                        "{{base_model}} {{tier}} capacity",
+                    ),
+                ),
+            ),
+            Panel(
+                "Engine evictions per request",
+                "timeseries",
+                "LRU evictions from GPU slots and CPU caches per finished request "
+                "(vllm:request_success_total). Near zero: the adapters in use fit. Rising: "
+                "requests wait for loads (LoRAEngineThrashing).",
+                (
+                    Query(
+                        f"{ENGINE_EVICTIONS_PER_REQUEST}",
+                        "{{base_model}} {{tier}}",
+                    ),
+                ),
+            ),
+            Panel(
+                "Disk loads by adapter",
+                "timeseries",
+                "Reads of adapters' files into the engines' CPU caches: the first after each "
+                "registration, then one per request that found the adapter evicted to disk.",
+                (
+                    Query(
+                        _rate("loraplane_adapter_disk_loads_total", "namespace, adapter"),
+                        "{{namespace}}/{{adapter}}",
+                    ),
+                ),
+                unit="ops",
+            ),
+            Panel(
+                "Mean disk load time",
+                "timeseries",
+                "Time a request waits for its adapter's files when it was evicted to disk.",
+                (
+                    Query(
+                        f"{_rate('loraplane_adapter_disk_load_seconds_total', 'base_model')}"
+                        f" / {_rate('loraplane_adapter_disk_loads_total', 'base_model')}",
+                        "{{base_model}}",
+                    ),
+                ),
+                unit="s",
+            ),
+            Panel(
+                "GPU activations by adapter",
+                "timeseries",
+                "Times an adapter took a GPU slot: requests for it found it in none.",
+                (
+                    Query(
+                        _rate("loraplane_adapter_activations_total", "namespace, adapter"),
+                        "{{namespace}}/{{adapter}}",
+                    ),
+                ),
+                unit="ops",
+            ),
+            Panel(
+                "Where each adapter sits",
+                "table",
+                "The tier each adapter's weights are in on each pod now (absent: on disk).",
+                (
+                    Query(
+                        "max by (namespace, base_model, adapter, pod, tier) "
+                        f"(loraplane_adapter_resident{{{ADAPTERS}}} == 1)"
+                    ),
+                ),
+                columns=("namespace", "base_model", "adapter", "pod", "tier"),
             ),
         ),
     ),

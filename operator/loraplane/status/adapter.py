@@ -83,6 +83,7 @@ def _pods(
         since = prev.since if prev is not None and prev.state == state else None
         if since is None and st is not None:
             since = st.since
+        tier = fleet.tier(pod.key, ad.served_name) if state in ("Registered", "Outdated") else None
         tally.entries.append(
             PodAdapterStatus(
                 name=pod.name,
@@ -90,6 +91,7 @@ def _pods(
                 digest=digest,
                 since=since,
                 last_error=error[:1024] if error else None,
+                tier=tier,
             )
         )
     tally.entries = tally.entries[:cap]
