@@ -11,7 +11,7 @@ WHEELS ?= $(abspath $(CURDIR)/../shared/wheels)
 VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh 2>/dev/null | sha256sum | cut -c1-12)
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
-        bench demo demo-down \
+        bench bench-residency demo demo-down \
         tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
 
 help: ## list the targets
@@ -73,6 +73,9 @@ test: lint crds-check chart-check dashboards-check unit integration e2e ## the w
 
 bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run)
 	$(PY) -m bench
+
+bench-residency: .venv fixtures ## tokens/s of CPU vLLM with loraplane's plugin on and off (no cluster)
+	$(PY) -m bench.residency
 
 cluster-build: ## build etcd, kube-* , kubectl and helm from Go modules (cached)
 	bash hack/build-cluster.sh

@@ -247,3 +247,17 @@ def test_a_pod_that_does_not_serve_the_adapter_reports_no_tier() -> None:
     fleet = fleet_of("tiers", "a", pods=1)
     fleet.record_residency(("tiers", "p0"), {"a": "gpu"})
     assert tiers_in_status(fleet, "a") == {"p0": None}
+
+
+def test_a_server_says_the_plugin_is_off_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from loraplane import plugin
+
+    monkeypatch.delenv(plugin.SAID_OFF_ENV, raising=False)
+    with caplog.at_level("WARNING", logger="vllm.plugins.loraplane"):
+        plugin.say_off("vLLM 9.9: no LRUCacheWorkerLoRAManager")
+        plugin.say_off("vLLM 9.9: no LRUCacheWorkerLoRAManager")  # a child process, inheriting
+    assert [r.getMessage() for r in caplog.records] == [
+        "loraplane residency off: vLLM 9.9: no LRUCacheWorkerLoRAManager"
+    ]

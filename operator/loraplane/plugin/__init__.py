@@ -8,9 +8,19 @@ exception there aborts that process's start-up: nothing escapes it.
 from __future__ import annotations
 
 import logging
+import os
 
 # Under vLLM's own logger, so its lines carry the process and format of vLLM's.
 log = logging.getLogger("vllm.plugins.loraplane")
+# Set by the first process that says the plugin is off; the processes it starts (the engine
+# core, the workers) inherit it and stay silent, so one server start says it once.
+SAID_OFF_ENV = "LORAPLANE_RESIDENCY_OFF_SAID"
+
+
+def say_off(reason: str) -> None:
+    if not os.environ.get(SAID_OFF_ENV):
+        log.warning("loraplane residency off: %s", reason)
+        os.environ[SAID_OFF_ENV] = "1"
 
 
 def register() -> None:
@@ -19,4 +29,4 @@ def register() -> None:
 
         residency.install()
     except Exception as exc:  # a plugin must never stop vLLM from serving
-        log.warning("loraplane residency off: %r", exc)
+        say_off(repr(exc))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import logging
 import os
 import threading
 import time
@@ -36,10 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from loraplane.plugin import snapshot
-
-# Under vLLM's own logger, so its lines carry the process and format of vLLM's.
-log = logging.getLogger("vllm.plugins.loraplane")
+from loraplane.plugin import log, say_off, snapshot
 
 WORKER_MODULE: Final = "vllm.lora.worker_manager"
 MANAGER_MODULE: Final = "vllm.lora.model_manager"
@@ -129,10 +125,7 @@ class Residency:
     def attach(self, manager: Any) -> None:
         missing = [a for a in MANAGER_ATTRS if not hasattr(manager, a)]
         if missing:
-            log.warning(
-                "loraplane residency off: vLLM %s's LoRA manager has no %s",
-                self.vllm_version, ", ".join(missing),
-            )  # fmt: skip
+            say_off(f"vLLM {self.vllm_version}'s LoRA manager has no {', '.join(missing)}")
             return
         if not _first_rank():
             return  # every tensor-parallel rank holds the same adapters: rank 0 speaks for all
@@ -331,7 +324,7 @@ def install(directory: str | None = None) -> Residency | None:
     try:
         found = resolve()
     except Unsupported as exc:
-        log.warning("loraplane residency off: vLLM %s: %s", version, exc)
+        say_off(f"vLLM {version}: {exc}")
         return None
     if any(getattr(func, MARK, False) for _cls, func in found.values()):
         return None  # installed already (inherited from the process that forked this one)
