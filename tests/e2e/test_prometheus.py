@@ -234,10 +234,16 @@ def test_the_series_say_what_the_scenario_did(
     assert [(s["metric"]["adapter"], s["metric"]["reason"], s["value"][1]) for s in failures] == [
         (REJECTED[0], "RankExceedsMax", "1")
     ]
-    evictions = prom.query(f"loraplane_adapter_evictions_total{{{sel}}}")
+    evictions = prom.query(f'loraplane_adapter_evictions_total{{{sel}, tier="server"}}')
     assert [(s["metric"]["adapter"], s["metric"]["tier"], s["value"][1]) for s in evictions] == [
         ("a-mlp", "server", str(scenario["pods"]))  # one per pod it was evicted from
     ]
+    # From each pod's agent: the adapter requested last holds a GPU slot on every pod; the
+    # other slot may hold the weights of an unloaded adapter (vLLM keeps them), not exported.
+    chat = prom.query(f'loraplane_adapter_resident{{{sel}, adapter="a-chat", tier="gpu"}}')
+    assert sorted(float(s["value"][1]) for s in chat) == [1.0] * scenario["pods"], chat
+    slots = prom.query(f'loraplane_engine_lora_slots{{{sel}, tier="cpu"}}')
+    assert sorted(float(s["value"][1]) for s in slots) == [4.0] * scenario["pods"], slots
     assert _value(prom, f'loraplane_adapter_ready{{{sel}, adapter="a-chat"}}') == 1
     assert _value(prom, f'loraplane_adapter_ready{{{sel}, adapter="{REJECTED[0]}"}}') == 0
     assert _value(prom, f'loraplane_adapter_registered_replicas{{{sel}, adapter="a-late"}}') == 2

@@ -124,6 +124,35 @@ def test_three_adapters_ready_on_every_pod_and_change_the_output(base: Cluster) 
             assert metric(f"loraplane_adapter_registered{{{registered}}}") == 1
 
 
+def test_each_pod_tells_where_its_engine_holds_each_adapter(base: Cluster) -> None:
+    """With the three adapters of the test above on 2 pods (maxLoras 2, maxCpuLoras 4): after a
+    request for each in turn, the last two hold the GPU slots and the first sits in the CPU cache,
+    on each pod; the status says so by the next resync, and each agent's metrics at once."""
+    where = {"sql": "cpu", "chat": "gpu", "mlp": "gpu"}
+    pods = _ready_pods(base)
+    for pod in pods:
+        for name in where:
+            completion(pod["status"]["podIP"], name, PROMPT)
+
+    def tiers_as_expected() -> bool:
+        for name, tier in where.items():
+            got = {p["name"]: p.get("tier") for p in _lora(base, name)["status"]["pods"]}  # type: ignore[index]
+            if got != {p["metadata"]["name"]: tier for p in pods}:
+                return False
+        return True
+
+    wait_for("each pod's tier in status", tiers_as_expected, timeout=90)
+    for pod in pods:
+        text = urllib.request.urlopen(f"http://{pod['status']['podIP']}:8082/metrics", timeout=10)
+        exported = text.read().decode()
+        for name, tier in where.items():
+            labels = (
+                f'adapter="{name}",base_model="{BASE}",namespace="{NS}",'
+                f'pod="{pod["metadata"]["name"]}",tier="{tier}"'
+            )
+            assert f"loraplane_adapter_resident{{{labels}}} 1.0" in exported, (name, exported)
+
+
 BAD = {
     "too-big": ("rank64", "RankExceedsMax"),
     "dora": ("dora", "DoRANotSupported"),
