@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraplane.adapters.sources.protocol import SourceContext
 from loraplane.api.adapter import MAX_STATUS_PODS
 
 ENV_PREFIX = "LORAPLANE_"
@@ -153,6 +154,25 @@ class Settings(_FromEnv):
     agent_cpu_request: str = Field("50m", description="CPU request of the agent sidecar.")
     agent_memory_request: str = Field("128Mi", description="Memory request of the agent sidecar.")
     agent_memory_limit: str = Field("512Mi", description="Memory limit of the agent sidecar.")
+    source_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Timeout of each request of the operator's own look at a source (the pre-flight "
+            "of huggingface adapters before any pod downloads them)."
+        ),
+    )
+    source_ca_file: Path | None = Field(
+        None,
+        description="PEM file of CA certificates trusted for adapter sources besides the system's.",
+    )
+    huggingface_endpoint: str | None = Field(
+        None,
+        description=(
+            "A hub-compatible server for huggingface adapter sources (default: the Hub); the "
+            "operator passes it to the agents it builds."
+        ),
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -165,6 +185,22 @@ class Settings(_FromEnv):
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+    def source_context(self) -> SourceContext:
+        return SourceContext(
+            timeout_seconds=self.source_timeout_seconds,
+            ca_file=self.source_ca_file,
+            huggingface_endpoint=self.huggingface_endpoint,
+        )
+
+    def agent_source_env(self) -> dict[str, str]:
+        """The agent's environment for the source settings that are set."""
+        values = {
+            "source_timeout_seconds": self.source_timeout_seconds,
+            "source_ca_file": self.source_ca_file,
+            "huggingface_endpoint": self.huggingface_endpoint,
+        }
+        return {env_name(k): str(v) for k, v in values.items() if v is not None}
 
     def agent_resources(self) -> dict[str, Any]:
         return {
@@ -198,6 +234,32 @@ class AgentSettings(_FromEnv):
     vllm_probe_timeout_seconds: float = Field(
         2.0, gt=0, description="Timeout of the readiness check's calls to vLLM."
     )
+    source_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Timeout of connecting to an adapter source and of each read from it (a download "
+            "that stalls this long fails as SourceUnreachable and is retried)."
+        ),
+    )
+    source_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of CA certificates trusted for adapter sources besides the system's (a "
+            "private registry, object store or web server)."
+        ),
+    )
+    huggingface_endpoint: str | None = Field(
+        None,
+        description="A hub-compatible server to fetch huggingface sources from (default: the Hub).",
+    )
+
+    def source_context(self) -> SourceContext:
+        return SourceContext(
+            timeout_seconds=self.source_timeout_seconds,
+            ca_file=self.source_ca_file,
+            huggingface_endpoint=self.huggingface_endpoint,
+        )
 
 
 @lru_cache(maxsize=1)

@@ -12,7 +12,7 @@ from aiohttp import web
 from loraplane.agent.main import build_app
 from loraplane.agent.protocol import FetchRequest
 from loraplane.agent.store import AdapterStore, Rejected, Unavailable
-from loraplane.api import ModelSource
+from loraplane.api import AdapterSource
 from loraplane.config import AgentSettings
 from tests.support import ensure_adapters
 from tests.support.vllm_server import free_port
@@ -24,7 +24,7 @@ def adapters() -> dict[str, Path]:
 
 
 def request(source: Path, name: str = "sql", rank: int = 16) -> FetchRequest:
-    return FetchRequest(name=name, source=ModelSource(path=str(source)), max_lora_rank=rank)
+    return FetchRequest(name=name, source=AdapterSource(path=str(source)), max_lora_rank=rank)
 
 
 def test_fetch_answers_the_verified_summary(adapters: dict[str, Path], tmp_path: Path) -> None:

@@ -55,7 +55,11 @@ async def _body(request: web.Request, model: type[M]) -> M:
 def build_app(cfg: AgentSettings) -> web.Application:
     required = RequiredStore(cfg.adapter_root)
     adapters = AdapterStore(
-        cfg.adapter_root, cfg.model_path, cfg.agent_token, cfg.peer_timeout_seconds
+        cfg.adapter_root,
+        cfg.model_path,
+        cfg.agent_token,
+        cfg.peer_timeout_seconds,
+        cfg.source_context(),
     )
     app = web.Application()
 

@@ -25,6 +25,8 @@ class PodContext:
     agent_port: int = 8081
     vllm_port: int = 8000
     agent_resources: Mapping[str, Any] = field(default_factory=lambda: Settings().agent_resources())
+    # How the agent reaches adapter sources: the operator's own source settings, passed on.
+    source_env: Mapping[str, str] = field(default_factory=lambda: Settings().agent_source_env())
 
     @classmethod
     def of(cls, settings: Settings) -> PodContext:
@@ -33,6 +35,7 @@ class PodContext:
             agent_port=settings.agent_port,
             vllm_port=settings.vllm_port,
             agent_resources=settings.agent_resources(),
+            source_env=settings.agent_source_env(),
         )
 
 
@@ -153,6 +156,7 @@ def agent_container(
         },
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *({"name": k, "value": v} for k, v in sorted(ctx.source_env.items())),
     ]
     if spec.engine.api_key_secret_ref is not None:
         env.append(_secret_env(env_name("vllm_api_key"), spec.engine.api_key_secret_ref))
