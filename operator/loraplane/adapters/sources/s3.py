@@ -36,7 +36,7 @@ from loraplane.api.sources import S3Source
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-# S3 error codes by outcome; anything else is a server problem worth a retry.
+# S3 error codes by outcome (besides 404 and 401/403); anything else is worth a retry.
 NOT_FOUND = {"NoSuchBucket", "NoSuchKey"}
 UNAUTHORIZED = {
     "AccessDenied",
@@ -45,6 +45,7 @@ UNAUTHORIZED = {
     "ExpiredToken",
     "InvalidToken",
     "AuthorizationHeaderMalformed",
+    "XAdminUserNotFound",  # versitygw's InvalidAccessKeyId
 }
 CHUNK = 1 << 20
 
@@ -160,12 +161,13 @@ class S3Fetcher:
             code, message = _error_code(exc.body)
             said = f"{self.description}: {code or f'HTTP {exc.status}'}"
             said += f": {message}" if message else ""
-            if code in NOT_FOUND or (not code and exc.status == 404):
-                raise SourceNotFound(said) from None
-            if code in UNAUTHORIZED or (not code and exc.status in (401, 403)):
+            # The code first: versitygw answers an unknown key with a 404.
+            if code in UNAUTHORIZED or (code not in NOT_FOUND and exc.status in (401, 403)):
                 raise SourceUnauthorized(
                     said + " (check the keys in credentialsSecretRef)"
                 ) from None
+            if code in NOT_FOUND or exc.status == 404:
+                raise SourceNotFound(said) from None
             raise SourceUnreachable(said) from None
 
     def list_objects(self) -> list[S3Object]:
