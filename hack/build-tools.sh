@@ -7,7 +7,7 @@
 #   bin/controller-gen-<v>/controller-gen                        sigs.k8s.io/controller-tools
 #   crds/prometheus-operator-<v>/*.yaml                          Prometheus Operator CRDs
 #   bin/prometheus-operator-<v>/prometheus-operator              only with --operator
-#   bin/registry-<v>/registry, bin/oras-<v>/oras, bin/versitygw-<v>/versitygw
+#   bin/registry-<v>/registry, bin/oras-<v>/oras, bin/versitygw-<v>/versitygw, olah-<v>/ (a venv)
 #                                     the servers (and OCI client) of the adapter-source tests
 # Idempotent: what exists is not rebuilt, so a warm cache takes well under a second.
 #   hack/build-tools.sh [--operator]   build whatever is missing
@@ -44,6 +44,7 @@ case ${1:-} in
     echo "REGISTRY=$home/bin/registry-$DISTRIBUTION_VERSION/registry"
     echo "ORAS=$home/bin/oras-$ORAS_VERSION/oras"
     echo "VERSITYGW=$home/bin/versitygw-$VERSITYGW_VERSION/versitygw"
+    echo "OLAH=$home/olah-$OLAH_VERSION/bin/olah-cli"
     exit 0 ;;
   *) echo "usage: $0 [--operator | --sources | --print-env]" >&2; exit 2 ;;
 esac
@@ -183,6 +184,19 @@ build_source_servers() {
     oras oras.land/oras "$ORAS_VERSION" oras.land/oras/cmd/oras
   gobuild versitygw github.com/versity/versitygw "$VERSITYGW_VERSION" \
     github.com/versity/versitygw/cmd/versitygw
+  build_olah
+}
+
+# olah from PyPI into a venv of its own (the one tool here that is not a Go module).
+build_olah() {
+  local dir=$home/olah-$OLAH_VERSION log=$work/olah-$OLAH_VERSION.log t0=$SECONDS
+  [[ -f $dir/.complete ]] && return 0
+  step "installing olah $OLAH_VERSION into $dir (log: $log)"
+  rm -rf "$dir"
+  { python3 -m venv "$dir" && "$dir/bin/pip" install "olah==$OLAH_VERSION"; } >"$log" 2>&1 \
+    || fail "pip install olah==$OLAH_VERSION" "$log"
+  touch "$dir/.complete"
+  step "installed olah $OLAH_VERSION ($((SECONDS - t0)) s)"
 }
 
 start=$SECONDS

@@ -15,6 +15,7 @@ import hashlib
 import http.server
 import ipaddress
 import json
+import os
 import ssl
 import subprocess
 import threading
@@ -361,3 +362,185 @@ def versitygw(work: Path, ca: LocalCA, access_key: str, secret_key: str) -> Iter
     )
     with _process(argv, log, f"{url}/", ca, "versitygw"):
         yield S3Server(url=url, log=log, root=root, credentials=credentials, ca=ca)
+
+
+# --- Hugging Face hub ------------------------------------------------------------------------
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "loraplane",
+    "GIT_AUTHOR_EMAIL": "tests@loraplane.dev",
+    "GIT_COMMITTER_NAME": "loraplane",
+    "GIT_COMMITTER_EMAIL": "tests@loraplane.dev",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        env={**os.environ, **GIT_ENV},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {repo}: {out.stderr}")
+    return out.stdout.strip()
+
+
+@dataclass
+class HubRepo:
+    """A model repository as the hub keeps one: git, with weights in LFS."""
+
+    path: Path
+
+    def lfs_object(self, oid: str) -> Path:
+        return self.path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+
+    def commit(self, directory: Path, message: str, *, branch: str = "main") -> str:
+        """Replace the repository's files with `directory`'s (safetensors through LFS, as
+        `git lfs track "*.safetensors"` does); the new commit's sha."""
+        if not (self.path / ".git").exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            _git(self.path, "init", "-q", "-b", branch)
+        elif _git(self.path, "branch", "--list", branch):
+            _git(self.path, "checkout", "-q", branch)
+        else:
+            _git(self.path, "checkout", "-q", "-b", branch)
+        for old in self.path.iterdir():
+            if old.name != ".git":
+                old.unlink()
+        for f in sorted(directory.iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            data = f.read_bytes()
+            if f.suffix == ".safetensors":
+                oid = hashlib.sha256(data).hexdigest()
+                obj = self.lfs_object(oid)
+                obj.parent.mkdir(parents=True, exist_ok=True)
+                obj.write_bytes(data)
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\n"
+                (self.path / f.name).write_text(pointer + f"size {len(data)}\n")
+            else:
+                (self.path / f.name).write_bytes(data)
+        (self.path / "README.md").write_text(f"# {message}\nNot part of the adapter.\n")
+        _git(self.path, "add", "-A")
+        _git(self.path, "commit", "-q", "-m", message)
+        return _git(self.path, "rev-parse", "HEAD")
+
+
+@dataclass
+class Hub(Server):
+    mirrors: Path  # <mirrors>/models/<org>/<name>: one git repository each
+
+    def repo(self, repo_id: str) -> HubRepo:
+        return HubRepo(self.mirrors / "models" / repo_id)
+
+
+@contextlib.contextmanager
+def olah(work: Path, ca: LocalCA) -> Iterator[Hub]:
+    """olah, a self-hosted hub-compatible server, offline, serving the git repositories under
+    `work`/mirrors as model repositories, over TLS."""
+    binary = tools.olah()
+    port = tools.free_port()
+    mirrors = work / "mirrors"
+    (mirrors / "models").mkdir(parents=True, exist_ok=True)
+    config = work / "olah.toml"
+    netloc = f"{LOCALHOST}:{port}"
+    config.write_text(
+        "\n".join(
+            [
+                "[basic]",
+                f'host = "{LOCALHOST}"',
+                f"port = {port}",
+                f'ssl-key = "{ca.server_key}"',
+                f'ssl-cert = "{ca.server_cert}"',
+                f'repos-path = "{work / "repos"}"',
+                f'mirrors-path = ["{mirrors}"]',
+                'mirror-scheme = "https"',
+                f'mirror-netloc = "{netloc}"',
+                f'mirror-lfs-netloc = "{netloc}"',
+                "[accessibility]",
+                "offline = true",
+                "",
+            ]
+        )
+    )
+    log = work / "olah.log"
+    url = f"https://{netloc}"
+    argv = [str(binary), "--config", str(config), "--log-path", str(work / "logs")]
+    with _process(argv, log, f"{url}/api/whoami-v2", ca, "olah"):
+        yield Hub(url=url, log=log, mirrors=mirrors)
+
+
+# olah has no access control: this gate in front of it answers as the hub does for a private
+# repository (the hub's own wording and X-Error-Code), and forwards what a valid token may read.
+# It is a fake of the hub's authorization only; the repository protocol is olah's.
+class _HubGate(http.server.BaseHTTPRequestHandler):
+    upstream = ""
+    token = ""
+    context: ssl.SSLContext | None = None
+    HOP = frozenset({"connection", "transfer-encoding", "keep-alive", "content-length"})
+
+    def _refuse(self, code: str | None, message: str) -> None:
+        self.send_response(401)
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _forward(self, head: bool) -> None:
+        given = self.headers.get("Authorization")
+        if given is None:
+            return self._refuse("RepoNotFound", "Repository not found")
+        if given != f"Bearer {self.token}":
+            return self._refuse(None, "Invalid credentials in Authorization header")
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")
+        }
+        request = urllib.request.Request(
+            self.upstream + self.path, headers=headers, method="HEAD" if head else "GET"
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=30, context=self.context)
+        except urllib.error.HTTPError as exc:
+            response = exc
+        with response:
+            body = b"" if head else response.read()
+            self.send_response(response.status)
+            for key, value in response.headers.items():
+                if key.lower() not in self.HOP:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._forward(head=False)
+
+    def do_HEAD(self) -> None:
+        self._forward(head=True)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def private_hub(hub: Hub, ca: LocalCA, token: str) -> Iterator[Server]:
+    """`hub` as a private one: every request needs `Authorization: Bearer <token>`."""
+    handler = type(
+        "Gate", (_HubGate,), {"upstream": hub.url, "token": token, "context": ca.client_context()}
+    )
+    httpd = http.server.ThreadingHTTPServer((LOCALHOST, 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(ca.server_cert), str(ca.server_key))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Server(url=f"https://{LOCALHOST}:{httpd.server_address[1]}", log=hub.log)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -125,6 +125,11 @@ def versitygw() -> Path:
     return _require("VERSITYGW", build="hack/build-tools.sh --sources")
 
 
+def olah() -> Path:
+    """olah's command, in the venv hack/build-tools.sh installs it into."""
+    return _require("OLAH", build="hack/build-tools.sh --sources")
+
+
 # libyaml's parser (in every PyYAML wheel): the operator's CRDs are 4 MB, 20 s in pure Python.
 class _CRDLoader(yaml.CSafeLoader):
     """SafeLoader without YAML 1.1's !!value: a bare `=` (an enum value in the operator's CRDs,

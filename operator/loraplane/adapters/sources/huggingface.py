@@ -1,12 +1,12 @@
 """The huggingface source: a model repository on the Hugging Face Hub, or a hub-compatible server.
 
-Spoken over the hub's HTTP API directly (the one huggingface_hub uses): ``/api/models/<repo>/
-revision/<rev>?blobs=true`` resolves a branch or tag to its commit and lists the files with
-their sizes and hashes; ``/<repo>/resolve/<commit>/<file>`` serves each file. The revision is
-resolved once per fetch and everything after is read at that commit, so a branch that moves
-midway cannot mix two versions. Only the files vLLM reads are downloaded (no snapshot of the
-repository), each checked against the hash the hub lists for it (sha256 for LFS files, the git
-blob id for the rest).
+Spoken over the hub's HTTP API directly (the one huggingface_hub uses):
+``/api/models/<repo>/revision/<rev>`` resolves a branch or tag to its commit,
+``/api/models/<repo>/tree/<commit>`` lists the files with their sizes and hashes, and
+``/<repo>/resolve/<commit>/<file>`` serves each. The revision is resolved once per fetch and
+everything after is read at that commit, so a branch that moves midway cannot mix two versions.
+Only the files vLLM reads are downloaded (no snapshot of the repository), each checked against
+the hash the hub lists for it (sha256 for LFS files, the git blob id for the rest).
 
 `inspect_huggingface` is the operator's pre-flight: the config and the safetensors header, two
 small reads, before any pod downloads the weights.
@@ -17,12 +17,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 import struct
 import urllib.parse
+from http.client import HTTPResponse
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from loraplane.adapters.inspect import (
     CONFIG_FILE,
@@ -72,24 +73,33 @@ NOT_FOUND_CODES = {"RepoNotFound", "RevisionNotFound", "EntryNotFound"}
 class LFSInfo(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    sha256: str
+    oid: str  # the sha256 of the file's content
     size: int
 
 
-class Sibling(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+class TreeEntry(BaseModel):
+    """One entry of ``/api/models/<repo>/tree/<commit>?recursive=true``."""
 
-    rfilename: str
-    size: int | None = None
-    blob_id: str | None = Field(default=None, alias="blobId")
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    path: str
+    oid: str | None = None  # the git blob id
+    size: int = 0
     lfs: LFSInfo | None = None
+
+    @property
+    def content_size(self) -> int:
+        return self.lfs.size if self.lfs is not None else self.size
 
 
 class RepoRevision(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     sha: str = Field(pattern=r"^[0-9a-f]{40}$")
-    siblings: list[Sibling] = Field(default_factory=list)
+
+
+_NEXT_LINK = re.compile(r'<([^>]+)>;\s*rel="next"')
 
 
 def git_blob_id(path: Path) -> str:
@@ -121,10 +131,12 @@ class HubClient:
             return {}
         return {"Authorization": f"Bearer {self._credentials.token.get_secret_value()}"}
 
-    def get(self, path: str, what: str, headers: dict[str, str] | None = None) -> Any:
+    def get(self, path: str, what: str, headers: dict[str, str] | None = None) -> HTTPResponse:
         try:
             return self._client.open(
-                self.endpoint + path, headers=headers, secret_headers=self._secret()
+                path if path.startswith("https://") else self.endpoint + path,
+                headers=headers,
+                secret_headers=self._secret(),
             )
         except HTTPStatusError as exc:
             code = exc.headers.get("X-Error-Code") or exc.headers.get("x-error-code") or ""
@@ -136,30 +148,49 @@ class HubClient:
                 raise SourceUnauthorized(said + " (check the token in tokenSecretRef)") from None
             raise SourceUnreachable(said) from None
 
-    def revision(self, revision: str) -> RepoRevision:
+    def commit(self, revision: str) -> str:
+        """The commit a branch, tag or commit names now."""
         path = f"/api/models/{self.repo}/revision/{urllib.parse.quote(revision, safe='')}"
-        with self.get(path + "?blobs=true", f"revision {revision}") as response:
+        with self.get(path, f"revision {revision}") as response:
             raw = response.read(16 << 20)
         try:
-            return RepoRevision.model_validate_json(raw)
+            return RepoRevision.model_validate_json(raw).sha
         except ValidationError as exc:
             raise SourceUnreachable(
                 f"huggingface {self.repo}: unexpected answer for revision {revision}: {exc}"
             ) from None
 
+    def files(self, commit: str) -> list[TreeEntry]:
+        """Every file of the repository at `commit`, with its size and hashes (all pages)."""
+        entries: list[TreeEntry] = []
+        url: str | None = f"/api/models/{self.repo}/tree/{commit}?recursive=true"
+        while url is not None:
+            with self.get(url, f"files of {commit}") as response:
+                raw = response.read(16 << 20)
+                link = response.headers.get("Link") or ""
+            try:
+                entries += _TREE.validate_json(raw)
+            except ValidationError as exc:
+                raise SourceUnreachable(
+                    f"huggingface {self.repo}: unexpected file list at {commit}: {exc}"
+                ) from None
+            found = _NEXT_LINK.search(link)
+            url = found.group(1) if found else None
+        return [e for e in entries if e.type == "file"]
+
     def file_path(self, commit: str, name: str) -> str:
         return f"/{self.repo}/resolve/{commit}/{urllib.parse.quote(name)}"
 
 
-def adapter_files(siblings: list[Sibling]) -> list[Sibling]:
+_TREE = TypeAdapter(list[TreeEntry])
+
+
+def adapter_files(entries: list[TreeEntry]) -> list[TreeEntry]:
+    """The files vLLM reads, at the top of the repository."""
     return sorted(
-        (s for s in siblings if any(fnmatch.fnmatch(s.rfilename, p) for p in HF_ALLOW_PATTERNS)),
-        key=lambda s: s.rfilename,
+        (e for e in entries if any(fnmatch.fnmatch(e.path, p) for p in HF_ALLOW_PATTERNS)),
+        key=lambda e: e.path,
     )
-
-
-def _size(sibling: Sibling) -> int:
-    return sibling.lfs.size if sibling.lfs is not None else sibling.size or 0
 
 
 class HuggingFaceFetcher:
@@ -174,37 +205,31 @@ class HuggingFaceFetcher:
         self.revision = source.revision
         self.description = f"huggingface {source.repo}@{source.revision}"
         self._hub = HubClient(source.repo, credentials, context)
-        self._resolved: RepoRevision | None = None
+        self._commit: str | None = None
 
     def resolve(self) -> str:
-        self._resolved = self._hub.revision(self.revision)
-        return f"{self._hub.endpoint}/{self._hub.repo}@{self._resolved.sha}"
+        self._commit = self._hub.commit(self.revision)
+        return f"{self._hub.endpoint}/{self._hub.repo}@{self._commit}"
 
     def download(self, staged: Path, budget: SizeBudget) -> str | None:
-        resolved = self._resolved or self._hub.revision(self.revision)
-        files = adapter_files(resolved.siblings)
-        if CONFIG_FILE not in {f.rfilename for f in files}:
+        commit = self._commit or self._hub.commit(self.revision)
+        files = adapter_files(self._hub.files(commit))
+        if CONFIG_FILE not in {f.path for f in files}:
             raise AdapterConfigMissing(
-                f"{self.description} (commit {resolved.sha}) has no {CONFIG_FILE}: not a PEFT "
-                "adapter"
+                f"{self.description} (commit {commit}) has no {CONFIG_FILE}: not a PEFT adapter"
             )
-        budget.announce(sum(_size(f) for f in files))
-        for sibling in files:
-            rel = relative_file(sibling.rfilename, self.description)
-            response = self._hub.get(self._hub.file_path(resolved.sha, sibling.rfilename), str(rel))
+        budget.announce(sum(f.content_size for f in files))
+        for entry in files:
+            rel = relative_file(entry.path, self.description)
+            response = self._hub.get(self._hub.file_path(commit, entry.path), str(rel))
             got = stream_to_file(response, staged / rel, budget, self.description)
-            if sibling.lfs is not None and got != sibling.lfs.sha256:
+            if entry.lfs is not None and got != entry.lfs.oid:
                 raise DigestMismatch(
-                    f"{self.description}: {rel} has sha256 {got}, the hub lists "
-                    f"{sibling.lfs.sha256}"
+                    f"{self.description}: {rel} has sha256 {got}, the hub lists {entry.lfs.oid}"
                 )
-            if (
-                sibling.lfs is None
-                and sibling.blob_id
-                and git_blob_id(staged / rel) != sibling.blob_id
-            ):
+            if entry.lfs is None and entry.oid and git_blob_id(staged / rel) != entry.oid:
                 raise DigestMismatch(
-                    f"{self.description}: {rel} does not match the git blob {sibling.blob_id}"
+                    f"{self.description}: {rel} does not match its git blob {entry.oid}"
                 )
         return None
 
@@ -229,18 +254,19 @@ def inspect_huggingface(
     The digest stays empty (it needs every byte); ``path`` reads ``hf://<repo>@<commit>``.
     """
     hub = HubClient(source.repo, credentials, context)
-    resolved = hub.revision(source.revision)
-    where = f"{source.repo}@{resolved.sha}"
-    files = {f.rfilename: f for f in adapter_files(resolved.siblings)}
+    commit = hub.commit(source.revision)
+    where = f"{source.repo}@{commit}"
+    files = {f.path: f for f in adapter_files(hub.files(commit))}
     if CONFIG_FILE not in files:
         raise AdapterConfigMissing(f"{where} has no {CONFIG_FILE}: not a PEFT adapter")
-    with hub.get(hub.file_path(resolved.sha, CONFIG_FILE), CONFIG_FILE) as response:
+    with hub.get(hub.file_path(commit, CONFIG_FILE), CONFIG_FILE) as response:
         config = parse_config(response.read(1 << 20))
     tensors: dict[str, TensorInfo] = {}
     weights_file: str | None = None
     if SAFETENSORS_FILE in files:
         weights_file = SAFETENSORS_FILE
-        tensors = _remote_header(hub, resolved.sha, _size(files[SAFETENSORS_FILE]), where)
+        size = files[SAFETENSORS_FILE].content_size
+        tensors = _remote_header(hub, commit, size, where)
         if not tensors:
             raise NoTensors(f"{SAFETENSORS_FILE} of {where} holds no tensors")
     else:
@@ -252,7 +278,7 @@ def inspect_huggingface(
         tensors,
         path=f"hf://{where}",
         weights_file=weights_file,
-        size_bytes=sum(_size(f) for f in files.values()),
+        size_bytes=sum(f.content_size for f in files.values()),
         files=sorted(files),
         weights_inspected=bool(tensors),
     )
