@@ -158,13 +158,18 @@ class Settings(_FromEnv):
         30.0,
         gt=0,
         description=(
-            "Timeout of each request of the operator's own look at a source (the pre-flight "
-            "of huggingface adapters before any pod downloads them)."
+            "Timeout of connecting to an adapter source and of each read from it: the "
+            "operator's pre-flight of huggingface adapters and the agents' downloads (the "
+            "operator passes it to the agents it builds)."
         ),
     )
     source_ca_file: Path | None = Field(
         None,
-        description="PEM file of CA certificates trusted for adapter sources besides the system's.",
+        description=(
+            "PEM file of CA certificates trusted for adapter sources besides the system's; "
+            "passed to the agents, so the file must be mounted in the operator and in the "
+            "base models' pods (spec.template.volumes) at this path."
+        ),
     )
     huggingface_endpoint: str | None = Field(
         None,

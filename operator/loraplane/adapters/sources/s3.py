@@ -184,8 +184,11 @@ class S3Fetcher:
                 root = ET.fromstring(r.read(16 << 20))
             for item in root.iter(f"{_NS}Contents"):
                 key = item.findtext(f"{_NS}Key") or ""
-                if key.endswith("/"):
-                    continue  # a "folder" placeholder some consoles create
+                parts = key[len(self.prefix) :].split("/")
+                # A "folder" placeholder some consoles create, or a hidden file: neither is part
+                # of an adapter (as with the path source).
+                if key.endswith("/") or any(part.startswith(".") for part in parts):
+                    continue
                 objects.append(
                     S3Object(
                         key=key,
@@ -199,12 +202,6 @@ class S3Fetcher:
 
     def resolve(self) -> str:
         self._objects = self.list_objects()
-        # Hidden files are not part of an adapter (as with the path source).
-        self._objects = [
-            o
-            for o in self._objects
-            if not any(part.startswith(".") for part in o.key[len(self.prefix) :].split("/"))
-        ]
         if not self._objects:
             raise SourceNotFound(f"{self.description}: no objects under this prefix")
         listing = "\n".join(f"{o.key} {o.size} {o.etag}" for o in self._objects)
