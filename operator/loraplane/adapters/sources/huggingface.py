@@ -139,7 +139,7 @@ class HubClient:
                 secret_headers=self._secret(),
             )
         except HTTPStatusError as exc:
-            code = exc.headers.get("X-Error-Code") or exc.headers.get("x-error-code") or ""
+            code = exc.headers.get("X-Error-Code") or ""
             said = f"huggingface {self.repo}: {what}: HTTP {exc.status}{' ' + code if code else ''}"
             if code in NOT_FOUND_CODES or exc.status == 404:
                 hint = "" if self._credentials else " (a private repository needs tokenSecretRef)"

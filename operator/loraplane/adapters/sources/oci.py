@@ -144,9 +144,7 @@ class OCIFetcher:
             try:
                 return self._client.open(url, headers=headers, secret_headers=secret)
             except HTTPStatusError as exc:
-                challenge = exc.headers.get("WWW-Authenticate") or exc.headers.get(
-                    "Www-Authenticate"
-                )
+                challenge = exc.headers.get("WWW-Authenticate")
                 if exc.status == 401 and challenge and attempt == 0:
                     self._authorize(challenge)
                     continue

@@ -14,6 +14,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from email.message import Message
 from http.client import HTTPResponse
 from pathlib import Path, PurePosixPath
 
@@ -31,9 +32,10 @@ CHUNK = 1 << 20
 
 
 class HTTPStatusError(Exception):
-    """An answer other than 2xx that the caller wants to read (e.g. a registry's challenge)."""
+    """An answer other than 2xx that the caller wants to read (e.g. a registry's challenge);
+    its headers are looked up without regard to case, as HTTP wants."""
 
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(self, status: int, headers: Message, body: bytes) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.headers = headers
@@ -68,7 +70,7 @@ class Client:
         except urllib.error.HTTPError as exc:
             with exc:
                 body = exc.read(64 * 1024)
-            raise HTTPStatusError(exc.code, dict(exc.headers.items()), body) from None
+            raise HTTPStatusError(exc.code, exc.headers, body) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SourceUnreachable(f"{self.what}: no answer ({reason})") from None
