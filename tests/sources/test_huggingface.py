@@ -7,6 +7,7 @@ answers as the hub does for them (tests/support/servers.py says why it is the on
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +27,16 @@ from loraplane.adapters.sources import (
 )
 from loraplane.adapters.sources.credentials import HuggingFaceCredentials
 from loraplane.adapters.validate import BaseModelFacts, errors, validate
+from loraplane.agent import protocol
 from loraplane.api import AdapterSource, HuggingFaceSource
+from loraplane.config import Settings
+from loraplane.fleet import Fleet
+from loraplane.sync import ensure_loaded
 from loraplane.vllm.errors import Reason
 from tests.sources.conftest import leftovers, same_files, versions
 from tests.support.servers import Hub, LocalCA, olah, private_hub
+from tests.unit.test_metrics import FakeRuntime, base_obj, fetched, lora_obj, pod_obj
+from tests.unit.test_metrics import context as metrics_context
 
 TOKEN = "hf_loraplane_test_token"
 
@@ -184,3 +191,35 @@ def test_the_central_preflight_reads_config_and_header_only(
     with pytest.raises(AdapterConfigMissing):
         inspect_huggingface(HuggingFaceSource(repo="team/empty"), None, ctx)
     shutil.rmtree(empty)
+
+
+def test_the_operator_refuses_a_bad_adapter_before_any_pod_downloads(
+    hub: Hub, ca: LocalCA, adapters: dict[str, Path]
+) -> None:
+    """The pre-flight wired into the per-pod sync: a rank the base model cannot serve is a
+    verdict on the adapter before the agent is asked for anything; a good one goes on to it."""
+    hub.repo("team/big").commit(adapters["rank64"], "v1")
+    hub.repo("team/chat").commit(adapters["rank8"], "v1")
+    fleet = Fleet()
+    fleet.observe_base(base_obj("hf"))
+    fleet.observe_pod(pod_obj("hf", "p0"))
+    fleet.observe_adapter(lora_obj("hf", "big", source={"huggingface": {"repo": "team/big"}}))
+    fleet.observe_adapter(lora_obj("hf", "chat", source={"huggingface": {"repo": "team/chat"}}))
+    settings = Settings(huggingface_endpoint=hub.url, source_ca_file=ca.cert)
+    rt = FakeRuntime(fleet, settings=settings)
+
+    class Agent:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:
+            self.asked.append(request.name)
+            return fetched(request.name)
+
+    agent = Agent()
+    for name in ("big", "chat"):
+        pc = metrics_context(fleet, "p0", agent=agent)
+        asyncio.run(ensure_loaded(rt, pc, fleet.adapters[("hf", name)]))  # type: ignore[arg-type]
+    failure = fleet.failure(("hf", "big"))
+    assert failure is not None and failure.reason == Reason.RANK_EXCEEDS_MAX
+    assert agent.asked == ["chat"]
