@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,3 +227,21 @@ async def test_the_agent_answers_each_failure_with_its_reason(
         with pytest.raises(outcome) as caught:
             await store.fetch(req)
         assert caught.value.reason == reason, caught.value.message
+
+
+def test_a_server_that_never_answers_times_out(
+    site: tuple[Server, Path, dict[str, str]], ca: LocalCA, tmp_path: Path
+) -> None:
+    """Connected, then silence (a hung server, a black-holing proxy): the timeout ends it."""
+    _, _, sums = site
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # the kernel completes the connection; nobody ever reads or writes
+        port = silent.getsockname()[1]
+        source = url_source(f"https://127.0.0.1:{port}/rank8.tgz", sums["rank8.tgz"])
+        context = SourceContext(timeout_seconds=1, ca_file=ca.cert)
+        started = time.monotonic()
+        with pytest.raises(SourceUnreachable, match="timed out"):
+            fetch_source(source, tmp_path, "chat", context=context)
+        assert time.monotonic() - started < 10
+    assert leftovers(tmp_path, "chat") == []

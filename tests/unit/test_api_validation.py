@@ -190,6 +190,11 @@ BAD_OBJECTS: list[Bad] = [
         lora({"source": {"url": {"url": "http://files.example/a.tgz", "sha256": "a" * 64}}}),
         sources.URL_HTTPS,
     ),
+    _cel(
+        "lora-url-with-credentials",
+        lora({"source": {"url": {"url": "https://u:p@files.example/a.tgz", "sha256": "a" * 64}}}),
+        sources.URL_HTTPS,
+    ),
     Bad(
         "lora-url-without-sha256",
         lora({"source": {"url": {"url": "https://files.example/a.tgz"}}}),

@@ -10,14 +10,15 @@ from loraplane.api.cel import DNS1123_SUBDOMAIN, CelRule, matches, validations
 from loraplane.api.common import PATH_ABSOLUTE, HuggingFaceSource, K8sModel
 
 S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^ ]*)?$"
-HTTP_ENDPOINT = r"^https?://[^ /?#]+(/[^ ?#]*)?$"
+# No userinfo (user:password@) in URLs: they are shown in status and logs, credentials never are.
+HTTP_ENDPOINT = r"^https?://[^ /?#@]+(/[^ ?#]*)?$"
 # registry host[:port] / repository (OCI distribution spec names) then :tag or @sha256:digest.
 OCI_REFERENCE = (
     r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
     r"/[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
     r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$"
 )
-HTTPS_URL = r"^https://[^ /?#]+[^ ]*$"
+HTTPS_URL = r"^https://[^ /?#@]+([/?#][^ ]*)?$"
 SHA256_HEX = r"^(sha256:)?[0-9a-f]{64}$"
 
 ADAPTER_SOURCE_EXACTLY_ONE = CelRule(
@@ -38,7 +39,10 @@ S3_URI_FORMAT = CelRule(
 S3_ENDPOINT_FORMAT = CelRule(
     name="s3-endpoint-format",
     rule=f"self.matches('{HTTP_ENDPOINT}')",
-    message="endpoint must be an http:// or https:// URL without query (e.g. https://minio.example:9000)",
+    message=(
+        "endpoint must be an http:// or https:// URL without query or credentials "
+        "(e.g. https://minio.example:9000)"
+    ),
 )
 OCI_REFERENCE_FORMAT = CelRule(
     name="oci-reference-format",
@@ -51,7 +55,10 @@ OCI_REFERENCE_FORMAT = CelRule(
 URL_HTTPS = CelRule(
     name="url-https",
     rule=f"self.matches('{HTTPS_URL}')",
-    message="url must be an https:// URL (plain http cannot be trusted in transit)",
+    message=(
+        "url must be an https:// URL (plain http cannot be trusted in transit) without "
+        "credentials in it (user:password@)"
+    ),
 )
 
 
