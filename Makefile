@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh 2>/dev/
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
         bench bench-residency demo demo-down \
-        tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
+        sources tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ fixtures: .venv ## the tiny model and its adapters in $LORAPLANE_HOME (built onc
 unit: .venv ## unit tests (no cluster, no vLLM)
 	$(PY) -m pytest tests/unit -q
 
+sources: .venv fixtures ## adapter sources against real servers on 127.0.0.1 (registry, S3, hub, HTTPS)
+	bash hack/build-tools.sh --sources
+	$(PY) -m pytest tests/sources -q --durations=8
+
 tools: ## Prometheus, promtool, helm-unittest, controller-gen and the Prometheus Operator CRDs from Go modules (cached)
 	bash hack/build-tools.sh
 
@@ -69,7 +73,7 @@ integration: .venv cluster-up fixtures tools ## integration tests on the local c
 e2e: .venv cluster-up fixtures tools images ## end-to-end tests: images, the chart (lint, unit, install), make demo, Prometheus
 	$(PY) -m pytest tests/e2e -q --durations=8
 
-test: lint crds-check chart-check dashboards-check unit integration e2e ## the whole suite: lint, generated-file drift, unit, integration, e2e
+test: lint crds-check chart-check dashboards-check unit sources integration e2e ## the whole suite: lint, generated-file drift, unit, integration, e2e
 
 bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run)
 	$(PY) -m bench

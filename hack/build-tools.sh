@@ -7,8 +7,11 @@
 #   bin/controller-gen-<v>/controller-gen                        sigs.k8s.io/controller-tools
 #   crds/prometheus-operator-<v>/*.yaml                          Prometheus Operator CRDs
 #   bin/prometheus-operator-<v>/prometheus-operator              only with --operator
+#   bin/registry-<v>/registry, bin/oras-<v>/oras, bin/versitygw-<v>/versitygw, olah-<v>/ (a venv)
+#                                     the servers (and OCI client) of the adapter-source tests
 # Idempotent: what exists is not rebuilt, so a warm cache takes well under a second.
 #   hack/build-tools.sh [--operator]   build whatever is missing
+#   hack/build-tools.sh --sources      build only the adapter-source test servers
 #   hack/build-tools.sh --print-env    print NAME=path lines for tests; builds and checks nothing
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,9 +26,11 @@ step() { echo "[tools-build] $*" >&2; }
 fail() { echo "[tools-build] FAILED at step: $1" >&2; echo "[tools-build] see $2" >&2; tail -n 30 "$2" >&2; exit 1; }
 
 operator=false
+only_sources=false
 case ${1:-} in
   "") ;;
   --operator) operator=true ;;
+  --sources) only_sources=true ;;
   --print-env)
     # The one place that knows the layout: tests/support/tools.py reads these lines.
     echo "PROMETHEUS=$home/bin/prometheus-$PROMETHEUS_VERSION/prometheus"
@@ -36,8 +41,12 @@ case ${1:-} in
     echo "CONTROLLER_GEN=$home/bin/controller-gen-$CONTROLLER_TOOLS_VERSION/controller-gen"
     echo "PROMETHEUS_OPERATOR_CRDS=$home/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
     echo "PROMETHEUS_OPERATOR=$home/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/prometheus-operator"
+    echo "REGISTRY=$home/bin/registry-$DISTRIBUTION_VERSION/registry"
+    echo "ORAS=$home/bin/oras-$ORAS_VERSION/oras"
+    echo "VERSITYGW=$home/bin/versitygw-$VERSITYGW_VERSION/versitygw"
+    echo "OLAH=$home/olah-$OLAH_VERSION/bin/olah-cli"
     exit 0 ;;
-  *) echo "usage: $0 [--operator | --print-env]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--operator | --sources | --print-env]" >&2; exit 2 ;;
 esac
 mkdir -p "$work"
 
@@ -166,10 +175,40 @@ build_prometheus_operator() {
     github.com/prometheus-operator/prometheus-operator/cmd/operator
 }
 
+# The adapter-source tests' servers: the CNCF distribution registry, oras to push OCI artifacts
+# the way users do, and versitygw (an S3 gateway; its posix backend serves a local directory).
+build_source_servers() {
+  gobuild registry github.com/distribution/distribution/v3 "$DISTRIBUTION_VERSION" \
+    github.com/distribution/distribution/v3/cmd/registry
+  gobuild --ldflags "-X oras.land/oras/internal/version.Version=${ORAS_VERSION#v} -X oras.land/oras/internal/version.BuildMetadata=" \
+    oras oras.land/oras "$ORAS_VERSION" oras.land/oras/cmd/oras
+  gobuild versitygw github.com/versity/versitygw "$VERSITYGW_VERSION" \
+    github.com/versity/versitygw/cmd/versitygw
+  build_olah
+}
+
+# olah from PyPI into a venv of its own (the one tool here that is not a Go module).
+build_olah() {
+  local dir=$home/olah-$OLAH_VERSION log=$work/olah-$OLAH_VERSION.log t0=$SECONDS
+  [[ -f $dir/.complete ]] && return 0
+  step "installing olah $OLAH_VERSION into $dir (log: $log)"
+  rm -rf "$dir"
+  { python3 -m venv "$dir" && "$dir/bin/pip" install "olah==$OLAH_VERSION"; } >"$log" 2>&1 \
+    || fail "pip install olah==$OLAH_VERSION" "$log"
+  touch "$dir/.complete"
+  step "installed olah $OLAH_VERSION ($((SECONDS - t0)) s)"
+}
+
 start=$SECONDS
+if $only_sources; then
+  build_source_servers
+  step "adapter-source servers present ($((SECONDS - start)) s)"
+  exit 0
+fi
 build_prometheus
 build_helm_unittest
 build_controller_gen
 build_operator_crds
+build_source_servers
 if $operator; then build_prometheus_operator; fi
 step "all tools present ($((SECONDS - start)) s)"

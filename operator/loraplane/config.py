@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraplane.adapters.sources.protocol import SourceContext
 from loraplane.api.adapter import MAX_STATUS_PODS
 
 ENV_PREFIX = "LORAPLANE_"
@@ -168,6 +169,30 @@ class Settings(_FromEnv):
     agent_cpu_request: str = Field("50m", description="CPU request of the agent sidecar.")
     agent_memory_request: str = Field("128Mi", description="Memory request of the agent sidecar.")
     agent_memory_limit: str = Field("512Mi", description="Memory limit of the agent sidecar.")
+    source_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Timeout of connecting to an adapter source and of each read from it: the "
+            "operator's pre-flight of huggingface adapters and the agents' downloads (the "
+            "operator passes it to the agents it builds)."
+        ),
+    )
+    source_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of CA certificates trusted for adapter sources besides the system's; "
+            "passed to the agents, so the file must be mounted in the operator and in the "
+            "base models' pods (spec.template.volumes) at this path."
+        ),
+    )
+    huggingface_endpoint: str | None = Field(
+        None,
+        description=(
+            "A hub-compatible server for huggingface adapter sources (default: the Hub); the "
+            "operator passes it to the agents it builds."
+        ),
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -180,6 +205,22 @@ class Settings(_FromEnv):
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+    def source_context(self) -> SourceContext:
+        return SourceContext(
+            timeout_seconds=self.source_timeout_seconds,
+            ca_file=self.source_ca_file,
+            huggingface_endpoint=self.huggingface_endpoint,
+        )
+
+    def agent_source_env(self) -> dict[str, str]:
+        """The agent's environment for the source settings that are set."""
+        values = {
+            "source_timeout_seconds": self.source_timeout_seconds,
+            "source_ca_file": self.source_ca_file,
+            "huggingface_endpoint": self.huggingface_endpoint,
+        }
+        return {env_name(k): str(v) for k, v in values.items() if v is not None}
 
     def agent_resources(self) -> dict[str, Any]:
         return {
@@ -224,6 +265,32 @@ class AgentSettings(_FromEnv):
         ),
     )
     base_model: str = Field("", description="The BaseModelDeployment's name, a metrics label.")
+    source_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Timeout of connecting to an adapter source and of each read from it (a download "
+            "that stalls this long fails as SourceUnreachable and is retried)."
+        ),
+    )
+    source_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of CA certificates trusted for adapter sources besides the system's (a "
+            "private registry, object store or web server)."
+        ),
+    )
+    huggingface_endpoint: str | None = Field(
+        None,
+        description="A hub-compatible server to fetch huggingface sources from (default: the Hub).",
+    )
+
+    def source_context(self) -> SourceContext:
+        return SourceContext(
+            timeout_seconds=self.source_timeout_seconds,
+            ca_file=self.source_ca_file,
+            huggingface_endpoint=self.huggingface_endpoint,
+        )
 
 
 @lru_cache(maxsize=1)

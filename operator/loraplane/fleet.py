@@ -29,17 +29,19 @@ from pydantic import ValidationError
 
 from loraplane import metrics
 from loraplane.api import (
+    AdapterSource,
     AdapterSummary,
     BaseModelDeploymentSpec,
     LoRAAdapter,
     LoRAAdapterStatus,
-    ModelSource,
     SecretKeyRef,
 )
+from loraplane.api.common import quantity_bytes
 from loraplane.builders import naming
 from loraplane.placement import Candidate, Placement, place
 from loraplane.pod_health import PodProblem, pod_problems
 from loraplane.status.conditions import now
+from loraplane.vllm.errors import Reason
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class BaseView:
     max_lora_rank: int
     cap: int | None
     api_key_ref: SecretKeyRef | None
+    store_size_limit: int | None = None  # bytes; None: a PersistentVolumeClaim of its own size
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class AdapterView:
     name: str
     base_model: str
     served_name: str
-    source: ModelSource | None  # None: the spec did not parse (spec_error says why)
+    source: AdapterSource | None  # None: the spec did not parse (spec_error says why)
     priority: int
     created: str
     generation: int
@@ -131,6 +134,8 @@ class Failure:
     judged: Judgement
     reason: str
     message: str
+    # For a too-large adapter, the store size limit it exceeded: a larger store may take it.
+    size_limit: int | None = None
 
 
 @dataclass
@@ -159,7 +164,7 @@ class PodChange(Enum):
     OTHER = "other"
 
 
-def fingerprint(source: ModelSource, refresh: str | None) -> str:
+def fingerprint(source: AdapterSource, refresh: str | None) -> str:
     raw = json.dumps([source.to_k8s(), refresh], sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -230,7 +235,16 @@ class Fleet:
 
     def failure(self, key: Key) -> Failure | None:
         f = self._failures.get(key)
-        return f if f is not None and f.judged == self.judgement(key) else None
+        if f is None or f.judged != self.judgement(key):
+            return None
+        if f.reason == Reason.ADAPTER_TOO_LARGE and f.size_limit != self._size_limit(key):
+            return None
+        return f
+
+    def _size_limit(self, key: Key) -> int | None:
+        ad = self.adapters.get(key)
+        base = self.bases.get((ad.namespace, ad.base_model)) if ad is not None else None
+        return base.store_size_limit if base is not None else None
 
     def _name_holders(self, namespace: str, base_model: str) -> dict[str, AdapterView]:
         """Served name -> the adapter holding it: the oldest claimant, then the first by name.
@@ -457,7 +471,7 @@ class Fleet:
         ad = self.adapters.get(key)
         if ad is None or judged != self.judgement(key) or self.failure(key) is not None:
             return NO_KICKS
-        self._failures[key] = Failure(judged, reason, message)
+        self._failures[key] = Failure(judged, reason, message, self._size_limit(key))
         metrics.VALIDATION_FAILURES.labels(ad.namespace, ad.base_model, ad.name, reason).inc()
         log.warning("adapter %s/%s rejected: %s: %s", *key, reason, message)
         return self._kicks(ad.namespace, ad.base_model)
@@ -726,4 +740,9 @@ def base_view(obj: Mapping[str, Any]) -> BaseView | None:
         max_lora_rank=spec.lora.max_lora_rank,
         cap=spec.lora.max_adapters_per_replica,
         api_key_ref=spec.engine.api_key_secret_ref,
+        store_size_limit=(
+            quantity_bytes(spec.adapter_store.empty_dir.size_limit)
+            if spec.adapter_store.empty_dir is not None
+            else None
+        ),
     )

@@ -18,7 +18,7 @@ from kubernetes_asyncio.client import ApiClient
 from loraplane import kube
 from loraplane.api.common import StatusModel
 from loraplane.config import Settings
-from loraplane.fleet import Fleet, Key
+from loraplane.fleet import Fleet, Judgement, Key
 from loraplane.workers import Workers
 
 S = TypeVar("S", bound=StatusModel)
@@ -59,6 +59,8 @@ class Runtime:
     # The status last published per (kind, object). The body a timer sees lags behind our own
     # patch; judging transitions against this instead announces each one once.
     published: dict[tuple[str, Key], StatusModel] = field(default_factory=dict)
+    # The judgement each adapter's central pre-flight last passed (it runs once per judgement).
+    preflights: dict[Key, Judgement] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -97,3 +99,4 @@ class Runtime:
 
     def forget_published(self, kind: str, key: Key) -> None:
         self.published.pop((kind, key), None)
+        self.preflights.pop(key, None)

@@ -16,6 +16,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loraplane import kube, metrics
+from loraplane.adapters.inspect import AdapterInspectionError
+from loraplane.adapters.sources import SourceUnavailable, inspect_huggingface
+from loraplane.adapters.sources.credentials import (
+    HuggingFaceCredentials,
+    MissingSecret,
+    SourceCredentials,
+    read_credentials,
+)
+from loraplane.adapters.validate import BaseModelFacts, errors, validate
 from loraplane.agent.client import (
     AdapterRejectedByAgent,
     AgentClient,
@@ -136,17 +145,20 @@ def peers(rt: Runtime, pod: PodView, ad: AdapterView, version: Version) -> list[
 
 
 async def fetch_request(
-    rt: Runtime, pod: PodView, ad: AdapterView, judged: Judgement, pinned: Version | None
+    rt: Runtime,
+    pod: PodView,
+    ad: AdapterView,
+    judged: Judgement,
+    pinned: Version | None,
+    credentials: SourceCredentials | None,
 ) -> FetchRequest:
     assert ad.source is not None  # placement leaves out adapters whose spec did not parse
-    hf_token = None
-    ref = ad.source.huggingface.token_secret_ref if ad.source.huggingface else None
-    if ref is not None:
-        hf_token = await rt.secrets.value(ad.namespace, ref.name, ref.key)
+    base = rt.fleet.bases.get((ad.namespace, ad.base_model))
     return FetchRequest(
         name=ad.name,
         source=ad.source,
-        hf_token=hf_token,
+        credentials=credentials,
+        size_limit_bytes=base.store_size_limit if base is not None else None,
         max_lora_rank=judged.max_lora_rank,
         base_model=ad.base_model,
         expected_digest=pinned.summary.digest if pinned else None,
@@ -220,7 +232,16 @@ async def fetch(
     fleet, pkey = rt.fleet, pc.pod.key
     labels = (ad.namespace, pc.base.name, ad.name)
     current = pc.registered.get(ad.served_name)
-    request = await fetch_request(rt, pc.pod, ad, judged, pinned)
+    assert ad.source is not None  # placement leaves out adapters whose spec did not parse
+    try:
+        credentials = await read_credentials(rt.secrets.value, ad.namespace, ad.source)
+    except MissingSecret as exc:
+        state = "Registered" if serving else "Loading"
+        fleet.set_state(pkey, ad.name, state, f"SecretNotFound: {exc}", current, "SecretNotFound")
+        raise
+    if pinned is None and not await preflight(rt, pc, ad, judged, credentials):
+        return None
+    request = await fetch_request(rt, pc.pod, ad, judged, pinned, credentials)
     started = time.monotonic()
     try:
         fetched = await pc.agent.fetch(request)
@@ -245,6 +266,46 @@ async def fetch(
     if not serving or fetched.path != current:
         metrics.FETCH_SECONDS.labels(*labels).observe(time.monotonic() - started)
     return fetched
+
+
+async def preflight(
+    rt: Runtime,
+    pc: PodContext,
+    ad: AdapterView,
+    judged: Judgement,
+    credentials: SourceCredentials | None,
+) -> bool:
+    """The operator's own look at a huggingface adapter (its config and safetensors header)
+    before any pod downloads it; False when that already refuses it. Once per judgement; a hub
+    that cannot be reached leaves the verdict to the agents."""
+    assert ad.source is not None
+    hf = ad.source.huggingface
+    if hf is None or rt.preflights.get(ad.key) == judged:
+        return True
+    token = credentials if isinstance(credentials, HuggingFaceCredentials) else None
+    try:
+        summary = await asyncio.to_thread(
+            inspect_huggingface, hf, token, rt.settings.source_context()
+        )
+    except SourceUnavailable as exc:
+        log.info("pre-flight of %s/%s skipped: %s", ad.namespace, ad.name, exc.message)
+        return True
+    except AdapterInspectionError as exc:
+        reason, message = str(exc.reason), exc.message
+    else:
+        facts = BaseModelFacts(max_lora_rank=judged.max_lora_rank, deployment=ad.base_model)
+        bad = errors(validate(summary, facts))
+        rt.preflights[ad.key] = judged
+        if not bad:
+            return True
+        reason, message = str(bad[0].reason), "; ".join(f.message for f in bad)
+    labels = (ad.namespace, pc.base.name, ad.name)
+    metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
+    rt.kick(rt.fleet.record_failure(ad.key, judged, reason, message))
+    rt.fleet.set_state(
+        pc.pod.key, ad.name, "Failed", message, path=pc.registered.get(ad.served_name)
+    )
+    return False
 
 
 async def load(rt: Runtime, pc: PodContext, ad: AdapterView, judged: Judgement, path: str) -> bool:
@@ -406,7 +467,7 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
         async with sem:
             try:
                 return await ensure_loaded(rt, pc, ad)
-            except (VLLMError, AgentError) as exc:
+            except (VLLMError, AgentError, MissingSecret) as exc:
                 return exc
 
     results = await asyncio.gather(*(one(a) for a in steps.wanted))

@@ -110,6 +110,26 @@ def prometheus_operator() -> Path:
     return _require("PROMETHEUS_OPERATOR", build="hack/build-tools.sh --operator")
 
 
+def registry() -> Path:
+    """The CNCF distribution registry (`hack/build-tools.sh --sources` builds it)."""
+    return _require("REGISTRY", build="hack/build-tools.sh --sources")
+
+
+def oras() -> Path:
+    """The oras CLI, which pushes adapters to the registry as OCI artifacts."""
+    return _require("ORAS", build="hack/build-tools.sh --sources")
+
+
+def versitygw() -> Path:
+    """versitygw, the S3 gateway whose posix backend serves a local directory."""
+    return _require("VERSITYGW", build="hack/build-tools.sh --sources")
+
+
+def olah() -> Path:
+    """olah's command, in the venv hack/build-tools.sh installs it into."""
+    return _require("OLAH", build="hack/build-tools.sh --sources")
+
+
 # libyaml's parser (in every PyYAML wheel): the operator's CRDs are 4 MB, 20 s in pure Python.
 class _CRDLoader(yaml.CSafeLoader):
     """SafeLoader without YAML 1.1's !!value: a bare `=` (an enum value in the operator's CRDs,

@@ -6,13 +6,14 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from loraplane.agent.main import build_app
 from loraplane.agent.protocol import FetchRequest
 from loraplane.agent.store import AdapterStore, Rejected, Unavailable
-from loraplane.api import ModelSource
+from loraplane.api import AdapterSource
 from loraplane.config import AgentSettings
 from tests.support import ensure_adapters
 from tests.support.vllm_server import free_port
@@ -24,7 +25,7 @@ def adapters() -> dict[str, Path]:
 
 
 def request(source: Path, name: str = "sql", rank: int = 16) -> FetchRequest:
-    return FetchRequest(name=name, source=ModelSource(path=str(source)), max_lora_rank=rank)
+    return FetchRequest(name=name, source=AdapterSource(path=str(source)), max_lora_rank=rank)
 
 
 def test_fetch_answers_the_verified_summary(adapters: dict[str, Path], tmp_path: Path) -> None:
@@ -140,3 +141,32 @@ async def test_a_pod_without_the_pinned_version_gets_it_from_a_peer(
         await runner.cleanup()
     assert got.summary.digest == digest
     assert visible(Path(got.path)) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+async def test_a_bad_fetch_request_is_answered_without_its_credentials(tmp_path: Path) -> None:
+    """The operator logs the agent's 400 answer: it must not quote the request's secrets."""
+    cfg = AgentSettings(adapter_root=tmp_path / "store", agent_token="t")
+    runner = web.AppRunner(build_app(cfg))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    body = {
+        "name": "a",
+        "source": {"s3": {"uri": "s3://bkt/p"}},
+        "credentials": {"kind": "s3", "accessKeyId": "AKIAEXAMPLE", "secret": "s3-secret-key"},
+        "maxLoraRank": 16,
+    }
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/v1/adapters/fetch",
+                json=body,
+                headers={"Authorization": "Bearer t"},
+            ) as resp,
+        ):
+            status, text = resp.status, await resp.text()
+    finally:
+        await runner.cleanup()
+    assert status == 400 and "credentials" in text
+    assert "s3-secret-key" not in text and "AKIAEXAMPLE" not in text

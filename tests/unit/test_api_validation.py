@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from loraplane import api
-from loraplane.api import adapter, base_model, cel, common
+from loraplane.api import adapter, base_model, cel, common, sources
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +154,53 @@ BAD_OBJECTS: list[Bad] = [
     _cel("bmd-name-leading-digit", bmd(name="3llama"), base_model.NAME_IS_DNS_LABEL),
     _cel("bmd-name-too-long", bmd(name="a" * 64), base_model.NAME_IS_DNS_LABEL),
     # --- CEL rules, LoRAAdapter -------------------------------------------------------------
-    _cel("lora-two-sources", lora({"source": {"path": "/a", **HF}}), common.SOURCE_EXACTLY_ONE),
+    _cel(
+        "lora-two-sources",
+        lora({"source": {"path": "/a", **HF}}),
+        sources.ADAPTER_SOURCE_EXACTLY_ONE,
+    ),
+    _cel(
+        "lora-s3-and-oci",
+        lora({"source": {"s3": {"uri": "s3://bkt/p"}, "oci": {"reference": "r.io/a:b"}}}),
+        sources.ADAPTER_SOURCE_EXACTLY_ONE,
+    ),
+    _cel("lora-no-source", lora({"source": {}}), sources.ADAPTER_SOURCE_EXACTLY_ONE),
+    _cel(
+        "lora-s3-no-scheme",
+        lora({"source": {"s3": {"uri": "bucket/prefix"}}}),
+        sources.S3_URI_FORMAT,
+    ),
+    _cel(
+        "lora-s3-endpoint-no-scheme",
+        lora({"source": {"s3": {"uri": "s3://bucket/p", "endpoint": "minio:9000"}}}),
+        sources.S3_ENDPOINT_FORMAT,
+    ),
+    _cel(
+        "lora-oci-no-registry",
+        lora({"source": {"oci": {"reference": "adapter:v1"}}}),
+        sources.OCI_REFERENCE_FORMAT,
+    ),
+    _cel(
+        "lora-oci-no-tag",
+        lora({"source": {"oci": {"reference": "registry.example/team/adapter"}}}),
+        sources.OCI_REFERENCE_FORMAT,
+    ),
+    _cel(
+        "lora-url-plain-http",
+        lora({"source": {"url": {"url": "http://files.example/a.tgz", "sha256": "a" * 64}}}),
+        sources.URL_HTTPS,
+    ),
+    _cel(
+        "lora-url-with-credentials",
+        lora({"source": {"url": {"url": "https://u:p@files.example/a.tgz", "sha256": "a" * 64}}}),
+        sources.URL_HTTPS,
+    ),
+    Bad(
+        "lora-url-without-sha256",
+        lora({"source": {"url": {"url": "https://files.example/a.tgz"}}}),
+        "sha256",
+        server_message="spec.source.url.sha256: Required value",
+    ),
     _cel("lora-relative-path", lora({"source": {"path": "a"}}), common.PATH_ABSOLUTE),
     _cel(
         "lora-repo-too-many-parts",
@@ -337,6 +383,19 @@ GOOD_EDGE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("lora-long-name-with-served-name", lora({"servedName": "short"}, name=LONG_NAME)),
     ("lora-name-128", lora(name="a" * 63 + "." + "b" * 64)),
     ("lora-priority-negative", lora({"priority": -1000})),
+    ("lora-s3-bucket-only", lora({"source": {"s3": {"uri": "s3://bucket"}}})),
+    (
+        "lora-s3-minio",
+        lora({"source": {"s3": {"uri": "s3://bkt/x/y", "endpoint": "http://minio.ns.svc:9000"}}}),
+    ),
+    (
+        "lora-oci-port-digest",
+        lora({"source": {"oci": {"reference": f"r:5000/a/b@sha256:{'0' * 64}"}}}),
+    ),
+    (
+        "lora-url-prefixed-sha",
+        lora({"source": {"url": {"url": "https://h/d/", "sha256": f"sha256:{'a' * 64}"}}}),
+    ),
 ]
 
 

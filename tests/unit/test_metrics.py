@@ -92,12 +92,21 @@ def fetched(name: str, c: str = "a", rank: int = 8) -> protocol.Fetched:
 
 
 @dataclass
+class NoSecrets:
+    async def value(self, namespace: str, name: str, key: str) -> str | None:
+        return None
+
+
+@dataclass
 class FakeRuntime:
     """What ensure_loaded and unload take from the runtime; kicks are not followed."""
 
     fleet: Fleet
     settings: Settings = field(default_factory=Settings)
     loads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+
+    preflights: dict[Any, Any] = field(default_factory=dict)
+    secrets: NoSecrets = field(default_factory=NoSecrets)
 
     def kick(self, pods: Iterable[Any]) -> None:
         pass

@@ -58,4 +58,10 @@
   value: {{ (toString .Values.settings.agentMemoryRequest) | quote }}
 - name: LORAPLANE_AGENT_MEMORY_LIMIT
   value: {{ (toString .Values.settings.agentMemoryLimit) | quote }}
+- name: LORAPLANE_SOURCE_TIMEOUT_SECONDS
+  value: {{ (toString .Values.settings.sourceTimeoutSeconds) | quote }}
+- name: LORAPLANE_SOURCE_CA_FILE
+  value: {{ (toString .Values.settings.sourceCaFile) | quote }}
+- name: LORAPLANE_HUGGINGFACE_ENDPOINT
+  value: {{ (toString .Values.settings.huggingfaceEndpoint) | quote }}
 {{- end }}

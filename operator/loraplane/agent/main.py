@@ -51,7 +51,14 @@ def _json(body: BaseModel, status: int = 200) -> web.Response:
 async def _body(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(await request.json())
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:
+        # Without the input: a fetch request carries credentials, and the answer is logged.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise web.HTTPBadRequest(text=f"bad {model.__name__}: {problems}") from None
+    except ValueError as exc:
         raise web.HTTPBadRequest(text=f"bad {model.__name__}: {exc}") from exc
 
 
@@ -73,7 +80,11 @@ def build_app(cfg: AgentSettings) -> web.Application:
     required = RequiredStore(cfg.adapter_root)
     engine = Engine(cfg)
     adapters = AdapterStore(
-        cfg.adapter_root, cfg.model_path, cfg.agent_token, cfg.peer_timeout_seconds
+        cfg.adapter_root,
+        cfg.model_path,
+        cfg.agent_token,
+        cfg.peer_timeout_seconds,
+        cfg.source_context(),
     )
     app = web.Application()
 

@@ -2,8 +2,9 @@
 
 Bodies are camelCase on the wire, like the API's own models. A fetch answers 200 with a
 `Fetched`; 422 with a `Rejection` when the adapter itself is bad (the same answer on every pod);
-409 with an `Unavailable` when the pinned version can be had from neither the source nor a peer
-(transient: the source may come back); any other answer is trouble worth a retry.
+409 with an `Unavailable` when the source cannot be read now (unreachable, or refusing the
+credentials) and no peer has the pinned version (transient: the source may come back); any
+other answer is trouble worth a retry.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Final
 
 from pydantic import Field
 
+from loraplane.adapters.sources.credentials import SourceCredentials
 from loraplane.adapters.validate import Finding
 from loraplane.api.adapter import AdapterSummary
-from loraplane.api.common import K8sModel, ModelSource, StatusModel
+from loraplane.api.common import K8sModel, StatusModel
+from loraplane.api.sources import AdapterSource
 from loraplane.plugin.snapshot import Tier
 
 FETCH: Final = "/v1/adapters/fetch"
@@ -35,8 +38,15 @@ class FetchRequest(K8sModel):
     """Fetch one adapter into the store and verify it against the base model."""
 
     name: str = Field(description="The LoRAAdapter's name: the store directory.")
-    source: ModelSource
-    hf_token: str | None = Field(default=None, description="Token for a private hub repo.")
+    source: AdapterSource
+    credentials: SourceCredentials | None = Field(
+        default=None, description="What the source's Secret holds, for the kind of the source."
+    )
+    size_limit_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="The adapter store's size limit: a larger adapter is refused, not stored.",
+    )
     max_lora_rank: int
     base_model: str | None = Field(default=None, description="The BaseModelDeployment's name.")
     expected_digest: str | None = Field(
@@ -76,7 +86,7 @@ class Rejection(StatusModel):
 
 
 class Unavailable(StatusModel):
-    reason: str  # SOURCE_UNAVAILABLE or SOURCE_CHANGED
+    reason: str  # SOURCE_UNAVAILABLE, SOURCE_CHANGED, SourceUnreachable or SourceUnauthorized
     message: str
 
 

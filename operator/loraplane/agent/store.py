@@ -17,12 +17,14 @@ from loraplane.adapters.inspect import AdapterInspectionError
 from loraplane.adapters.inspect import AdapterSummary as Inspected
 from loraplane.adapters.sources import (
     FetchResult,
+    SourceContext,
+    SourceUnavailable,
     empty_trash,
-    fetch_huggingface,
-    fetch_path,
+    fetch_source,
     install_directory,
     remove_version,
     staging_dir,
+    stale_markers,
     stored_version,
     validate_name,
     version_dir,
@@ -46,7 +48,7 @@ class Rejected(Exception):
 
 
 class Unavailable(Exception):
-    """The pinned version is in neither this store, the source nor a peer: worth a retry."""
+    """The source cannot be read now (and no peer has the pinned version): worth a retry."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -77,12 +79,18 @@ class AdapterStore:
     """
 
     def __init__(
-        self, root: Path, model_path: Path | None, token: str = "", peer_timeout: float = 120.0
+        self,
+        root: Path,
+        model_path: Path | None,
+        token: str = "",
+        peer_timeout: float = 120.0,
+        sources: SourceContext | None = None,
     ) -> None:
         self.root = root
         self.model_path = model_path
         self._token = token
         self._peer_timeout = peer_timeout
+        self._sources = sources or SourceContext()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def base_facts(self, req: FetchRequest) -> BaseModelFacts:
@@ -131,6 +139,10 @@ class AdapterStore:
             missing = exc.reason == "AdapterNotFound"
             reason = protocol.SOURCE_UNAVAILABLE if missing else protocol.SOURCE_CHANGED
             problem = f"the source no longer holds version {pinned}: {exc.message}"
+        except Unavailable as exc:
+            if pinned is None:
+                raise
+            reason, problem = exc.reason, f"the source cannot be read now: {exc.message}"
         else:
             if pinned is None or req.follow or result.summary.digest == pinned:
                 return answer(result.path, result.summary)
@@ -151,25 +163,30 @@ class AdapterStore:
         tried = f"; no peer had it ({len(req.peers)} asked)" if req.peers else "; no peer holds it"
         raise Unavailable(reason, problem + tried)
 
+    def size_limit(self, req: FetchRequest) -> int:
+        """What one adapter may take: the store's size limit, and no more than is free."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        return min(free, req.size_limit_bytes) if req.size_limit_bytes else free
+
     def _from_source(self, req: FetchRequest, verify: Callable[[Inspected], None]) -> FetchResult:
         source = req.source
         try:
-            if source.path is not None:
-                return fetch_path(source.path, self.root, req.name, verify=verify)
-            if source.huggingface is not None:
-                return fetch_huggingface(
-                    source.huggingface.repo,
-                    source.huggingface.revision,
-                    self.root,
-                    req.name,
-                    token=req.hf_token,
-                    verify=verify,
-                )
+            return fetch_source(
+                source,
+                self.root,
+                req.name,
+                credentials=req.credentials,
+                context=self._sources,
+                size_limit=self.size_limit(req),
+                verify=verify,
+            )
         except AdapterInspectionError as exc:
             raise Rejected(str(exc.reason), str(exc)) from exc
+        except SourceUnavailable as exc:
+            raise Unavailable(str(exc.reason), exc.message) from exc
         except FileNotFoundError as exc:
             raise Rejected("AdapterNotFound", f"no adapter at {source.path}: {exc}") from exc
-        raise Rejected("InvalidRequest", "no source given")
 
     def _from_peer(
         self, peer: str, name: str, digest: str, verify: Callable[[Inspected], None]
@@ -228,4 +245,6 @@ class AdapterStore:
                     log.warning("left alone %s: not a version directory", version)
             if not any(adapter_dir.iterdir()):
                 adapter_dir.rmdir()
+        for marker in stale_markers(self.root):
+            marker.unlink(missing_ok=True)
         return removed

@@ -52,6 +52,7 @@ from loraplane.api.common import (
     ObjectMeta,
     SecretKeyRef,
 )
+from loraplane.api.sources import AdapterSource, OCISource, S3Source, SecretRef, URLSource
 
 BASE_MODEL_KIND = base_model.KIND
 BASE_MODEL_PLURAL = base_model.PLURAL
@@ -83,6 +84,7 @@ __all__ = [
     "VLLM_PORT",
     "AdapterConditionType",
     "AdapterCounts",
+    "AdapterSource",
     "AdapterStoreSpec",
     "AdapterSummary",
     "BaseModelConditionType",
@@ -104,6 +106,7 @@ __all__ = [
     "LoRASpec",
     "ModelSource",
     "ModelSpec",
+    "OCISource",
     "ObjectMeta",
     "PersistentVolumeClaimStore",
     "Phase",
@@ -113,7 +116,10 @@ __all__ = [
     "PullPolicy",
     "Quantization",
     "ReplicaCounts",
+    "S3Source",
     "SecretKeyRef",
+    "SecretRef",
+    "URLSource",
     "ValidationRuleError",
     "adapter",
     "base_model",

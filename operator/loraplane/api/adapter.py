@@ -20,11 +20,11 @@ from loraplane.api.common import (
     VERSION,
     Condition,
     K8sModel,
-    ModelSource,
     ObjectMeta,
     StatusModel,
     conditions_field,
 )
+from loraplane.api.sources import AdapterSource
 
 KIND: Final = "LoRAAdapter"
 PLURAL = "loraadapters"
@@ -98,7 +98,7 @@ class LoRAAdapterSpec(K8sModel):
         ),
         json_schema_extra=validations(SERVED_NAME_FORMAT),
     )
-    source: ModelSource = Field(description="Where the adapter's files come from.")
+    source: AdapterSource = Field(description="Where the adapter's files come from.")
     update_policy: UpdatePolicy = Field(
         default="Pinned",
         description=(

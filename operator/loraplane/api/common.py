@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
@@ -261,3 +262,21 @@ def is_positive_quantity(value: str) -> bool:
         return False
     mantissa = _QUANTITY_MANTISSA.match(value)
     return mantissa is not None and any(c in "123456789" for c in mantissa.group(0))
+
+
+_QUANTITY_SUFFIX: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def quantity_bytes(value: str) -> int:
+    """A Kubernetes quantity (10Gi, 500M, 1e9) as a whole number of bytes, rounded up."""
+    if not matches(QUANTITY, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", value)
+    assert number is not None  # the quantity pattern matched
+    suffix = value[number.end() :]
+    amount = Decimal(number.group(0)) * Decimal(_QUANTITY_SUFFIX[suffix])
+    return int(amount.to_integral_value(rounding="ROUND_CEILING"))

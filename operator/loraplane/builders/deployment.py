@@ -28,6 +28,8 @@ class PodContext:
     agent_metrics_port: int = 8082
     engine_plugin: bool = True
     agent_resources: Mapping[str, Any] = field(default_factory=lambda: Settings().agent_resources())
+    # How the agent reaches adapter sources: the operator's own source settings, passed on.
+    source_env: Mapping[str, str] = field(default_factory=lambda: Settings().agent_source_env())
 
     @classmethod
     def of(cls, settings: Settings) -> PodContext:
@@ -38,6 +40,7 @@ class PodContext:
             agent_metrics_port=settings.agent_metrics_port,
             engine_plugin=settings.engine_plugin,
             agent_resources=settings.agent_resources(),
+            source_env=settings.agent_source_env(),
         )
 
 
@@ -192,6 +195,7 @@ def agent_container(
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": env_name("base_model"), "value": base_model},
         {"name": env_name("metrics_port"), "value": str(ctx.agent_metrics_port)},
+        *({"name": k, "value": v} for k, v in sorted(ctx.source_env.items())),
     ]
     if ctx.engine_plugin:
         env.append({"name": env_name("residency_dir"), "value": naming.RESIDENCY_MOUNT_PATH})

@@ -16,6 +16,7 @@ from loraplane.pod_health import PodProblem
 from loraplane.status import Event
 from loraplane.status.adapter import serves
 from loraplane.status.conditions import Cond, merge
+from loraplane.vllm.errors import Reason
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,16 @@ def events(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
 
 # Reasons a pod gives for an adapter it cannot have, that concern the base model's operator: a
 # verified version that is neither in the source any more nor on another pod.
-SOURCE_REASONS = frozenset({SOURCE_UNAVAILABLE, SOURCE_CHANGED})
+# Pod problems that are the adapter source's, not the pod's: the base model is Degraded by them.
+SOURCE_REASONS = frozenset(
+    {
+        SOURCE_UNAVAILABLE,
+        SOURCE_CHANGED,
+        Reason.SOURCE_UNREACHABLE,
+        Reason.SOURCE_UNAUTHORIZED,
+        "SecretNotFound",
+    }
+)
 
 
 def source_problems(fleet: Fleet, namespace: str, name: str) -> list[PodProblem]:

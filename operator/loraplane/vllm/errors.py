@@ -54,6 +54,10 @@ class Reason(StrEnum):
     NOT_LORA = "NotLoRA"
     NAME_CONFLICTS_WITH_BASE_MODEL = "NameConflictsWithBaseModel"
     ADAPTER_REJECTED = "AdapterRejected"
+    # The adapter's source: what it holds is not what the spec pins, or cannot be stored.
+    DIGEST_MISMATCH = "DigestMismatch"
+    ADAPTER_TOO_LARGE = "AdapterTooLarge"
+    INVALID_ARCHIVE = "InvalidArchive"
     # Pre-flight only, a warning: the adapter may still load.
     BASE_MODEL_NAME_DIFFERS = "BaseModelNameDiffers"
     # The state of the server, not the adapter.
@@ -64,6 +68,10 @@ class Reason(StrEnum):
     RUNTIME_UPDATING_DISABLED = "RuntimeUpdatingDisabled"
     UNAUTHORIZED = "Unauthorized"
     INVALID_REQUEST = "InvalidRequest"
+    # The adapter's source cannot be read now; retried with backoff (credentials live in a
+    # Secret, which can be fixed without touching the adapter's spec).
+    SOURCE_UNAUTHORIZED = "SourceUnauthorized"
+    SOURCE_UNREACHABLE = "SourceUnreachable"
     # Retry with backoff.
     SERVER_ERROR = "ServerError"
     TRANSIENT = "Transient"
@@ -85,6 +93,9 @@ PERMANENT_REASONS: frozenset[Reason] = frozenset(
         Reason.NOT_LORA,
         Reason.NAME_CONFLICTS_WITH_BASE_MODEL,
         Reason.ADAPTER_REJECTED,
+        Reason.DIGEST_MISMATCH,
+        Reason.ADAPTER_TOO_LARGE,
+        Reason.INVALID_ARCHIVE,
     }
 )
 
