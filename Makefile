@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh 2>/dev/
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
         bench bench-residency demo demo-down \
-        sources tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
+        sources source-servers tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -56,8 +56,10 @@ fixtures: .venv ## the tiny model and its adapters in $LORAPLANE_HOME (built onc
 unit: .venv ## unit tests (no cluster, no vLLM)
 	$(PY) -m pytest tests/unit -q
 
-sources: .venv fixtures ## adapter sources against real servers on 127.0.0.1 (registry, S3, hub, HTTPS)
+source-servers: ## the adapter-source test servers (registry, oras, versitygw, olah), cached
 	bash hack/build-tools.sh --sources
+
+sources: .venv fixtures source-servers ## adapter sources against real servers on 127.0.0.1 (registry, S3, hub, HTTPS)
 	$(PY) -m pytest tests/sources -q --durations=8
 
 tools: ## Prometheus, promtool, helm-unittest, controller-gen and the Prometheus Operator CRDs from Go modules (cached)
@@ -67,7 +69,7 @@ images: ## the local base image (buildah, debootstrap) and the operator image (c
 	bash hack/images.sh base
 	bash hack/images.sh operator
 
-integration: .venv cluster-up fixtures tools ## integration tests on the local cluster with real vLLM
+integration: .venv cluster-up fixtures tools source-servers ## integration tests on the local cluster with real vLLM
 	$(PY) -m pytest tests/integration -q --durations=12
 
 e2e: .venv cluster-up fixtures tools images ## end-to-end tests: images, the chart (lint, unit, install), make demo, Prometheus

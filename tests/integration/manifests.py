@@ -9,6 +9,10 @@ API_VERSION = "loraplane.dev/v1alpha1"
 
 
 ADAPTER_SOURCES = "/adapter-sources"
+# Where a base model mounts the CA of the source servers the tests run (operator setting
+# LORAPLANE_SOURCE_CA_FILE).
+SOURCE_CA_DIR = "/etc/loraplane-test-ca"
+SOURCE_CA_FILE = f"{SOURCE_CA_DIR}/ca.crt"
 
 
 def tiny_base_model(name: str, home: Path, replicas: int = 1, **lora: Any) -> dict[str, Any]:

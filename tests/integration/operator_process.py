@@ -9,6 +9,7 @@ import time
 
 from tests.conftest import REPO
 from tests.integration.cluster import Cluster
+from tests.integration.manifests import SOURCE_CA_FILE
 
 
 class OperatorProcess:
@@ -28,6 +29,9 @@ class OperatorProcess:
             "LORAPLANE_RESYNC_SECONDS": "20",
             # A hung agent is reported after this long (the tests stop one on purpose).
             "LORAPLANE_AGENT_TIMEOUT_SECONDS": "8",
+            # Where the base model of tests/integration/test_sources.py mounts its servers' CA;
+            # read only by fetches from https sources, so other pods go without it.
+            "LORAPLANE_SOURCE_CA_FILE": SOURCE_CA_FILE,
             "PYTHONPATH": str(REPO / "operator"),
         }
         with self.log.open("ab") as out:

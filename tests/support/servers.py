@@ -52,7 +52,8 @@ class LocalCA:
         return ssl.create_default_context(cafile=str(self.cert))
 
 
-def make_ca(directory: Path) -> LocalCA:
+def make_ca(directory: Path, hosts: tuple[str, ...] = (LOCALHOST,)) -> LocalCA:
+    """A CA and a server certificate for `hosts` (IP addresses) and localhost."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -94,7 +95,10 @@ def make_ca(directory: Path) -> LocalCA:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(LOCALHOST)), x509.DNSName("localhost")]
+                [
+                    *(x509.IPAddress(ipaddress.ip_address(h)) for h in hosts),
+                    x509.DNSName("localhost"),
+                ]
             ),
             critical=False,
         )
@@ -185,21 +189,21 @@ class _Files(http.server.SimpleHTTPRequestHandler):
 
 @contextlib.contextmanager
 def https_files(
-    root: Path, ca: LocalCA, *, truncate: frozenset[str] = frozenset()
+    root: Path, ca: LocalCA, *, truncate: frozenset[str] = frozenset(), host: str = LOCALHOST
 ) -> Iterator[Server]:
     """The standard library's file server (with its HTML directory listings) over TLS; the
     paths in `truncate` send half their body and hang up."""
     handler = functools.partial(
         type("Files", (_Files,), {"truncate": truncate}), directory=str(root)
     )
-    httpd = http.server.ThreadingHTTPServer((LOCALHOST, 0), handler)
+    httpd = http.server.ThreadingHTTPServer((host, 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(ca.server_cert), str(ca.server_key))
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Server(url=f"https://{LOCALHOST}:{httpd.server_address[1]}", log=root)
+        yield Server(url=f"https://{host}:{httpd.server_address[1]}", log=root)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -332,7 +336,9 @@ class S3Server(Server):
 
 
 @contextlib.contextmanager
-def versitygw(work: Path, ca: LocalCA, access_key: str, secret_key: str) -> Iterator[S3Server]:
+def versitygw(
+    work: Path, ca: LocalCA, access_key: str, secret_key: str, host: str = LOCALHOST
+) -> Iterator[S3Server]:
     """versitygw's posix backend over `work`/root, its root user with these keys, TLS on."""
     from pydantic import SecretStr
 
@@ -341,11 +347,11 @@ def versitygw(work: Path, ca: LocalCA, access_key: str, secret_key: str) -> Iter
     root = work / "root"
     root.mkdir(parents=True, exist_ok=True)
     log = work / "versitygw.log"
-    url = f"https://{LOCALHOST}:{port}"
+    url = f"https://{host}:{port}"
     argv = [
         str(binary),
         "--port",
-        f"{LOCALHOST}:{port}",
+        f"{host}:{port}",
         "--access",
         access_key,
         "--secret",

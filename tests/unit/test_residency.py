@@ -261,3 +261,23 @@ def test_a_server_says_the_plugin_is_off_once(
     assert [r.getMessage() for r in caplog.records] == [
         "loraplane residency off: vLLM 9.9: no LRUCacheWorkerLoRAManager"
     ]
+
+
+def test_an_error_of_the_plugin_never_reaches_the_engine(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from loraplane import plugin
+
+    monkeypatch.delenv(plugin.SAID_OFF_ENV, raising=False)
+    state = residency.Residency(str(tmp_path), "0.32.0")
+    activate = residency._wrappers(state)["activate_adapter"](lambda self, lora_id: True)
+
+    class Changed:  # a manager whose internals moved: the bookkeeping cannot read them
+        pass
+
+    with caplog.at_level("WARNING", logger="vllm.plugins.loraplane"):
+        assert activate(Changed(), 3) is True  # vLLM's own answer, unchanged
+        assert activate(Changed(), 4) is True
+    assert state.off
+    assert len(caplog.records) == 1
+    assert "stopped after an unexpected error: AttributeError" in caplog.records[0].getMessage()

@@ -20,7 +20,8 @@ Events are counted by the name vLLM serves (vLLM's `warmup_*` dummies are skippe
 takes a lock or does I/O on the engine's thread: the wrappers bump counters and a change number,
 and a daemon thread writes the snapshot (`loraplane.plugin.snapshot`) when the number moved.
 Before patching, every method is checked for its expected signature; a vLLM where one differs
-gets one log line and no patch at all.
+gets one log line and no patch at all. Each wrapper always makes vLLM's own call and returns its
+answer; an error in the bookkeeping around it turns the plugin off for good, with one log line.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from loraplane.plugin import log, say_off, snapshot
 
@@ -46,6 +47,7 @@ POLL_SECONDS: Final = 0.1
 # Set on every function this module installed, so a second install in the same process (vLLM
 # loads plugins once per process, but a forked child inherits the parent's classes) is a no-op.
 MARK: Final = "__loraplane_residency__"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Residency:
         self.cpu: frozenset[str] = frozenset()
         self.manager: Any = None
         self.changes = 0  # bumped on every change; the writer compares it with what it wrote
+        self.off = False  # set for good by the first error of our own
 
     # -- called by the wrappers, on the engine's thread ----------------------------------------
 
@@ -136,7 +139,38 @@ class Residency:
     def name(self, lora_id: int) -> str | None:
         return self.names.get(lora_id)
 
+    def guard(self, step: Callable[[], T]) -> T | None:
+        """Run a step of bookkeeping; on any error, stop for good (one log line)."""
+        if self.off:
+            return None
+        try:
+            return step()
+        except Exception as exc:
+            self.off = True
+            say_off(f"stopped after an unexpected error: {exc!r}")
+            return None
+
+    def in_slot(self, manager: Any, lora_id: int) -> bool:
+        return lora_id in manager._active_adapters
+
+    def held(self, manager: Any) -> tuple[set[int], set[int]]:
+        """The ids in the manager's CPU cache and GPU slots, before a call that may evict."""
+        return set(manager._registered_adapters), set(manager._active_adapters)
+
+    def left(
+        self, manager: Any, before: tuple[set[int], set[int]], activated: int | None = None
+    ) -> None:
+        """Count what the call evicted from each tier (and the activation it made)."""
+        cached, active = before
+        self.evicted(cached - set(manager._registered_adapters), "cpu")
+        self.evicted(active - set(manager._active_adapters), "gpu")
+        if activated is not None:
+            self.activated(activated)
+        self.refresh()
+
     def named(self, lora_request: Any) -> None:
+        if self.names.get(lora_request.lora_int_id) == lora_request.lora_name:
+            return  # the per-step call for an adapter already known: one dict read
         name = lora_request.lora_name
         if name.startswith(WARMUP_PREFIX):
             self.names.pop(lora_request.lora_int_id, None)
@@ -176,6 +210,7 @@ class Residency:
         name = self.names.pop(lora_id, None)
         if name is not None:
             self.adapters.pop(name, None)
+        self.refresh()
 
     def refresh(self) -> None:
         """Read the tiers off the manager after a change (on the engine thread: no race)."""
@@ -216,7 +251,7 @@ class Residency:
 
     def _write_loop(self) -> None:
         written, at = -1, 0.0
-        while True:
+        while not self.off:  # off: the snapshot goes stale and the agent drops it
             changes = self.changes
             if changes != written or time.monotonic() - at >= snapshot.HEARTBEAT_SECONDS:
                 try:
@@ -244,18 +279,21 @@ def _wrap(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable
 
 
 def _wrappers(state: Residency) -> dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The wrapper of each hooked method. vLLM's own call always runs, with its own arguments,
+    and its result or exception goes back unchanged; the bookkeeping around it goes through
+    `state.guard`, so an error of ours turns the plugin off instead of reaching the engine."""
+
     def create_lora_manager(original: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any, model: Any, vllm_config: Any) -> Any:
             result = original(self, model, vllm_config)
-            state.attach(self._adapter_manager)
+            state.guard(lambda: state.attach(self._adapter_manager))
             return result
 
         return wrapper
 
     def add_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any, lora_request: Any) -> Any:
-            if state.names.get(lora_request.lora_int_id) != lora_request.lora_name:
-                state.named(lora_request)
+            state.guard(lambda: state.named(lora_request))
             return original(self, lora_request)
 
         return wrapper
@@ -263,8 +301,7 @@ def _wrappers(state: Residency) -> dict[str, Callable[[Callable[..., Any]], Call
     def remove_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any, adapter_id: int) -> Any:
             result = original(self, adapter_id)
-            state.removed(adapter_id)
-            state.refresh()
+            state.guard(lambda: state.removed(adapter_id))
             return result
 
         return wrapper
@@ -273,32 +310,29 @@ def _wrappers(state: Residency) -> dict[str, Callable[[Callable[..., Any]], Call
         def wrapper(self: Any, lora_request: Any) -> Any:
             started = time.perf_counter()
             lora = original(self, lora_request)
-            state.loaded(lora_request, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            state.guard(lambda: state.loaded(lora_request, seconds))
             return lora
 
         return wrapper
 
     def remove_oldest_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any) -> Any:
-            cached, active = set(self._registered_adapters), set(self._active_adapters)
+            before = state.guard(lambda: state.held(self))
             result = original(self)
-            state.evicted(cached - set(self._registered_adapters), "cpu")
-            state.evicted(active - set(self._active_adapters), "gpu")
-            state.refresh()
+            if before is not None:
+                state.guard(lambda: state.left(self, before))
             return result
 
         return wrapper
 
     def activate_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any, lora_id: int) -> Any:
-            if lora_id in self._active_adapters:
-                return original(self, lora_id)  # the per-step touch of a resident adapter
-            active = set(self._active_adapters)
+            # The per-step touch of an adapter in a slot passes straight through.
+            before = state.guard(lambda: None if state.in_slot(self, lora_id) else state.held(self))
             result = original(self, lora_id)
-            state.evicted(active - set(self._active_adapters), "gpu")
-            if result:
-                state.activated(lora_id)
-            state.refresh()
+            if before is not None:
+                state.guard(lambda: state.left(self, before, activated=lora_id if result else None))
             return result
 
         return wrapper
