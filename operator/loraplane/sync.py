@@ -33,7 +33,17 @@ from loraplane.agent.client import (
 )
 from loraplane.agent.protocol import Fetched, FetchRequest
 from loraplane.builders import naming
-from loraplane.fleet import GATE, AdapterView, BaseView, Fleet, Judgement, Key, PodView, Version
+from loraplane.fleet import (
+    GATE,
+    AdapterView,
+    BaseView,
+    Fleet,
+    Judgement,
+    Key,
+    PodAdapterState,
+    PodView,
+    Version,
+)
 from loraplane.placement import Placement
 from loraplane.status.conditions import now_rfc3339
 from loraplane.vllm.client import VLLMClient
@@ -384,10 +394,7 @@ async def publish(
         await pc.agent.set_required(serving)
         await pc.agent.prune(dict(told[1]))
         fleet.told_agent(pc.pod.key, told)
-    settled = all(
-        (st := fleet.state(pc.pod.key, a.name)) is not None and st.state in ("Registered", "Failed")
-        for a in wanted
-    )
+    settled = all(settled_on(fleet.state(pc.pod.key, a.name)) for a in wanted)
     await set_gate(rt, pc.pod, settled, f"{len(serving)}/{len(wanted)} adapters registered")
 
 
@@ -401,6 +408,15 @@ async def read_residency(rt: Runtime, pc: PodContext) -> None:
         residency = None
     tiers = residency.tiers if residency is not None and residency.available else None
     rt.fleet.record_residency(pc.pod.key, tiers)
+
+
+def settled_on(st: PodAdapterState | None) -> bool:
+    """Whether an adapter lets its pod take traffic: registered, refused, or waiting on its
+    source (a wrong key, a missing Secret, a server down: retried, but nothing this pod can
+    change, and the pod's other adapters must keep serving meanwhile)."""
+    if st is None:
+        return False
+    return st.state in ("Registered", "Failed") or (st.state == "Loading" and st.reason is not None)
 
 
 async def set_gate(rt: Runtime, pod: PodView, ready: bool, message: str) -> None:

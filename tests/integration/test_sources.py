@@ -86,8 +86,13 @@ def sources(
 
 @pytest.fixture(scope="module")
 def base(
-    operator: OperatorProcess, tiny_model: Path, loraplane_home: Path, ca_dir: Path
+    operator: OperatorProcess,
+    tiny_model: Path,
+    loraplane_home: Path,
+    sources: Sources,
+    ca_dir: Path,
 ) -> Iterator[Cluster]:
+    """The base model's pod mounts the servers' CA, made by `sources`."""
     c = operator.cluster
     c.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s", check=False)
     c.kubectl("create", "namespace", NS)

@@ -12,10 +12,21 @@ import pytest
 
 from loraplane.adapters.sources.credentials import MissingSecret, S3Credentials
 from loraplane.agent import protocol
+from loraplane.api import LoRAAdapterStatus
+from loraplane.api.adapter import MAX_STATUS_PODS
 from loraplane.fleet import Fleet
+from loraplane.status import adapter as adapter_status
 from loraplane.sync import ensure_loaded
 from loraplane.vllm.errors import Reason
-from tests.unit.test_metrics import FakeRuntime, base_obj, context, fetched, lora_obj, pod_obj
+from tests.unit.test_metrics import (
+    FakeRuntime,
+    base_obj,
+    context,
+    fetched,
+    fleet_of,
+    lora_obj,
+    pod_obj,
+)
 
 NS = "sources"
 S3 = {"s3": {"uri": "s3://bkt/team/a", "credentialsSecretRef": {"name": "s3-keys"}}}
@@ -93,3 +104,21 @@ def test_too_large_holds_until_the_store_limit_changes() -> None:
     base["spec"]["adapterStore"] = {"emptyDir": {"sizeLimit": "10Gi"}}
     fleet.observe_base(base)
     assert fleet.failure(key) is None
+
+
+def _ready_reason(fleet: Fleet, name: str) -> tuple[str, str | None]:
+    ad = fleet.adapters[("reasons", name)]
+    status = adapter_status.compute(fleet, ad, LoRAAdapterStatus(), MAX_STATUS_PODS)
+    cond = next(c for c in status.conditions or [] if c.type == "Ready")
+    return cond.status, cond.reason
+
+
+def test_a_reason_every_failing_pod_shares_names_the_loading_state() -> None:
+    fleet = fleet_of("reasons", "a", pods=2)
+    for pod in ("p0", "p1"):
+        error = "SourceUnauthorized: wrong key"
+        fleet.set_state(("reasons", pod), "a", "Loading", error, None, "SourceUnauthorized")
+    assert _ready_reason(fleet, "a") == ("False", "SourceUnauthorized")
+    error = "SecretNotFound: s3-keys"
+    fleet.set_state(("reasons", "p1"), "a", "Loading", error, None, "SecretNotFound")
+    assert _ready_reason(fleet, "a") == ("False", "Fetching")  # two: the message quotes each

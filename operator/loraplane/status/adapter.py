@@ -49,6 +49,8 @@ class PodTally:
     outdated: int = 0  # still serve an earlier one
     errors: list[str] = field(default_factory=list)
     digests: dict[str, int] = field(default_factory=dict)  # served digest -> pods
+    # why pods that do not serve it cannot fetch it (SourceUnauthorized, SecretNotFound, ...)
+    reasons: set[str] = field(default_factory=set)
 
 
 def _pods(
@@ -79,6 +81,8 @@ def _pods(
                 tally.outdated += 1
         if st and st.last_error and state != "Evicted":
             tally.errors.append(f"{pod.name}: {st.last_error}")
+            if st.reason and state != "Registered":
+                tally.reasons.add(st.reason)
         prev = before.get(pod.name)
         since = prev.since if prev is not None and prev.state == state else None
         if since is None and st is not None:
@@ -188,7 +192,9 @@ def _judge(
         phase, reason = "Pending", "NoReplicas"
         message = f"{ad.base_model} has no running pods"
     elif version is None:
-        phase, reason = "Loading", "Fetching"
+        # One reason every failing pod shares (a wrong key, a missing Secret) names the state.
+        reason = next(iter(tally.reasons)) if len(tally.reasons) == 1 else "Fetching"
+        phase = "Loading"
         message = f"fetching and verifying the adapter; registered on {registered}/{desired}"
         if quoted:
             message += "; " + quoted
