@@ -1,7 +1,8 @@
 """Engine residency: which adapters sit in vLLM's GPU slots and CPU cache, and every eviction.
 
 Installed into vLLM's worker by the general plugin (`loraplane.plugin.register`). It wraps six
-methods of vLLM's LoRA managers, read from the 0.32 and 0.33 sources and tested on 0.32.0 (CPU):
+methods of vLLM's LoRA managers, run on vLLM 0.32.0 (CPU) and found with the same signatures in
+the 0.24.0, 0.28.0 and 0.31.0 CPU wheels and the 0.33.0 CUDA wheel:
 
 - `LRUCacheWorkerLoRAManager.create_lora_manager`: the engine's LRU manager is made; this process
   hosts the weights, so it publishes.
