@@ -131,7 +131,8 @@ def test_the_operator_made_the_base_models_network_policy(release: Cluster) -> N
     }
     assert vllm["from"] == [operator, {"podSelector": {}}]
     assert agent["from"][0] == operator
-    assert [p["port"] for p in vllm["ports"] + agent["ports"]] == [8000, 8081]
+    # vLLM and the agent's read-only metrics to the clients; the agent's API to the operator.
+    assert [p["port"] for p in vllm["ports"] + agent["ports"]] == [8000, 8082, 8081]
     (pod,) = release.list("pods", SYSTEM_NS, f"app.kubernetes.io/instance={RELEASE}")
     assert OPERATOR_POD_LABELS.items() <= pod["metadata"]["labels"].items()
 
