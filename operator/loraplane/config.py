@@ -101,6 +101,15 @@ class Settings(_FromEnv):
     resync_seconds: float = Field(
         60.0, gt=0, description="Slow periodic per-pod check of /v1/models that catches drift."
     )
+    residency_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Each pod's engine residency (status.pods[].tier) is read from its agent at most this "
+            "often, and at once after the pod's registrations changed: one agent call per pod "
+            "per interval."
+        ),
+    )
     base_model_resync_seconds: float = Field(
         300.0,
         gt=0,

@@ -185,6 +185,8 @@ class Fleet:
     # pod key -> served name -> tier of what its engine holds (gpu or cpu; absent: disk), as its
     # sync last read it; no entry: the engine does not report residency
     residency: dict[Key, dict[str, str]] = field(default_factory=dict)
+    # pod key -> monotonic time its residency was last read (whatever the answer)
+    residency_read: dict[Key, float] = field(default_factory=dict)
     # uids of base models whose agent token Secret exists
     agent_secrets: set[str] = field(default_factory=set)
     # base key -> kind -> the live child object, as the watches last showed it
@@ -398,6 +400,7 @@ class Fleet:
         self.registrations.pop(key, None)
         self.agent_told.pop(key, None)
         self.residency.pop(key, None)
+        self.residency_read.pop(key, None)
         if gone is None:
             return
         for held, newer in self._newer.items():
@@ -561,8 +564,10 @@ class Fleet:
         tiers = self.residency.get(pod)
         return None if tiers is None else tiers.get(served_name, "disk")
 
-    def record_residency(self, pod: Key, tiers: Mapping[str, str] | None) -> None:
-        """What the pod's engine holds now (None: it does not say); wakes adapters it moved."""
+    def record_residency(self, pod: Key, tiers: Mapping[str, str] | None, at: float) -> None:
+        """What the pod's engine holds now (None: it does not say), read at monotonic time
+        `at`; wakes the adapters it moved."""
+        self.residency_read[pod] = at
         before = self.residency.get(pod)
         if before == tiers:
             return
@@ -595,6 +600,7 @@ class Fleet:
             if st.state == "Registered":
                 self.set_state(pod, name, "Pending", "vLLM is not ready on this pod")
         self.record_registrations(pod, {})
+        self.residency_read.pop(pod, None)  # a new engine: read it as soon as it serves
 
     def told_agent(
         self, pod: Key, told: tuple[tuple[str, ...], tuple[tuple[str, str], ...]]

@@ -398,16 +398,21 @@ async def publish(
     await set_gate(rt, pc.pod, settled, f"{len(serving)}/{len(wanted)} adapters registered")
 
 
-async def read_residency(rt: Runtime, pc: PodContext) -> None:
-    """Where the engine holds each adapter now, for the status; read at every sync, the
-    slow resync included, so a status lags the engine by at most one resync period."""
+async def read_residency(rt: Runtime, pc: PodContext, changed: bool) -> None:
+    """Where the engine holds each adapter now, for the status: after the pod's registrations
+    `changed`, else at most every residency interval, so a converged pod's resync within it
+    costs nothing more than its `GET /v1/models`."""
+    read = rt.fleet.residency_read.get(pc.pod.key)
+    started = time.monotonic()
+    if not changed and read is not None and started - read < rt.settings.residency_interval_seconds:
+        return
     try:
         residency = await pc.agent.residency()
     except AgentError as exc:
         log.debug("%s: no residency from its agent: %s", pc.pod.name, exc)
         residency = None
     tiers = residency.tiers if residency is not None and residency.available else None
-    rt.fleet.record_residency(pc.pod.key, tiers)
+    rt.fleet.record_residency(pc.pod.key, tiers, started)
 
 
 def settled_on(st: PodAdapterState | None) -> bool:
@@ -498,6 +503,6 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
         now = (await vllm.list_models()).adapter_paths
     fleet.record_registrations(key, now)
     await publish(rt, pc, steps.wanted, now)
-    await read_residency(rt, pc)
+    await read_residency(rt, pc, changed=now is not registered)
     if errors:
         raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")

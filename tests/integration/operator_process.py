@@ -27,6 +27,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "LORAPLANE_OPERATOR_IMAGE": "ghcr.io/loraplane/loraplane:dev",
             "LORAPLANE_RESYNC_SECONDS": "20",
+            "LORAPLANE_RESIDENCY_INTERVAL_SECONDS": "20",
             # A hung agent is reported after this long (the tests stop one on purpose).
             "LORAPLANE_AGENT_TIMEOUT_SECONDS": "8",
             # Where the base model of tests/integration/test_sources.py mounts its servers' CA;

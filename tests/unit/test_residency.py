@@ -231,21 +231,21 @@ def test_each_pod_of_the_status_tells_where_its_engine_holds_the_adapter() -> No
     assert tiers_in_status(fleet, "a") == {"p0": None, "p1": None}  # no engine reported yet
     changed = fleet.adapter_changed(("tiers", "a"))
     changed.clear()
-    fleet.record_residency(("tiers", "p0"), {"a": "gpu", "b": "cpu"})
-    fleet.record_residency(("tiers", "p1"), {"b": "gpu"})
+    fleet.record_residency(("tiers", "p0"), {"a": "gpu", "b": "cpu"}, 0.0)
+    fleet.record_residency(("tiers", "p1"), {"b": "gpu"}, 0.0)
     assert changed.is_set()
     assert tiers_in_status(fleet, "a") == {"p0": "gpu", "p1": "disk"}
     assert tiers_in_status(fleet, "b") == {"p0": "cpu", "p1": "gpu"}
     changed.clear()
-    fleet.record_residency(("tiers", "p1"), {"b": "gpu"})
+    fleet.record_residency(("tiers", "p1"), {"b": "gpu"}, 0.0)
     assert not changed.is_set()  # a resync that found the same: nothing to recompute
-    fleet.record_residency(("tiers", "p0"), None)
+    fleet.record_residency(("tiers", "p0"), None, 0.0)
     assert tiers_in_status(fleet, "a")["p0"] is None
 
 
 def test_a_pod_that_does_not_serve_the_adapter_reports_no_tier() -> None:
     fleet = fleet_of("tiers", "a", pods=1)
-    fleet.record_residency(("tiers", "p0"), {"a": "gpu"})
+    fleet.record_residency(("tiers", "p0"), {"a": "gpu"}, 0.0)
     assert tiers_in_status(fleet, "a") == {"p0": None}
 
 
