@@ -22,6 +22,8 @@
   value: {{ (toString .Values.settings.enginePlugin) | quote }}
 - name: LORAPLANE_RESYNC_SECONDS
   value: {{ (toString .Values.settings.resyncSeconds) | quote }}
+- name: LORAPLANE_RESIDENCY_INTERVAL_SECONDS
+  value: {{ (toString .Values.settings.residencyIntervalSeconds) | quote }}
 - name: LORAPLANE_BASE_MODEL_RESYNC_SECONDS
   value: {{ (toString .Values.settings.baseModelResyncSeconds) | quote }}
 - name: LORAPLANE_REQUEST_TIMEOUT_SECONDS
