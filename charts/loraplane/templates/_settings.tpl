@@ -63,7 +63,7 @@
 - name: LORAPLANE_SOURCE_TIMEOUT_SECONDS
   value: {{ (toString .Values.settings.sourceTimeoutSeconds) | quote }}
 - name: LORAPLANE_SOURCE_CA_FILE
-  value: {{ (toString .Values.settings.sourceCaFile) | quote }}
+  value: {{ (toString (.Values.settings.sourceCaFile | default "")) | quote }}
 - name: LORAPLANE_HUGGINGFACE_ENDPOINT
-  value: {{ (toString .Values.settings.huggingfaceEndpoint) | quote }}
+  value: {{ (toString (.Values.settings.huggingfaceEndpoint | default "")) | quote }}
 {{- end }}

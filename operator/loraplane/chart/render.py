@@ -145,7 +145,12 @@ def settings_env() -> str:
             expr = OWNED_ENV[name]
         else:
             alias = OperatorSettings.model_fields[name].alias or name
-            expr = f"(toString .Values.settings.{alias})"
+            value = f".Values.settings.{alias}"
+            if Settings.model_fields[name].default is None:
+                # Unset (null) renders as "", which Settings reads as unset; toString would
+                # render Go's "<nil>".
+                value = f'({value} | default "")'
+            expr = f"(toString {value})"
         out += [f"- name: {env_name(name)}", f"  value: {{{{ {expr} | quote }}}}"]
     out.append("{{- end }}")
     return "\n".join(out) + "\n"
