@@ -137,9 +137,6 @@ class Residency:
         self.changes += 1
         threading.Thread(target=self._write_loop, name="loraplane-residency", daemon=True).start()
 
-    def name(self, lora_id: int) -> str | None:
-        return self.names.get(lora_id)
-
     def guard(self, step: Callable[[], T]) -> T | None:
         """Run a step of bookkeeping; on any error, stop for good (one log line)."""
         if self.off:
