@@ -1,5 +1,9 @@
 """The image table: which local command stands in for a container image.
 
+- image contains `fakevllm` (e.g. loraplane/fakevllm:bench), checked first:
+  $VENV/bin/python -m fakevllm <args>, the FAKE vLLM server of hack/fakevllm for fleet-scale
+  benchmarks (no inference); the container command is ignored and args are taken as for vllm;
+  PYTHONPATH=<checkout>/hack prepended
 - image contains `vllm` (e.g. vllm/vllm-openai:v0.32.0):
   $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (the container command is ignored,
   like the real image's entrypoint; a leading `serve` or positional model is accepted)
@@ -15,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 TABLE_TEXT = (
+    "images containing 'fakevllm' -> the fake vLLM of hack/fakevllm (benchmarks); "
     "images containing 'vllm' -> CPU vLLM of the venv; images starting with "
     "'ghcr.io/loraplane/loraplane' or 'loraplane/' -> this checkout's package"
 )
@@ -61,6 +66,16 @@ def cpu_for(pod_ip: str) -> int:
     return last % (os.cpu_count() or 1)
 
 
+def _vllm_args(args: list[str]) -> list[str]:
+    """The upstream image's entrypoint became `vllm serve`: accept its positional model too."""
+    vargs = list(args)
+    if vargs[:1] == ["serve"]:
+        vargs = vargs[1:]
+    if vargs and not vargs[0].startswith("-"):
+        vargs = ["--model", *vargs]
+    return vargs
+
+
 def resolve(
     image: str,
     command: list[str],
@@ -69,13 +84,16 @@ def resolve(
     checkout: str,
     pod_ip: str = "",
 ) -> LocalCommand:
+    # Before the vllm row (the name contains "vllm") and the loraplane/ row (it may start so).
+    if "fakevllm" in image:
+        argv = [f"{venv}/bin/python", "-m", "fakevllm", *_vllm_args(args)]
+        return LocalCommand(
+            argv,
+            env_defaults=dict(COMMON_ENV_DEFAULTS),
+            env_prepend={"PYTHONPATH": f"{checkout}/hack"},
+        )
     if "vllm" in image:
-        vargs = list(args)
-        # The upstream image's entrypoint became `vllm serve`: accept its positional model too.
-        if vargs[:1] == ["serve"]:
-            vargs = vargs[1:]
-        if vargs and not vargs[0].startswith("-"):
-            vargs = ["--model", *vargs]
+        vargs = _vllm_args(args)
         argv = [f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server", *vargs]
         defaults = {**VLLM_ENV_DEFAULTS, "VLLM_CPU_OMP_THREADS_BIND": str(cpu_for(pod_ip))}
         return LocalCommand(argv, env_defaults=defaults)
