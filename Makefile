@@ -11,7 +11,7 @@ WHEELS ?= $(abspath $(CURDIR)/../shared/wheels)
 VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh 2>/dev/null | sha256sum | cut -c1-12)
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
-        bench bench-residency demo demo-down \
+        bench bench-scale bench-residency demo demo-down \
         sources source-servers tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
 
 help: ## list the targets
@@ -79,6 +79,9 @@ test: lint crds-check chart-check dashboards-check unit sources integration e2e 
 
 bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run)
 	$(PY) -m bench
+
+bench-scale: .venv cluster-up fixtures ## 10 base models x 10 fakevllm pods x 1,000 adapters: the operator at fleet scale (~30 min)
+	$(PY) -m bench.scale
 
 bench-residency: .venv fixtures ## tokens/s of CPU vLLM with loraplane's plugin on and off (no cluster)
 	$(PY) -m bench.residency

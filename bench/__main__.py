@@ -1,5 +1,8 @@
 """`make bench`: adapter benchmarks on the real local cluster with CPU vLLM pods.
 
+`python -m bench [single] [fifty] [recovery]` runs only those (all by default). The operator runs
+with its trace on: each burst's timeline is printed from it (bench/timeline.py).
+
 Prints, for each benchmark, the measured times and the ratio that matters, all from one run (the
 machine is shared and noisy, so only same-run comparisons mean anything).
 """
@@ -18,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import timeline
 from tests.integration.cluster import (
     VLLM_PROCESS,
     Cluster,
@@ -34,6 +38,9 @@ from tests.support.cache import loraplane_home
 from tests.support.tinymodel import ensure_tiny_model
 
 NS = "bench"
+# Before each measurement: the engines' CPU after loads (their OpenMP threads spin on) ends.
+QUIET_SECONDS = 2.0
+SINGLE_RUNS = 7  # creates of one adapter, each after raw loads of another: a median of pairs
 BASE = "tiny"
 SELECTOR = f"loraplane.dev/base-model={BASE}"
 
@@ -103,7 +110,9 @@ class ReadyWatch:
             obj = event["object"]
             status = obj.get("status") or {}
             name = obj["metadata"]["name"]
-            if status.get("phase") == "Ready" and name not in self.ready_at:
+            if event["type"] == "DELETED":
+                self.ready_at.pop(name, None)
+            elif status.get("phase") == "Ready" and name not in self.ready_at:
                 self.ready_at[name] = (str(status.get("ready")), time.monotonic())
 
     def wait(self, names: set[str], pods: int, start: float, timeout: float) -> float:
@@ -126,6 +135,54 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+GROUPS = (
+    ("operator", "loraplane.main"),
+    ("kube-apiserver", "kube-apiserver"),
+    ("etcd", "etcd"),
+    ("process node", "processnode"),
+)
+# Pods' containers by the cgroup the process node gives each: /loraplane/<pod uid>/<container>
+# (vLLM's engine processes rename themselves, so their command lines do not say).
+CONTAINER_GROUPS = {"vllm": "vLLM", "agent": "agents"}
+
+
+def group_of(pid: str) -> str:
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    if "/loraplane/" in cgroup:
+        container = cgroup.strip().rsplit("/", 1)[-1]
+        group = CONTAINER_GROUPS.get(container, f"pods' {container}")
+        if group == "vLLM":  # its engine process names itself VLLM::EngineCore
+            group += " engine" if "EngineCore" in cmd else " API server"
+        return group
+    return next((g for g, marker in GROUPS if marker in cmd), "other")
+
+
+def cpu_by_group() -> dict[str, float]:
+    """CPU seconds used so far by the processes of each group (see GROUPS), and `other`."""
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            group, used = group_of(proc.name), cpu_seconds(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        out[group] = out.get(group, 0.0) + used
+    return out
+
+
+def cpu_report(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    used = {g: after.get(g, 0.0) - before.get(g, 0.0) for g in after}
+    parts = [f"{g} {s:.1f}" for g, s in sorted(used.items(), key=lambda kv: -kv[1]) if s >= 0.05]
+    total = sum(max(s, 0.0) for s in used.values())
+    cores = os.cpu_count() or 1
+    return (
+        f"  CPU seconds over the {seconds:.2f}s (of {seconds * cores:.1f} the {cores} cores "
+        f"had; processes that ended are not counted): {', '.join(parts)}; total {total:.1f}"
+    )
+
+
 def raw_loads(ips: list[str], name: str, path: str) -> float:
     """Wall time of loading `name` from `path` on every server at once, straight to vLLM."""
 
@@ -141,49 +198,115 @@ def raw_loads(ips: list[str], name: str, path: str) -> float:
     return elapsed
 
 
-def bench_single_adapter(c: Cluster) -> None:
+def bench_single_adapter(c: Cluster, op: OperatorProcess) -> None:
     pods = wait_pods(c, 3)
     ips = [p["status"]["podIP"] for p in pods]
     watcher = ReadyWatch(c)
     api = watcher.api
     raws, creates = [], []
-    for i in range(3):
+    for i in range(SINGLE_RUNS):
         raws.append(raw_loads(ips, f"raw-probe-{i}", f"{ADAPTER_SOURCES}/rank16"))
         body = lora_adapter(f"single-{i}", BASE, f"{ADAPTER_SOURCES}/rank8")
+        time.sleep(QUIET_SECONDS)
+        offset, wall = op.log_size(), time.time()
         start = time.monotonic()
         api.create_namespaced_custom_object("loraplane.dev", "v1alpha1", NS, "loraadapters", body)
         creates.append(watcher.wait({f"single-{i}"}, 3, start, timeout=120))
+    time.sleep(1.0)  # the last trace lines are flushed
+    trace = timeline.spans(op.log_since(offset))
+    last = timeline.report("[single adapter, 3 pods, last create]", trace, wall, creates[-1])
     start = time.monotonic()
     c.apply(lora_adapter("single-kubectl", BASE, f"{ADAPTER_SOURCES}/rank8"), NS)
     with_kubectl = watcher.wait({"single-kubectl"}, 3, start, timeout=120)
     watcher.stop()
     raw, took = statistics.median(raws), statistics.median(creates)
+    over = statistics.median(c - r for c, r in zip(creates, raws, strict=True))
     print(
-        f"[single adapter, 3 pods] create->Ready {took:.3f}s (median of 3: "
-        f"{', '.join(f'{x:.3f}' for x in creates)}); raw parallel vLLM loads {raw:.3f}s; "
-        f"overhead {took - raw:.3f}s; ratio {took / raw:.1f}x; through `kubectl apply` "
+        f"[single adapter, 3 pods] create->Ready {took:.3f}s (median of {SINGLE_RUNS}: "
+        f"{', '.join(f'{x:.3f}' for x in creates)}); raw parallel vLLM loads {raw:.3f}s "
+        f"({', '.join(f'{x:.3f}' for x in raws)}); overhead (median of each create minus the "
+        f"raw loads just before it) {over:.3f}s; ratio {took / raw:.1f}x; through `kubectl apply` "
         f"(process start and discovery included) {with_kubectl:.2f}s"
     )
+    print(last)
     c.kubectl("delete", "lora", "--all", "-n", NS)
+
+
+def raw_burst(ips: list[str], paths: dict[str, str]) -> float:
+    """Wall time of loading every adapter of `paths` straight into every server, each server
+    taking them four at a time (the operator's default per pod), all servers at once."""
+
+    def server(ip: str) -> None:
+        def one(item: tuple[str, str]) -> None:
+            body = {"lora_name": f"raw-{item[0]}", "lora_path": item[1]}
+            post_text(f"http://{ip}:8000/v1/load_lora_adapter", body)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, paths.items()))
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(ips)) as pool:
+        list(pool.map(server, ips))
+    elapsed = time.monotonic() - start
+    for ip in ips:
+        for name in paths:
+            post_text(f"http://{ip}:8000/v1/unload_lora_adapter", {"lora_name": f"raw-{name}"})
+    return elapsed
 
 
 def bench_fifty(c: Cluster, op: OperatorProcess, home: Path) -> None:
     c.kubectl("scale", "bmd", BASE, "-n", NS, "--replicas=2")
     wait_for("2 pods", lambda: len(c.list("pods", NS, SELECTOR)) == 2, timeout=300)
-    wait_pods(c, 2)
+    pods = wait_pods(c, 2)
     dirs = ensure_many_adapters(home, 50)
     names = {d.name for d in dirs}
+    paths = {d.name: f"{ADAPTER_SOURCES}/many/{d.name}" for d in dirs}
+    groups = cpu_by_group()
+    raw = raw_burst([p["status"]["podIP"] for p in pods], paths)
+    time.sleep(QUIET_SECONDS)
+    print(f"[50 adapters at once, 2 pods] raw loads:\n{cpu_report(groups, cpu_by_group(), raw)}")
+    bodies = [lora_adapter(n, BASE, path) for n, path in paths.items()]
     assert op.proc is not None
     watcher = ReadyWatch(c)
+    groups = cpu_by_group()
+    time.sleep(3.0)
+    idle = cpu_report(groups, cpu_by_group(), 3.0)
+    print(f"[50 adapters at once, 2 pods] before the burst, nothing to do:\n{idle}")
     cpu0 = cpu_seconds(op.proc.pid)
+    groups = cpu_by_group()
+    offset, wall = op.log_size(), time.time()
     start = time.monotonic()
-    c.apply([lora_adapter(d.name, BASE, f"{ADAPTER_SOURCES}/many/{d.name}") for d in dirs], NS)
+
+    def create(body: dict[str, Any]) -> None:
+        watcher.api.create_namespaced_custom_object(
+            "loraplane.dev", "v1alpha1", NS, "loraadapters", body
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        list(pool.map(create, bodies))
+    created = time.monotonic() - start
+    took = watcher.wait(names, 2, start, timeout=900)
+    cpu = cpu_seconds(op.proc.pid) - cpu0
+    groups_used = cpu_report(groups, cpu_by_group(), took)
+    print(
+        f"[50 adapters at once, 2 pods] create->all Ready {took:.2f}s (the creates took "
+        f"{created:.2f}s); raw vLLM loads of the same 50 on both pods {raw:.2f}s; ratio "
+        f"{took / raw:.1f}x; operator CPU {cpu:.1f}s = {cpu / took:.0%} of one core"
+    )
+    time.sleep(1.0)  # the last trace lines are flushed
+    trace = timeline.spans(op.log_since(offset))
+    print(timeline.report("[50 adapters at once, 2 pods]", trace, wall, took))
+    print(groups_used)
+    # The same burst as a user sends it: one `kubectl apply` creating them one after another.
+    c.kubectl("delete", "lora", "--all", "-n", NS)
+    start = time.monotonic()
+    c.apply(bodies, NS)
+    applied = time.monotonic() - start
     took = watcher.wait(names, 2, start, timeout=900)
     watcher.stop()
-    cpu = cpu_seconds(op.proc.pid) - cpu0
     print(
-        f"[50 adapters, 2 pods] apply->all Ready {took:.1f}s ({took / 50 * 1000:.0f} ms per "
-        f"adapter); operator CPU {cpu:.1f}s = {cpu / took:.0%} of one core over the run"
+        f"[50 adapters by one kubectl apply, 2 pods] apply->all Ready {took:.2f}s, of which "
+        f"kubectl itself {applied:.2f}s"
     )
 
 
@@ -226,17 +349,26 @@ def main() -> int:
     ensure_tiny_model(home)
     ensure_adapters(home)
     c = cluster_up(home)
-    op = OperatorProcess(c)
+    op = OperatorProcess(c, env={"LORAPLANE_TRACE": "true"})
     op.start()  # first: it holds the finalizers of adapters a previous run may have left
     try:
         c.kubectl(
             "delete", "namespace", NS, "--wait=true", "--timeout=300s", check=False, timeout=330
         )
         c.kubectl("create", "namespace", NS)
-        c.apply(tiny_base_model(BASE, home, replicas=3), NS)
-        bench_single_adapter(c)
-        bench_fifty(c, op, home)
-        bench_recovery(c)
+        base = tiny_base_model(BASE, home, replicas=3)
+        # BENCH_VLLM_ENV="NAME=value ..." adds to the vLLM container's env (an experiment).
+        for pair in os.environ.get("BENCH_VLLM_ENV", "").split():
+            name, value = pair.split("=", 1)
+            base["spec"]["engine"]["env"].append({"name": name, "value": value})
+        c.apply(base, NS)
+        chosen = set(sys.argv[1:]) or {"single", "fifty", "recovery"}
+        if "single" in chosen:
+            bench_single_adapter(c, op)
+        if "fifty" in chosen:
+            bench_fifty(c, op, home)
+        if "recovery" in chosen:
+            bench_recovery(c)
     finally:
         # With the operator still running, so the adapters' finalizers are honoured.
         c.kubectl(

@@ -45,6 +45,7 @@ thread per connection, keep-alive, Content-Length and chunked request bodies.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -491,6 +492,8 @@ class FakeVLLM:
         # vLLM's engine core runs one utility call (add_lora) at a time: loads are serialised.
         self._engine = threading.Lock()
         self.counts: dict[str, int] = {}
+        self.local_counts: dict[str, int] = {}
+        self.remote_counts: dict[str, int] = {}
         self.routes: dict[str, dict[str, Handler]] = {
             "/health": {"GET": self.health},
             "/version": {"GET": self.version},
@@ -507,10 +510,16 @@ class FakeVLLM:
 
     # ----------------------------------------------------------------- dispatch
 
-    def dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+    def dispatch(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, local: bool = False
+    ) -> Response:
         key = f"{method} {path}" if path in self.counted else f"{method} (other)"
+        # Callers inside the pod (the agent, on loopback) apart from the rest (the operator,
+        # probes): a benchmark counts the operator's calls.
+        peer = self.local_counts if local else self.remote_counts
         with self._state:
             self.counts[key] = self.counts.get(key, 0) + 1
+            peer[key] = peer.get(key, 0) + 1
         if (
             self.config.api_keys
             and method != "OPTIONS"
@@ -717,8 +726,11 @@ class FakeVLLM:
     def stats(self, headers: dict[str, str], body: bytes) -> Response:
         with self._state:
             counts = dict(sorted(self.counts.items()))
+            local = dict(sorted(self.local_counts.items()))
+            remote = dict(sorted(self.remote_counts.items()))
             adapters = len(self.adapters)
-        return json_response(200, {"requests": counts, "adapters": adapters})
+        body_ = {"requests": counts, "loopback": local, "remote": remote, "adapters": adapters}
+        return json_response(200, body_)
 
 
 def _go_float(value: float) -> str:
@@ -804,7 +816,8 @@ class _Connection(socketserver.StreamRequestHandler):
         if "://" in path:  # an absolute-form target
             path = "/" + path.split("://", 1)[1].partition("/")[2]
         try:
-            response = self.server.app.dispatch(method.upper(), path, headers, body)
+            local = ipaddress.ip_address(self.client_address[0]).is_loopback
+            response = self.server.app.dispatch(method.upper(), path, headers, body, local)
         except Exception as e:  # a bug here must not look like a dropped connection
             _log(f"error handling {method} {path}: {type(e).__name__}: {e}")
             response = json_response(500, {"detail": "Internal Server Error"})

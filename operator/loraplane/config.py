@@ -60,6 +60,14 @@ class Settings(_FromEnv):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of the operator."
     )
+    trace: bool = Field(
+        False,
+        description=(
+            "Log one JSON line per step of adapter work (logger loraplane.trace: watch events, "
+            "pod syncs, agent fetches, vLLM loads, status writes) whatever logLevel is: a "
+            "timeline of where time goes."
+        ),
+    )
     network_policy: bool = Field(
         False,
         description=(
@@ -157,9 +165,24 @@ class Settings(_FromEnv):
         description="How often a vLLM server that runs but is not healthy yet is asked again.",
     )
     status_period_seconds: float = Field(
-        2.0,
+        60.0,
         gt=0,
-        description="Longest wait between two looks at an adapter's status when nothing changed.",
+        description=(
+            "Every adapter's status is recomputed at least this often, a safety net: a change "
+            "is written at once, and a recomputed status that did not change is not written."
+        ),
+    )
+    status_progress_seconds: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Within one phase an adapter's progress (pods registered so far, engine tiers) is "
+            "written at most this often; a change of phase, version or condition is written at "
+            "once. Coalesces the writes of a burst."
+        ),
+    )
+    status_write_concurrency: int = Field(
+        8, ge=1, description="Adapter status writes in flight at once."
     )
     load_concurrency_per_pod: int = Field(
         4, ge=1, description="Adapter loads in flight at once on one vLLM server."

@@ -86,6 +86,7 @@ class AdapterView:
     spec_error: str | None = None
     refresh: str | None = None
     follow: bool = False  # updatePolicy Follow: changed source files become a new version
+    uid: str = ""
 
     @property
     def key(self) -> Key:
@@ -199,6 +200,16 @@ class Fleet:
     _newer: dict[Held, set[str]] = field(default_factory=dict)
     _adapter_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
     _base_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
+    # adapters whose status may have changed since the status writer last computed it, in the
+    # order they changed; `stale_event` is set when one is added
+    stale: dict[Key, None] = field(default_factory=dict)
+    stale_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # indexes by base model (namespace, name), kept by the only writers of adapters and pods
+    _adapters_by_base: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
+    _pods_by_base: dict[Key, dict[str, PodView]] = field(default_factory=dict)
+    # per base model, derived from its adapters (and failures): dropped when one of them changes
+    _holders_of: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
+    _placements: dict[Key, Placement] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -207,19 +218,43 @@ class Fleet:
         return [p for p in self.all_pods_of(namespace, base_model) if not p.deleting]
 
     def all_pods_of(self, namespace: str, base_model: str) -> list[PodView]:
-        return sorted(
-            (
-                p
-                for p in self.pods.values()
-                if (p.namespace, p.base_model) == (namespace, base_model)
-            ),
-            key=lambda p: p.name,
-        )
+        pods = self._pods_by_base.get((namespace, base_model), {})
+        return [pods[n] for n in sorted(pods)]
 
     def adapters_of(self, namespace: str, base_model: str) -> Iterator[AdapterView]:
-        for a in self.adapters.values():
-            if a.namespace == namespace and a.base_model == base_model:
-                yield a
+        yield from list(self._adapters_by_base.get((namespace, base_model), {}).values())
+
+    def _put_adapter(self, ad: AdapterView) -> None:
+        old = self.adapters.get(ad.key)
+        if old is not None and old.base_model != ad.base_model:
+            self._drop_adapter(ad.key)
+        self.adapters[ad.key] = ad
+        self._adapters_by_base.setdefault((ad.namespace, ad.base_model), {})[ad.name] = ad
+        self._derived_changed(ad.namespace, ad.base_model)
+
+    def _drop_adapter(self, key: Key) -> AdapterView | None:
+        ad = self.adapters.pop(key, None)
+        if ad is not None:
+            self._adapters_by_base.get((ad.namespace, ad.base_model), {}).pop(ad.name, None)
+            self._derived_changed(ad.namespace, ad.base_model)
+        return ad
+
+    def _put_pod(self, pod: PodView) -> None:
+        old = self.pods.get(pod.key)
+        if old is not None and old.base_model != pod.base_model:
+            self._pods_by_base.get((old.namespace, old.base_model), {}).pop(old.name, None)
+        self.pods[pod.key] = pod
+        self._pods_by_base.setdefault((pod.namespace, pod.base_model), {})[pod.name] = pod
+
+    def _drop_pod(self, key: Key) -> PodView | None:
+        pod = self.pods.pop(key, None)
+        if pod is not None:
+            self._pods_by_base.get((pod.namespace, pod.base_model), {}).pop(pod.name, None)
+        return pod
+
+    def _derived_changed(self, namespace: str, base_model: str) -> None:
+        self._holders_of.pop((namespace, base_model), None)
+        self._placements.pop((namespace, base_model), None)
 
     def judgement(self, key: Key) -> Judgement | None:
         """What a verdict on this adapter must be judged against now (None: not judgeable)."""
@@ -254,7 +289,11 @@ class Fleet:
         A served name has one owner per base model: two adapters under one name would swap each
         other's weights at every sync, and clients would get either.
         """
+        cached = self._holders_of.get((namespace, base_model))
+        if cached is not None:
+            return cached
         holders: dict[str, AdapterView] = {}
+        self._holders_of[(namespace, base_model)] = holders
         for a in self.adapters_of(namespace, base_model):
             if a.deleting or a.spec_error is not None:
                 continue
@@ -273,6 +312,9 @@ class Fleet:
 
     def placement(self, namespace: str, base_model: str) -> Placement:
         """Which adapters this base model's pods should serve (failed and deleting ones not)."""
+        cached = self._placements.get((namespace, base_model))
+        if cached is not None:
+            return cached
         base = self.bases.get((namespace, base_model))
         holders = self._name_holders(namespace, base_model)
         candidates = [
@@ -280,7 +322,10 @@ class Fleet:
             for a in holders.values()
             if self.failure(a.key) is None
         ]
-        return place(candidates, base.cap if base else None)
+        placement = self._placements[(namespace, base_model)] = place(
+            candidates, base.cap if base else None
+        )
+        return placement
 
     def state(self, pod: Key, adapter: str) -> PodAdapterState | None:
         return self.pod_states.get(pod, {}).get(adapter)
@@ -292,8 +337,23 @@ class Fleet:
     # -- change notification -------------------------------------------------------------------
 
     def adapter_changed(self, key: Key) -> asyncio.Event:
-        """Set when the adapter's status may have changed; the status publisher clears it."""
+        """Set when the adapter's status may have changed, for whoever waits on it to clear."""
         return self._adapter_changed.setdefault(key, asyncio.Event())
+
+    def wake(self, key: Key) -> None:
+        """The adapter's status may have changed: queue it for the status writer."""
+        self.stale[key] = None
+        self.stale_event.set()
+        event = self._adapter_changed.get(key)
+        if event is not None:
+            event.set()
+
+    def take_stale(self, busy: set[Key]) -> Key | None:
+        """The adapter that changed first and is not `busy` (its status is being written)."""
+        key = next((k for k in self.stale if k not in busy), None)
+        if key is not None:
+            del self.stale[key]
+        return key
 
     def base_changed(self, key: Key) -> asyncio.Event:
         """Set when the base model's children, pods or adapters changed."""
@@ -302,11 +362,35 @@ class Fleet:
     def touch(self, namespace: str, base_model: str) -> None:
         self.base_changed((namespace, base_model)).set()
         for ad in self.adapters_of(namespace, base_model):
-            self.adapter_changed(ad.key).set()
+            self.wake(ad.key)
 
     def _kicks(self, namespace: str, base_model: str) -> Kicks:
         self.touch(namespace, base_model)
+        return self._pod_keys(namespace, base_model)
+
+    def _pod_keys(self, namespace: str, base_model: str) -> Kicks:
         return frozenset(p.key for p in self.pods_of(namespace, base_model))
+
+    def _adapter_kicks(self, ad: AdapterView, *served_names: str) -> Kicks:
+        """An adapter changed: its base model's pods sync, and the statuses it can move wake.
+
+        Those are its own, those of adapters under the same served names (which one holds a
+        name), and with maxAdaptersPerReplica every one of its base (placement ranks them all):
+        a burst of new adapters does not recompute a thousand others each.
+        """
+        ns, base_model = ad.namespace, ad.base_model
+        base = self.bases.get((ns, base_model))
+        if base is not None and base.cap is not None:
+            return self._kicks(ns, base_model)
+        self.base_changed((ns, base_model)).set()
+        self.wake(ad.key)
+        self._wake_served(ns, base_model, {ad.served_name, *served_names})
+        return self._pod_keys(ns, base_model)
+
+    def _wake_served(self, namespace: str, base_model: str, served: set[str]) -> None:
+        for other in self.adapters_of(namespace, base_model):
+            if other.served_name in served:
+                self.wake(other.key)
 
     # -- watch events --------------------------------------------------------------------------
 
@@ -317,10 +401,12 @@ class Fleet:
             self.base_changed(key).set()
             return NO_KICKS
         self.bases[key] = new
+        self._derived_changed(*key)
         return self._kicks(*key)
 
     def forget_base(self, key: Key) -> Kicks:
         self.bases.pop(key, None)
+        self._derived_changed(*key)
         self.children.pop(key, None)
         self._base_changed.pop(key, None)
         metrics.forget_base(*key)
@@ -329,15 +415,15 @@ class Fleet:
     def observe_adapter(self, obj: Mapping[str, Any]) -> Kicks:
         new = adapter_view(obj)
         old = self.adapters.get(new.key)
-        self.adapters[new.key] = new
-        if old is None:
-            self._seed_version(new, obj)
         if old == new:
             return NO_KICKS
-        kicks = self._kicks(new.namespace, new.base_model)
-        if old is not None and old.base_model != new.base_model:
-            kicks |= self._kicks(old.namespace, old.base_model)
-        return kicks
+        self._put_adapter(new)
+        if old is None:
+            self._seed_version(new, obj)
+            return self._adapter_kicks(new)
+        if old.base_model != new.base_model:
+            return self._adapter_kicks(new) | self._adapter_kicks(old)
+        return self._adapter_kicks(new, old.served_name)
 
     def _seed_version(self, ad: AdapterView, obj: Mapping[str, Any]) -> None:
         """Trust the version status recorded for this very spec, so a restart reloads nothing.
@@ -367,11 +453,11 @@ class Fleet:
         if ad is None:
             return NO_KICKS
         if not ad.deleting:
-            self.adapters[key] = replace(ad, deleting=True)
-        return self._kicks(ad.namespace, ad.base_model)
+            self._put_adapter(replace(ad, deleting=True))
+        return self._adapter_kicks(ad)
 
     def forget_adapter(self, key: Key) -> Kicks:
-        ad = self.adapters.pop(key, None)
+        ad = self._drop_adapter(key)
         self._adapter_changed.pop(key, None)
         self._versions.pop(key, None)
         self._failures.pop(key, None)
@@ -382,12 +468,16 @@ class Fleet:
             self._lost.pop(held, None)
             self._newer.pop(held, None)
         metrics.forget_adapter(*key)
-        return NO_KICKS if ad is None else self._kicks(ad.namespace, ad.base_model)
+        if ad is None:
+            return NO_KICKS
+        kicks = self._adapter_kicks(ad)
+        self.stale.pop(key, None)
+        return kicks
 
     def observe_pod(self, obj: Mapping[str, Any]) -> PodChange:
         new = pod_view(obj)
         old = self.pods.get(new.key)
-        self.pods[new.key] = new
+        self._put_pod(new)
         if old is None or old.runtime_changed(new) or old.problems != new.problems:
             self.touch(new.namespace, new.base_model)
         if old is None:
@@ -395,7 +485,7 @@ class Fleet:
         return PodChange.RUNTIME if old.runtime_changed(new) else PodChange.OTHER
 
     def forget_pod(self, key: Key) -> None:
-        gone = self.pods.pop(key, None)
+        gone = self._drop_pod(key)
         states = self.pod_states.pop(key, {})
         self.registrations.pop(key, None)
         self.agent_told.pop(key, None)
@@ -464,10 +554,10 @@ class Fleet:
             return NO_KICKS
         self._versions[key] = version
         if current is None:
-            self.adapter_changed(key).set()
+            self.wake(key)
             return NO_KICKS
         log.info("adapter %s/%s: new version %s (was %s)", *key, version.path, current.path)
-        return self._kicks(ad.namespace, ad.base_model)
+        return self._adapter_kicks(ad)
 
     def record_failure(self, key: Key, judged: Judgement, reason: str, message: str) -> Kicks:
         """A verdict against the adapter's files: every pod of its base drops it from its plan."""
@@ -475,9 +565,10 @@ class Fleet:
         if ad is None or judged != self.judgement(key) or self.failure(key) is not None:
             return NO_KICKS
         self._failures[key] = Failure(judged, reason, message, self._size_limit(key))
+        self._derived_changed(ad.namespace, ad.base_model)
         metrics.VALIDATION_FAILURES.labels(ad.namespace, ad.base_model, ad.name, reason).inc()
         log.warning("adapter %s/%s rejected: %s: %s", *key, reason, message)
-        return self._kicks(ad.namespace, ad.base_model)
+        return self._adapter_kicks(ad)
 
     def set_state(
         self,
@@ -507,9 +598,8 @@ class Fleet:
             current.registered_in = held_in
         else:
             return  # a converged pod's resync: no status to recompute
-        ad = self.adapters.get((pod[0], adapter))
-        if ad is not None:
-            self.adapter_changed(ad.key).set()
+        if (pod[0], adapter) in self.adapters:
+            self.wake((pod[0], adapter))
         view = self.pods.get(pod)
         if view is not None:  # its counts and the sources it reports missing are in its status
             self.base_changed((view.namespace, view.base_model)).set()
@@ -552,12 +642,19 @@ class Fleet:
 
     def record_registrations(self, pod: Key, registered: Mapping[str, str | None]) -> None:
         """What the pod's `/v1/models` listed; from now on the pod counts as looked at."""
-        if self.registrations.get(pod) == registered:
+        before = self.registrations.get(pod)
+        if before == registered:
             return  # a converged pod's resync changes nothing: nothing to wake
         self.registrations[pod] = dict(registered)
         view = self.pods.get(pod)
-        if view is not None:
+        if view is None:
+            return
+        if before is None:  # the first look: statuses held back until now can be told
             self.touch(view.namespace, view.base_model)
+            return
+        self.base_changed((view.namespace, view.base_model)).set()
+        moved = {n for n in before.keys() | registered.keys() if before.get(n) != registered.get(n)}
+        self._wake_served(view.namespace, view.base_model, moved)
 
     def tier(self, pod: Key, served_name: str) -> str | None:
         """Where the pod's engine holds `served_name`: gpu, cpu, disk; None: not reported."""
@@ -588,7 +685,7 @@ class Fleet:
         holders = self._name_holders(view.namespace, view.base_model)
         for name in moved:
             if (ad := holders.get(name)) is not None:
-                self.adapter_changed(ad.key).set()
+                self.wake(ad.key)
 
     def lost_registrations(self, pod: Key) -> None:
         """The pod's vLLM is not ready: a restarted server has nothing registered.
@@ -618,7 +715,7 @@ class Fleet:
     def gate_set(self, pod: Key, ready: bool) -> None:
         view = self.pods.get(pod)
         if view is not None:
-            self.pods[pod] = replace(view, gate=ready)
+            self._put_pod(replace(view, gate=ready))
 
     def holders(self, key: Key) -> list[PodView]:
         """Serving pods that may still have this adapter registered (or not looked at yet).
@@ -707,6 +804,7 @@ def adapter_view(obj: Mapping[str, Any]) -> AdapterView:
         "created": meta.get("creationTimestamp") or "",
         "generation": int(meta.get("generation") or 0),
         "deleting": bool(meta.get("deletionTimestamp")),
+        "uid": meta.get("uid") or "",
     }
     try:
         parsed = LoRAAdapter.from_k8s({"metadata": meta, "spec": obj.get("spec") or {}})

@@ -178,17 +178,27 @@ async def delete(api: ApiClient, api_version: str, kind: str, namespace: str, na
 
 
 async def patch_status(
-    api: ApiClient, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]
-) -> None:
-    """Strategic-merge patch of the status subresource (conditions merge by type)."""
+    api: ApiClient,
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str,
+    body: dict[str, Any],
+    merge: bool = False,
+) -> dict[str, Any] | None:
+    """Patch of the status subresource: strategic merge (conditions merge by type), or with
+    `merge` a JSON merge patch (custom resources have no strategic merge)."""
+    kind_of_patch = "merge-patch" if merge else "strategic-merge-patch"
     try:
-        await _call(
+        result: dict[str, Any] = await _call(
             api,
             "PATCH",
             f"{collection_path(api_version, kind, namespace)}/{name}/status",
             body=body,
-            content_type="application/strategic-merge-patch+json",
+            content_type=f"application/{kind_of_patch}+json",
         )
     except ApiException as exc:
         if exc.status != 404:
             raise
+        return None  # gone meanwhile
+    return result

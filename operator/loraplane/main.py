@@ -25,6 +25,8 @@ def run_operator() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # kopf logs every successful handler run at INFO: one line per pod event and timer tick.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, level))
+    if cfg.trace:
+        logging.getLogger("loraplane.trace").setLevel(logging.DEBUG)
     asyncio.run(
         kopf.operator(
             clusterwide=not cfg.namespaces,

@@ -209,6 +209,19 @@ POD_SYNCS = _metric(
     "Pod syncs that reached the pod's vLLM, by result (ok, error).",
     (*BASE, "result"),
 )
+VLLM_API_CALLS = _metric(
+    Counter,
+    "loraplane_vllm_api_calls_total",
+    "Calls the operator made to vLLM servers, by endpoint (models, load, unload, health, "
+    "version): a converged fleet costs one models call per pod per resync.",
+    ("endpoint",),
+)
+AGENT_API_CALLS = _metric(
+    Counter,
+    "loraplane_agent_api_calls_total",
+    "Calls the operator made to pods' agents, by endpoint (fetch, required, prune, residency).",
+    ("endpoint",),
+)
 VLLM_API_ERRORS = _metric(
     Counter,
     "loraplane_vllm_api_errors_total",

@@ -16,6 +16,7 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from loraplane import kube
+from loraplane.api import LoRAAdapterStatus
 from loraplane.api.common import StatusModel
 from loraplane.config import Settings
 from loraplane.fleet import Fleet, Judgement, Key
@@ -59,6 +60,9 @@ class Runtime:
     # The status last published per (kind, object). The body a timer sees lags behind our own
     # patch; judging transitions against this instead announces each one once.
     published: dict[tuple[str, Key], StatusModel] = field(default_factory=dict)
+    # Each adapter's status as the API last showed it (the watch, or our own write's answer),
+    # with the resourceVersion it was seen at.
+    observed: dict[Key, tuple[int, LoRAAdapterStatus]] = field(default_factory=dict)
     # The judgement each adapter's central pre-flight last passed (it runs once per judgement).
     preflights: dict[Key, Judgement] = field(default_factory=dict)
 

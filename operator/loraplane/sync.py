@@ -12,10 +12,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from loraplane import kube, metrics
+from loraplane import kube, metrics, trace
 from loraplane.adapters.inspect import AdapterInspectionError
 from loraplane.adapters.sources import SourceUnavailable, inspect_huggingface
 from loraplane.adapters.sources.credentials import (
@@ -185,7 +185,15 @@ class PodContext:
     base: BaseView
     vllm: VLLMClient
     agent: AgentClient
-    registered: Registered
+    registered: Registered  # what the run's `GET /v1/models` listed
+    # what the run's own loads and unloads changed: served name -> path (None: unloaded)
+    changed: dict[str, str | None] = field(default_factory=dict)
+
+    def now(self) -> dict[str, str | None]:
+        """What the pod serves after the run: vLLM answered each load and unload, so no second
+        listing is needed; the next run's lists it anyway."""
+        out = {**self.registered, **self.changed}
+        return {n: p for n, p in out.items() if n not in self.changed or p is not None}
 
 
 async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
@@ -254,7 +262,8 @@ async def fetch(
     request = await fetch_request(rt, pc.pod, ad, judged, pinned, credentials)
     started = time.monotonic()
     try:
-        fetched = await pc.agent.fetch(request)
+        with trace.span("fetch", pod=pc.pod.name, adapter=ad.name):
+            fetched = await pc.agent.fetch(request)
     except AdapterRejectedByAgent as exc:
         metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
         rt.kick(fleet.record_failure(ad.key, judged, exc.reason, exc.message))
@@ -328,7 +337,8 @@ async def load(rt: Runtime, pc: PodContext, ad: AdapterView, judged: Judgement, 
     try:
         # A new version under a registered name is swapped in place: vLLM loads the new
         # weights first, then replaces the old ones, so no request sees a missing adapter.
-        await pc.vllm.load_adapter(ad.served_name, path, inplace=current is not None)
+        with trace.span("load", pod=pc.pod.name, adapter=ad.name):
+            await pc.vllm.load_adapter(ad.served_name, path, inplace=current is not None)
     except VLLMError as exc:
         if exc.permanent:
             metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
@@ -338,6 +348,7 @@ async def load(rt: Runtime, pc: PodContext, ad: AdapterView, judged: Judgement, 
         metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
         fleet.set_state(pkey, ad.name, "Loading", f"{exc.reason}: {exc.message}", current)
         raise
+    pc.changed[ad.served_name] = path
     metrics.VLLM_LOAD_SECONDS.labels(*labels).observe(time.monotonic() - started)
     metrics.ADAPTER_LOADS.labels(*labels, "success").inc()
     if current is not None:
@@ -365,6 +376,7 @@ def replaced(rt: Runtime, pc: PodContext, ad: AdapterView, path: str) -> None:
 
 async def unload(rt: Runtime, pc: PodContext, step: Unload) -> None:
     await pc.vllm.unload_adapter(step.served_name)
+    pc.changed[step.served_name] = None
     # An orphan's adapter is gone: a series in its name would outlive it.
     label = "" if step.reason == "orphan" else step.adapter
     labels = (pc.pod.namespace, pc.base.name, label)
@@ -391,8 +403,9 @@ async def publish(
     # adapter from its path, and dies when the files are gone (DESIGN.md §4).
     told = (tuple(serving), tuple(sorted(store_versions(now.values()).items())))
     if fleet.agent_told.get(pc.pod.key) != told:
-        await pc.agent.set_required(serving)
-        await pc.agent.prune(dict(told[1]))
+        with trace.span("tell_agent", pod=pc.pod.name, required=len(serving)):
+            await pc.agent.set_required(serving)
+            await pc.agent.prune(dict(told[1]))
         fleet.told_agent(pc.pod.key, told)
     settled = all(settled_on(fleet.state(pc.pod.key, a.name)) for a in wanted)
     await set_gate(rt, pc.pod, settled, f"{len(serving)}/{len(wanted)} adapters registered")
@@ -407,7 +420,8 @@ async def read_residency(rt: Runtime, pc: PodContext, changed: bool) -> None:
     if not changed and read is not None and started - read < rt.settings.residency_interval_seconds:
         return
     try:
-        residency = await pc.agent.residency()
+        with trace.span("residency", pod=pc.pod.name):
+            residency = await pc.agent.residency()
     except AgentError as exc:
         log.debug("%s: no residency from its agent: %s", pc.pod.name, exc)
         residency = None
@@ -435,7 +449,8 @@ async def set_gate(rt: Runtime, pod: PodView, ready: bool, message: str) -> None
         "lastTransitionTime": now_rfc3339(),
     }
     body = {"status": {"conditions": [condition]}}
-    await kube.patch_status(rt.api, "v1", "Pod", pod.namespace, pod.name, body)
+    with trace.span("gate", pod=pod.name, ready=int(ready)):
+        await kube.patch_status(rt.api, "v1", "Pod", pod.namespace, pod.name, body)
     rt.fleet.gate_set(pod.key, ready)
 
 
@@ -464,7 +479,7 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
         # Ask the server itself rather than wait a probe period: its adapters go back the
         # moment it answers.
         raise ServerStarting(pod.name)
-    with metrics.pod_sync(pod.namespace, base.name):
+    with metrics.pod_sync(pod.namespace, base.name), trace.span("sync", pod=pod.name):
         await converge(rt, pod, base, vllm)
     return True
 
@@ -473,7 +488,8 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     """List what the pod's vLLM serves, then load and unload until it serves its plan."""
     fleet, key = rt.fleet, pod.key
     try:
-        registered = (await vllm.list_models()).adapter_paths
+        with trace.span("list", pod=pod.name):
+            registered = (await vllm.list_models()).adapter_paths
     except VLLMError as exc:
         raise PodNotReachable(f"{pod.name}: {exc.message}") from exc
     # Known before any agent call: a pod whose agent is down still has its status told.
@@ -498,11 +514,9 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     for name in steps.displaced:
         if fleet.state(key, name) is None:
             fleet.set_state(key, name, "Evicted", "CapacityExceeded")
-    now = registered
-    if steps.unloads or any(r is True for r in results):
-        now = (await vllm.list_models()).adapter_paths
+    now = pc.now()
     fleet.record_registrations(key, now)
     await publish(rt, pc, steps.wanted, now)
-    await read_residency(rt, pc, changed=now is not registered)
+    await read_residency(rt, pc, changed=bool(pc.changed))
     if errors:
         raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")

@@ -15,8 +15,9 @@ from tests.integration.manifests import SOURCE_CA_FILE
 class OperatorProcess:
     """The operator, run on the host like a developer would (`loraplane-operator`)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
+        self.extra_env = env or {}
         self.log = cluster.home / "logs" / "operator-tests.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -34,6 +35,7 @@ class OperatorProcess:
             # read only by fetches from https sources, so other pods go without it.
             "LORAPLANE_SOURCE_CA_FILE": SOURCE_CA_FILE,
             "PYTHONPATH": str(REPO / "operator"),
+            **self.extra_env,
         }
         with self.log.open("ab") as out:
             out.write(f"\n===== operator start {time.ctime()} =====\n".encode())

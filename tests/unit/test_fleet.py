@@ -415,3 +415,112 @@ def test_a_pod_state_change_wakes_its_base_model_and_a_repeat_wakes_nothing() ->
         (NS, "p0"), "a", "Loading", "SourceUnavailable: gone", reason="SourceUnavailable"
     )
     assert not woke.is_set() and not fleet.adapter_changed((NS, "a")).is_set()
+
+
+# -- which statuses an event wakes (the status writer's queue) ------------------------------
+
+
+def test_a_new_adapter_wakes_its_own_status_not_its_neighbours() -> None:
+    fleet = fleet_with("a", "b")
+    fleet.stale.clear()
+    kicks = fleet.observe_adapter(lora("c", created="2026-01-03T00:00:00Z"))
+    assert list(fleet.stale) == [(NS, "c")], "a burst would recompute every other adapter"
+    assert kicks == {(NS, "p0"), (NS, "p1")}
+
+
+def test_a_new_adapter_wakes_the_holder_of_its_served_name() -> None:
+    fleet = fleet_with("a")
+    fleet.stale.clear()
+    twin = lora("twin", created="2026-01-05T00:00:00Z")
+    twin["spec"]["servedName"] = "a"
+    fleet.observe_adapter(twin)
+    assert set(fleet.stale) == {(NS, "twin"), (NS, "a")}
+
+
+def test_with_a_cap_a_new_adapter_wakes_every_adapter_of_its_base() -> None:
+    fleet = fleet_with("a", "b", cap=2)
+    fleet.stale.clear()
+    fleet.observe_adapter(lora("c", created="2026-01-03T00:00:00Z", priority=5))
+    assert set(fleet.stale) == {(NS, "a"), (NS, "b"), (NS, "c")}, "placement ranks them all"
+    assert fleet.placement(NS, "base").displaced == ("b",)
+
+
+def test_the_placement_follows_a_failure_and_a_cap_change() -> None:
+    fleet = fleet_with("a", "b", cap=1)
+    assert fleet.placement(NS, "base").placed == ("a",)
+    judged = fleet.judgement((NS, "a"))
+    assert judged is not None
+    fleet.record_failure((NS, "a"), judged, "RankTooHigh", "rank 64")
+    assert fleet.placement(NS, "base").placed == ("b",)
+    fleet.observe_base(bmd(cap=2))
+    assert fleet.placement(NS, "base").placed == ("b",)  # `a` failed: placed nowhere
+
+
+def test_a_changed_registration_wakes_only_the_adapters_under_that_name() -> None:
+    fleet = fleet_with("a", "b")
+    fleet.record_registrations((NS, "p0"), {})
+    fleet.stale.clear()
+    fleet.record_registrations((NS, "p0"), {"a": "/adapters/a/x"})
+    assert list(fleet.stale) == [(NS, "a")]
+
+
+def test_the_first_look_at_a_pod_wakes_every_adapter_of_its_base() -> None:
+    fleet = fleet_with("a", "b")
+    fleet.stale.clear()
+    fleet.record_registrations((NS, "p0"), {})
+    assert set(fleet.stale) == {(NS, "a"), (NS, "b")}, "their statuses waited for this look"
+
+
+def test_the_writer_takes_the_oldest_change_that_is_not_being_written() -> None:
+    fleet = fleet_with("a", "b", "c")
+    fleet.stale.clear()
+    for name in ("b", "a", "c", "b"):
+        fleet.wake((NS, name))
+    assert fleet.take_stale(busy={(NS, "b")}) == (NS, "a")
+    assert fleet.take_stale(busy=set()) == (NS, "b")
+    assert fleet.take_stale(busy={(NS, "c")}) is None
+    assert list(fleet.stale) == [(NS, "c")]
+
+
+def test_a_forgotten_adapter_leaves_the_queue_and_the_index() -> None:
+    fleet = fleet_with("a", "b")
+    fleet.forget_adapter((NS, "a"))
+    assert (NS, "a") not in fleet.stale
+    assert [a.name for a in fleet.adapters_of(NS, "base")] == ["b"]
+
+
+def test_an_adapter_moved_to_another_base_is_indexed_under_it() -> None:
+    fleet = fleet_with("a")
+    fleet.observe_base(bmd("other"))
+    moved = lora("a", generation=2)
+    moved["spec"]["baseModel"] = "other"
+    fleet.observe_adapter(moved)
+    assert [a.name for a in fleet.adapters_of(NS, "other")] == ["a"]
+    assert list(fleet.adapters_of(NS, "base")) == []
+    assert fleet.placement(NS, "base").placed == ()
+
+
+# -- progress is coalesced, transitions are not ----------------------------------------------
+
+
+def test_one_more_pod_registered_is_progress_and_the_last_one_a_transition() -> None:
+    fleet = fleet_with("a", pods=3)
+    version = verified(fleet, "a")
+    fleet.set_state((NS, "p0"), "a", "Registered", path=version.path)
+    one = status_of(fleet, "a")
+    fleet.set_state((NS, "p1"), "a", "Registered", path=version.path)
+    two = status_of(fleet, "a")
+    fleet.set_state((NS, "p2"), "a", "Registered", path=version.path)
+    three = status_of(fleet, "a")
+    assert (one.ready, two.ready, three.phase) == ("1/3", "2/3", "Ready")
+    assert not adapter_status.transition(one, two), "progress within Loading may wait"
+    assert adapter_status.transition(two, three), "Ready may not wait"
+
+
+def test_a_rejection_is_a_transition() -> None:
+    fleet = fleet_with("a")
+    before = status_of(fleet, "a")
+    judged = fleet.judgement((NS, "a"))
+    assert judged is not None
+    fleet.record_failure((NS, "a"), judged, "RankTooHigh", "rank 64 > 16")
+    assert adapter_status.transition(before, status_of(fleet, "a"))

@@ -6,6 +6,8 @@
   value: {{ .Release.Namespace | quote }}
 - name: LORAPLANE_LOG_LEVEL
   value: {{ (toString .Values.settings.logLevel) | quote }}
+- name: LORAPLANE_TRACE
+  value: {{ (toString .Values.settings.trace) | quote }}
 - name: LORAPLANE_NETWORK_POLICY
   value: {{ .Values.networkPolicy.enabled | quote }}
 - name: LORAPLANE_NETWORK_POLICY_CLIENTS
@@ -44,6 +46,10 @@
   value: {{ (toString .Values.settings.startingPollSeconds) | quote }}
 - name: LORAPLANE_STATUS_PERIOD_SECONDS
   value: {{ (toString .Values.settings.statusPeriodSeconds) | quote }}
+- name: LORAPLANE_STATUS_PROGRESS_SECONDS
+  value: {{ (toString .Values.settings.statusProgressSeconds) | quote }}
+- name: LORAPLANE_STATUS_WRITE_CONCURRENCY
+  value: {{ (toString .Values.settings.statusWriteConcurrency) | quote }}
 - name: LORAPLANE_LOAD_CONCURRENCY_PER_POD
   value: {{ (toString .Values.settings.loadConcurrencyPerPod) | quote }}
 - name: LORAPLANE_LOAD_CONCURRENCY_TOTAL

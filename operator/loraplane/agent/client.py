@@ -63,6 +63,7 @@ class AgentClient:
     async def _call(self, method: str, path: str, body: BaseModel | None) -> tuple[int, Any]:
         """One call; the one place its failures are counted, by endpoint and class."""
         errors = metrics.AGENT_API_ERRORS
+        metrics.AGENT_API_CALLS.labels(ENDPOINTS[path]).inc()
         try:
             async with self._session.request(
                 method,

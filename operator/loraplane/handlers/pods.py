@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 
+from loraplane import trace
 from loraplane.builders import naming
 from loraplane.fleet import PodChange
 from loraplane.runtime import Runtime
@@ -21,6 +22,7 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
     obj = event["object"]
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    trace.mark("event", kind="Pod", name=key[1], type=event["type"])
     if event["type"] == "DELETED":
         rt.fleet.forget_pod(key)
         await rt.workers.stop(key)

@@ -20,6 +20,7 @@ from loraplane.config import settings as load_settings
 from loraplane.fleet import Fleet
 from loraplane.handlers.pods import POD_LABELS
 from loraplane.runtime import Runtime
+from loraplane.status_writer import StatusWriter
 
 
 @kopf.on.startup()
@@ -38,6 +39,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # The resources are found once at start (the chart installs the CRDs first); watching CRDs
     # for later changes would need cluster-wide read access to every CRD, for nothing.
     settings.scanning.disabled = True
+    # First, and once: a port already taken fails the start before any pod sync runs, and a
+    # start retried after an API hiccup does not bind it twice.
+    if cfg.metrics_port and not hasattr(memo, "metrics_server"):
+        memo.metrics_server = start_http_server(cfg.metrics_port)
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
@@ -54,8 +59,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     metrics.watch_fleet(rt.fleet)
     metrics.count_watch_restarts()
     memo.runtime = rt
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port)
+    memo.status_writer = StatusWriter(rt)  # started by the first adapter event
 
 
 async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...]) -> None:
@@ -85,6 +89,9 @@ async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...]) -> No
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime | None = getattr(memo, "runtime", None)
+    writer: StatusWriter | None = getattr(memo, "status_writer", None)
+    if writer is not None:
+        await writer.stop()
     if rt is not None:
         await rt.workers.stop_all()
         await rt.session.close()

@@ -258,6 +258,25 @@ def events(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> list[Event]:
     return out
 
 
+def transition(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> bool:
+    """Whether `new` says more than progress within the state `old` says: another phase, spec
+    generation, version, or verdict of a condition. Progress (how many pods so far, where the
+    engine holds it) may wait a moment; a transition may not."""
+
+    def verdicts(status: LoRAAdapterStatus) -> list[tuple[str, str, str | None]]:
+        return sorted((c.type, c.status, c.reason) for c in status.conditions or [])
+
+    def digest(status: LoRAAdapterStatus) -> str | None:
+        return status.adapter.digest if status.adapter else None
+
+    return (
+        old.phase != new.phase
+        or old.observed_generation != new.observed_generation
+        or digest(old) != digest(new)
+        or verdicts(old) != verdicts(new)
+    )
+
+
 def waiting_for_first_look(fleet: Fleet, ad: AdapterView) -> bool:
     """Right after a start, judge only once every serving pod's registrations are known."""
     return any(

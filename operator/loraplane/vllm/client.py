@@ -139,6 +139,7 @@ class VLLMClient:
         """One call; the one place its failures are counted, by endpoint and class."""
         url = self.base_url + path
         errors = metrics.VLLM_API_ERRORS
+        metrics.VLLM_API_CALLS.labels(ENDPOINTS[path]).inc()
         try:
             async with self._session.request(
                 method,

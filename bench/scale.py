@@ -1,0 +1,585 @@
+"""`make bench-scale`: the operator at fleet scale, on the real API server and etcd.
+
+10 BaseModelDeployments x 10 pods x up to 1,000 adapters each: 10,000 LoRAAdapters and 100,000
+registrations. The operator is the real one (run on the host, as in the integration tests); each
+pod runs its real agent sidecar; only vLLM is a fake: 100 CPU vLLM servers do not fit on two
+cores, so the pods run `hack/fakevllm` (named as a fake everywhere), which follows the contract
+measured in DESIGN.md §4 (status codes, bodies, error types, 10-20 ms serialised loads, every
+runtime adapter lost on a restart). The operator's side of the conversation (agent fetch, vLLM
+load, `/v1/models`) is the code that talks to real pods.
+
+Prints figures measured in one run, with the machine's load beside them; asserts nothing about
+time. Not part of `make test`: it takes about half an hour and most of the machine.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.__main__ import cluster_up, cpu_by_group, cpu_report, cpu_seconds
+from tests.integration.cluster import Cluster, container_pid, pod_ready, wait_for
+from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
+from tests.integration.operator_process import OperatorProcess
+from tests.support.adapters import ensure_many_adapters
+from tests.support.cache import loraplane_home
+from tests.support.tinymodel import ensure_tiny_model
+
+NS = "scale"
+BASES = 10
+PODS = 10  # per base model
+# Adapters per base model: 1,000, 3,000 and 10,000 in all (BENCH_SCALE_SIZES="20 50": a smoke run).
+SIZES = tuple(int(n) for n in os.environ.get("BENCH_SCALE_SIZES", "100 300 1000").split())
+SOURCES = 50  # distinct adapter directories the adapters are spread over
+STEADY_SECONDS = float(os.environ.get("BENCH_SCALE_STEADY_SECONDS", "300"))
+FAKE_IMAGE = "loraplane/fakevllm:bench"
+RESYNC_SECONDS = 60.0  # the operator's defaults, as a user runs it
+GROUP, VERSION, PLURAL = "loraplane.dev", "v1alpha1", "loraadapters"
+OPERATOR_ENV = {
+    "LORAPLANE_RESYNC_SECONDS": str(RESYNC_SECONDS),
+    "LORAPLANE_RESIDENCY_INTERVAL_SECONDS": "60",
+    "LORAPLANE_AGENT_TIMEOUT_SECONDS": "120",
+}
+POLLER_SECONDS = {"AIBrix (10 s)": 10.0, "production-stack (60 s)": 60.0}
+
+
+def base_name(b: int) -> str:
+    return f"fleet-{b}"
+
+
+def adapter_name(b: int, i: int) -> str:
+    return f"{base_name(b)}-{i:04d}"
+
+
+def source(i: int) -> str:
+    return f"{ADAPTER_SOURCES}/many/many-{i % SOURCES:03d}"
+
+
+def fake_base_model(name: str, home: Path) -> dict[str, Any]:
+    body = tiny_base_model(name, home, replicas=PODS)
+    body["spec"]["engine"] = {"image": FAKE_IMAGE, "startupTimeoutSeconds": 120}
+    body["spec"]["adapterStore"] = {"emptyDir": {"sizeLimit": "1Gi"}}
+    return body
+
+
+class Api:
+    def __init__(self, c: Cluster) -> None:
+        from kubernetes import client, config
+
+        conf = client.Configuration()
+        config.load_kube_config(str(c.kubeconfig), client_configuration=conf)
+        conf.connection_pool_maxsize = 32
+        self.cluster = c
+        self.raw = client.ApiClient(conf)
+        self.custom = client.CustomObjectsApi(self.raw)
+        self.core = client.CoreV1Api(self.raw)
+
+    def create_adapters(self, names: Iterable[tuple[str, str]]) -> float:
+        todo = list(names)
+
+        def one(item: tuple[str, str]) -> None:
+            body = lora_adapter(item[0], item[0].rsplit("-", 1)[0], item[1])
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, todo))
+        return time.monotonic() - start
+
+    def adapters(self) -> list[dict[str, Any]]:
+        got = self.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
+        items: list[dict[str, Any]] = got["items"]
+        return items
+
+    def pods(self) -> list[Any]:
+        return list(self.core.list_namespaced_pod(NS).items)
+
+    def writes(self) -> Counter[str]:
+        """The API server's count of writes so far, by resource (its own /metrics)."""
+        text = self.cluster.kubectl("get", "--raw", "/metrics").stdout
+        out: Counter[str] = Counter()
+        pattern = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<v>\S+)$")
+        for line in text.splitlines():
+            m = pattern.match(line)
+            if m is None:
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+            if labels.get("verb") not in ("POST", "PUT", "PATCH", "DELETE", "APPLY"):
+                continue
+            what = labels.get("resource", "")
+            if labels.get("subresource"):
+                what += "/" + labels["subresource"]
+            out[what] += int(float(m["v"]))
+        return out
+
+
+class ReadyCount:
+    """One watch on the namespace's adapters: how many are Ready on every pod of their base."""
+
+    def __init__(self, api: Api, pods: int) -> None:
+        from kubernetes import watch
+
+        self.api = api
+        self.want = f"{pods}/{pods}"
+        self.ready: set[str] = set()
+        self.lock = threading.Lock()
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._watch.stream(
+                self.api.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL
+            ):
+                obj = event["object"]
+                status = obj.get("status") or {}
+                name = obj["metadata"]["name"]
+                ok = (
+                    event["type"] != "DELETED"
+                    and status.get("phase") == "Ready"
+                    and status.get("ready") == self.want
+                )
+                with self.lock:
+                    (self.ready.add if ok else self.ready.discard)(name)
+        except Exception:  # the stream breaks when stop() closes it
+            return
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.ready)
+
+    def wait(self, n: int, timeout: float) -> float:
+        start = time.monotonic()
+        wait_for(f"{n} adapters Ready", lambda: self.count() >= n, timeout=timeout, interval=0.2)
+        return time.monotonic() - start
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+class Sampler:
+    """Peak RSS and CPU of one process, sampled every second in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss = 0
+        self.cpu0 = cpu_seconds(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.peak_rss = max(self.peak_rss, rss(self.pid))
+
+    def stop(self) -> tuple[float, int]:
+        """(CPU seconds since the start, peak RSS in bytes)."""
+        self._stop.set()
+        self.peak_rss = max(self.peak_rss, rss(self.pid))
+        return cpu_seconds(self.pid) - self.cpu0, self.peak_rss
+
+
+def rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def load_avg() -> str:
+    return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def get_json(url: str, timeout: float = 10) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+@dataclass
+class Calls:
+    """What the fake vLLM servers were asked by callers outside their pods (the operator; the
+    node's probes ask only /health), summed over servers, and the operator's own counters."""
+
+    vllm: Counter[str]
+    per_pod_loads: dict[str, int]
+    agent: Counter[str]
+
+    def minus(self, other: Calls) -> Calls:
+        loads = {p: n - other.per_pod_loads.get(p, 0) for p, n in self.per_pod_loads.items()}
+        return Calls(self.vllm - other.vllm, loads, self.agent - other.agent)
+
+
+def fake_stats(ips: dict[str, str]) -> tuple[Counter[str], dict[str, int]]:
+    def one(item: tuple[str, str]) -> tuple[str, dict[str, int]]:
+        remote: dict[str, int] = get_json(f"http://{item[1]}:8000/fakevllm/stats")["remote"]
+        return item[0], remote
+
+    total: Counter[str] = Counter()
+    loads: dict[str, int] = {}
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for pod, remote in pool.map(one, ips.items()):
+            total.update({k: v for k, v in remote.items() if not k.endswith("/fakevllm/stats")})
+            loads[pod] = remote.get("POST /v1/load_lora_adapter", 0)
+    return total, loads
+
+
+def operator_counters(port: int = 8080) -> Counter[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
+        text = resp.read().decode()
+    out: Counter[str] = Counter()
+    for m in re.finditer(
+        r'^loraplane_(agent|vllm)_api_calls_total\{endpoint="(\w+)"\} (\S+)$', text, re.M
+    ):
+        out[f"{m[1]} {m[2]}"] = int(float(m[3]))
+    return out
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.home = loraplane_home()
+        ensure_tiny_model(self.home)
+        ensure_many_adapters(self.home, SOURCES)
+        self.c = cluster_up(self.home)
+        self.api = Api(self.c)
+        self.op = OperatorProcess(self.c, env=OPERATOR_ENV)
+        self.size = 0  # adapters per base model that exist now
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    def ips(self) -> dict[str, str]:
+        return {
+            p.metadata.name: p.status.pod_ip
+            for p in self.api.pods()
+            if p.status.pod_ip and not p.metadata.deletion_timestamp
+        }
+
+    def servers_up(self) -> int:
+        """Pods whose both containers (fake vLLM and agent) run and pass their probes."""
+        n = 0
+        for p in self.api.pods():
+            statuses = p.status.container_statuses or []
+            waiting = [s for s in statuses if s.state and s.state.waiting]
+            if any(s.state.waiting.reason == "ImageNotMapped" for s in waiting):
+                sys.exit(
+                    f"{p.metadata.name}: the process node does not know {FAKE_IMAGE}; restart "
+                    "it so it reads hack/processnode/images.py again: hack/cluster.sh down && "
+                    "hack/cluster.sh up"
+                )
+            if not p.metadata.deletion_timestamp and len(statuses) == 2:
+                n += all(s.ready for s in statuses)
+        return n
+
+    def setup(self) -> None:
+        self.op.start()  # first: it holds the finalizers of adapters a previous run left
+        self.c.kubectl(
+            "delete", "namespace", NS, "--wait=true", "--timeout=600s", check=False, timeout=630
+        )
+        self.c.kubectl("create", "namespace", NS)
+        started = time.monotonic()
+        self.c.apply([fake_base_model(base_name(b), self.home) for b in range(BASES)], NS)
+        want = BASES * PODS
+        wait_for(f"{want} pods Ready", lambda: self.ready_pods() == want, timeout=900, interval=1)
+        took = time.monotonic() - started
+        pod = self.api.pods()[0]
+        fake = container_pid(self.c.get("pod", pod.metadata.name, NS) or {}, "fakevllm")
+        agent = container_pid(self.c.get("pod", pod.metadata.name, NS) or {}, "loraplane-agent")
+        print(
+            f"[setup] {want} pods of {BASES} base models Ready in {took:.0f}s; one pod's fake "
+            f"vLLM {rss(fake) / 2**20:.0f} MB and agent {rss(agent) / 2**20:.0f} MB RSS; "
+            f"{load_avg()}"
+        )
+        self.op.stop()
+
+    def ready_pods(self) -> int:
+        return sum(
+            1
+            for p in self.c.list("pods", NS)
+            if pod_ready(p) and not p["metadata"].get("deletionTimestamp")
+        )
+
+    def fresh_servers(self) -> None:
+        """New pods (nothing registered, empty stores), with the operator stopped."""
+        self.c.kubectl("delete", "pods", "--all", "-n", NS, "--wait=false")
+        want = BASES * PODS
+
+        def settled() -> bool:
+            return len(self.api.pods()) == want and self.servers_up() == want
+
+        wait_for(f"{want} fresh pods", settled, timeout=900, interval=2)
+
+    def grow(self, size: int) -> float:
+        """Create adapters until every base model has `size` (the operator may be stopped)."""
+        todo = [
+            (adapter_name(b, i), source(i)) for b in range(BASES) for i in range(self.size, size)
+        ]
+        took = self.api.create_adapters(todo)
+        self.size = size
+        return took
+
+    def calls(self) -> Calls:
+        vllm, loads = fake_stats(self.ips())
+        return Calls(vllm, loads, operator_counters())
+
+    def pid(self) -> int:
+        assert self.op.proc is not None
+        return self.op.proc.pid
+
+    # -- the measurements --------------------------------------------------------------------
+
+    def cold_start(self, size: int) -> dict[str, Any]:
+        """From an operator start to every adapter Ready on all pods of its base."""
+        self.op.stop()
+        created = self.grow(size)
+        self.fresh_servers()
+        total = size * BASES
+        watch = ReadyCount(self.api, PODS)
+        writes0, groups0 = self.api.writes(), cpu_by_group()
+        time.sleep(1.0)
+        start = time.monotonic()
+        self.op.start()
+        sampler = Sampler(self.pid())
+        watch.wait(total, timeout=1800)
+        took = time.monotonic() - start
+        cpu, peak = sampler.stop()
+        groups = cpu_report(groups0, cpu_by_group(), took)
+        watch.stop()
+        time.sleep(2.0)  # what is in flight lands
+        calls = self.calls()
+        writes = self.api.writes() - writes0
+        row = {
+            "adapters": total,
+            "registrations": total * PODS,
+            "seconds": took,
+            "created": created,
+            "loads": calls.vllm["POST /v1/load_lora_adapter"],
+            "models": calls.vllm["GET /v1/models"],
+            "fetches": calls.agent["agent fetch"],
+            "writes": sum(writes.values()),
+            "status_writes": writes["loraadapters/status"],
+            "cpu": cpu,
+            "rss": peak,
+            "load": load_avg(),
+        }
+        print(
+            f"[cold start, {total} adapters, {total * PODS} registrations] all Ready "
+            f"{took:.1f}s after the operator started ({total * PODS / took:.0f} "
+            f"registrations/s); vLLM loads {row['loads']}, GET /v1/models {row['models']}, "
+            f"agent fetches {row['fetches']}; API writes {row['writes']} "
+            f"({_top(writes)}); operator CPU {cpu:.0f}s, peak RSS {peak / 2**20:.0f} MB; "
+            f"{row['load']} (the creates, before, took {created:.0f}s)\n{groups}"
+        )
+        return row
+
+    def steady(self) -> None:
+        before, writes0 = self.calls(), self.api.writes()
+        sampler = Sampler(self.pid())
+        time.sleep(STEADY_SECONDS)
+        cpu, peak = sampler.stop()
+        after, writes = self.calls(), self.api.writes() - writes0
+        d = after.minus(before)
+        minutes = STEADY_SECONDS / 60
+        pods = BASES * PODS
+        per_min = {k: v / minutes for k, v in d.vllm.items() if v}
+        agent_min = {k: v / minutes for k, v in d.agent.items() if v and k.startswith("agent")}
+        print(
+            f"[steady state, {self.size * BASES} adapters, {STEADY_SECONDS / 60:.0f} min] vLLM "
+            f"calls per minute from outside the pods: {_rates(per_min)} (one GET /v1/models "
+            f"per pod per {RESYNC_SECONDS:.0f}s resync is {pods * 60 / RESYNC_SECONDS:.0f}); "
+            f"operator's agent calls per minute: {_rates(agent_min) or 'none'}; API writes per "
+            f"minute: {sum(writes.values()) / minutes:.1f} ({_top(writes) or 'none'}); operator "
+            f"CPU {cpu:.1f}s = {cpu / STEADY_SECONDS:.1%} of a core, RSS {peak / 2**20:.0f} MB; "
+            f"{load_avg()}"
+        )
+
+    def operator_restart(self) -> None:
+        before, writes0 = self.calls(), self.api.writes()
+        self.op.stop()
+        start = time.monotonic()
+        self.op.start()
+        pods = BASES * PODS
+
+        def synced() -> bool:
+            text = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=60).read()
+            done = re.findall(rb'^loraplane_pod_syncs_total\{[^}]*result="ok"\} (\S+)$', text, re.M)
+            return sum(float(v) for v in done) >= pods
+
+        wait_for("every pod synced", synced, timeout=600, interval=0.5)
+        current = time.monotonic() - start
+        time.sleep(30.0)  # anything the restart would do late
+        d = self.calls().minus(before)
+        writes = self.api.writes() - writes0
+        print(
+            f"[operator restart, everything registered] every pod synced again {current:.1f}s "
+            f"after the start; in the 30s after that: vLLM loads "
+            f"{d.vllm['POST /v1/load_lora_adapter']}, unloads "
+            f"{d.vllm['POST /v1/unload_lora_adapter']}, agent fetches {d.agent['agent fetch']}, "
+            f"API writes {sum(writes.values())} ({_top(writes) or 'none'}); {load_avg()}"
+        )
+
+    def vllm_restart(self) -> None:
+        pod = sorted(self.ips())[0]
+        ip = self.ips()[pod]
+        before = self.calls()
+        pid = container_pid(self.c.get("pod", pod, NS) or {}, "fakevllm")
+        killed = time.monotonic()
+        os.kill(pid, 9)
+
+        def back() -> bool:
+            try:
+                got = get_json(f"http://{ip}:8000/fakevllm/stats")
+            except OSError:
+                return False
+            return bool(got["adapters"] >= self.size)
+
+        wait_for("the restarted server's adapters", back, timeout=600, interval=0.2)
+        took = time.monotonic() - killed
+        wait_for("its pod Ready", lambda: pod_ready(self.c.get("pod", pod, NS) or {}), 300)
+        ready = time.monotonic() - killed
+        after = self.calls()
+        others = sum(
+            n - before.per_pod_loads.get(p, 0) for p, n in after.per_pod_loads.items() if p != pod
+        )
+        print(
+            f"[one vLLM restart] {pod}: every adapter back {took:.1f}s after the kill (pod Ready "
+            f"{ready:.1f}s); re-registrations on it {after.per_pod_loads[pod]} (it has "
+            f"{self.size}); loads on the other {len(after.per_pod_loads) - 1} pods {others}; "
+            f"{load_avg()}"
+        )
+
+    def new_version(self) -> None:
+        name, b = adapter_name(0, 0), 0
+        before = self.calls()
+        old = self.api.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        was = (old.get("status") or {}).get("adapter", {}).get("digest")
+        patch = {"spec": {"source": {"path": source(SOURCES - 1)}}}
+        start = time.monotonic()
+        self.api.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, patch)
+
+        def rolled_out() -> bool:
+            obj = self.api.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+            st = obj.get("status") or {}
+            digest = (st.get("adapter") or {}).get("digest")
+            return bool(
+                digest != was and st.get("phase") == "Ready" and st.get("ready") == f"{PODS}/{PODS}"
+            )
+
+        wait_for("the new version on every pod", rolled_out, timeout=300, interval=0.1)
+        took = time.monotonic() - start
+        time.sleep(2.0)
+        d = self.calls().minus(before)
+        ours = {p for p in d.per_pod_loads if p.startswith(base_name(b) + "-")}
+        print(
+            f"[one adapter, new version] Ready on all {PODS} pods {took:.2f}s after the spec "
+            f"changed; agent fetches {d.agent['agent fetch']}, vLLM loads on its base's pods "
+            f"{sum(d.per_pod_loads[p] for p in ours)}, on the other pods "
+            f"{sum(n for p, n in d.per_pod_loads.items() if p not in ours)}; {load_avg()}"
+        )
+
+    def teardown(self) -> None:
+        """Without waiting for 10,000 unregistrations from servers that go anyway: the
+        operator stops, the adapters' finalizers are removed, the namespace goes."""
+        self.op.stop()
+        self.c.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+        def unblock(name: str) -> None:
+            try:
+                patch = {"metadata": {"finalizers": None}}
+                self.api.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, NS, PLURAL, name, patch
+                )
+            except Exception:  # already gone
+                return
+
+        names = [a["metadata"]["name"] for a in self.api.adapters()]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(unblock, names))
+        for b in range(BASES):
+            patch = {"metadata": {"finalizers": None}}
+            self.c.kubectl(
+                "patch",
+                "bmd",
+                base_name(b),
+                "-n",
+                NS,
+                "--type=merge",
+                "-p",
+                json.dumps(patch),
+                check=False,
+            )
+        self.c.kubectl(
+            "wait", "--for=delete", f"namespace/{NS}", "--timeout=600s", check=False, timeout=630
+        )
+
+
+def _top(writes: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in writes.most_common(5) if v)
+
+
+def _rates(rates: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items()))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "[how cost grows] cold start to all Ready, same run",
+        f"  {'adapters':>9}{'registrations':>15}{'seconds':>9}{'s per 1k reg':>14}"
+        f"{'vLLM loads':>12}{'fetches':>9}{'API writes':>12}{'peak RSS MB':>13}{'CPU s':>7}",
+    ]
+    for r in rows:
+        lines.append(
+            f"  {r['adapters']:>9}{r['registrations']:>15}{r['seconds']:>9.1f}"
+            f"{r['seconds'] / r['registrations'] * 1000:>14.2f}{r['loads']:>12}{r['fetches']:>9}"
+            f"{r['writes']:>12}{r['rss'] / 2**20:>13.0f}{r['cpu']:>7.0f}"
+        )
+    return "\n".join(lines)
+
+
+def pollers(adapters: int) -> str:
+    """What a poller that checks every adapter on every pod would cost: arithmetic, not a run."""
+    pods = BASES * PODS
+    per_pod = adapters // BASES
+    ours = pods * 60 / RESYNC_SECONDS
+    lines = [f"[pollers, {adapters} adapters on {pods} pods] calls per minute when nothing changes"]
+    lines.append(f"  loraplane: {ours:.0f} (one GET /v1/models per pod per {RESYNC_SECONDS:.0f}s)")
+    for who, period in POLLER_SECONDS.items():
+        calls = per_pod * pods * 60 / period
+        lines.append(f"  a poller like {who}: {calls:,.0f} ({calls / ours:,.0f}x)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    bench = Bench()
+    rows: list[dict[str, Any]] = []
+    try:
+        bench.setup()
+        for size in SIZES:
+            rows.append(bench.cold_start(size))
+        print(table(rows))
+        print(pollers(bench.size * BASES))
+        bench.steady()
+        bench.operator_restart()
+        bench.vllm_restart()
+        bench.new_version()
+    finally:
+        bench.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

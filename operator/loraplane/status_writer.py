@@ -1,0 +1,175 @@
+"""The LoRAAdapter status writer: one queue of adapters whose picture changed, a few writers.
+
+The fleet queues an adapter (`Fleet.wake`) whenever something its status is computed from
+changes; a writer takes the one that changed first and is not being written already, computes
+its whole status and patches it only when it differs from what the API holds. Changes that land
+while a write is in flight coalesce into the next one, and an idle fleet costs nothing: no
+per-object timer wakes, no write. A slow sweep recomputes every status as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from math import inf
+from typing import Any, cast
+
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from loraplane import kube, metrics, trace
+from loraplane.api import ADAPTER_KIND, API_VERSION, LoRAAdapterStatus
+from loraplane.fleet import AdapterView, Key
+from loraplane.runtime import Runtime
+from loraplane.status import adapter as adapter_status
+from loraplane.status import whole
+
+log = logging.getLogger(__name__)
+
+
+def parse(raw: Any) -> LoRAAdapterStatus:
+    try:
+        return LoRAAdapterStatus.from_k8s(raw or {})
+    except ValidationError:  # a status edited by hand into nonsense: ours replaces it
+        return LoRAAdapterStatus()
+
+
+def observe(rt: Runtime, obj: Mapping[str, Any]) -> None:
+    """An adapter as the watch shows it: its status there is what a write is judged against.
+
+    A status that is not the one we last wrote (edited by hand, or written before a restart)
+    queues the adapter, so it is put right.
+    """
+    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    at = version_of(obj)
+    before = rt.observed.get(key)
+    if before is not None and at < before[0]:
+        return  # older than our own write's answer: the watch is catching up
+    seen = parse(obj.get("status"))
+    rt.observed[key] = (at, seen)
+    ours = rt.published.get((ADAPTER_KIND, key))
+    if ours is None or ours.to_k8s() != seen.to_k8s():
+        rt.fleet.wake(key)
+
+
+def version_of(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):  # opaque in theory: then every view counts
+        return 0
+
+
+def forget(rt: Runtime, key: Key) -> None:
+    rt.observed.pop(key, None)
+    rt.forget_published(ADAPTER_KIND, key)
+
+
+def reference(ad: AdapterView) -> dict[str, Any]:
+    meta = {"name": ad.name, "namespace": ad.namespace, "uid": ad.uid}
+    return {"apiVersion": API_VERSION, "kind": ADAPTER_KIND, "metadata": meta}
+
+
+class StatusWriter:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.busy: set[Key] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.written_at: dict[Key, float] = {}  # monotonic time of each adapter's last write
+        self.deferred: set[Key] = set()  # progress held back, queued again when due
+
+    async def write(self, key: Key) -> None:
+        """Compute the adapter's status; patch it when the API holds another (progress within
+        a phase at most every `status_progress_seconds`); announce transitions."""
+        rt, fleet = self.rt, self.rt.fleet
+        ad = fleet.adapters.get(key)
+        if ad is None or ad.deleting or adapter_status.waiting_for_first_look(fleet, ad):
+            self.written_at.pop(key, None)
+            return
+        held = rt.observed[key][1] if key in rt.observed else LoRAAdapterStatus()
+        follows = rt.published.get((ADAPTER_KIND, key))
+        old = follows if isinstance(follows, LoRAAdapterStatus) else held
+        with metrics.RECONCILE_SECONDS.labels(ADAPTER_KIND).time():
+            new = adapter_status.compute(fleet, ad, old, rt.settings.pod_status_cap)
+        if new.to_k8s() != held.to_k8s():
+            due = self.written_at.get(key, -inf) + rt.settings.status_progress_seconds
+            if time.monotonic() < due and not adapter_status.transition(held, new):
+                self._defer(key, due)
+                return
+            with trace.span("status", adapter=ad.name, phase=new.phase, ready=new.ready):
+                body = {"status": whole(new)}
+                written = await kube.patch_status(
+                    rt.api, API_VERSION, ADAPTER_KIND, *key, body, merge=True
+                )
+            if written is None:
+                return  # the adapter is gone
+            rt.observed[key] = (version_of(written), new)
+            self.written_at[key] = time.monotonic()
+        rt.published[(ADAPTER_KIND, key)] = new
+        for ev in adapter_status.events(old, new):
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, reference(ad))),
+                type=ev.type,
+                reason=ev.reason,
+                message=ev.message,
+            )
+
+    def _defer(self, key: Key, due: float) -> None:
+        if key in self.deferred:
+            return
+        self.deferred.add(key)
+
+        def wake() -> None:
+            self.deferred.discard(key)
+            self.rt.fleet.wake(key)
+
+        asyncio.get_running_loop().call_later(max(due - time.monotonic(), 0.0), wake)
+
+    def start(self) -> None:
+        """Start once, from a kopf handler: its tasks inherit the context kopf posts Events
+        through (kopf sets it for each object's handlers, not for start-up activities)."""
+        if self.tasks:
+            return
+        n = self.rt.settings.status_write_concurrency
+        self.tasks = [asyncio.create_task(self._writer(), name=f"status-{i}") for i in range(n)]
+        self.tasks.append(asyncio.create_task(self._sweep(), name="status-sweep"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _next(self) -> Key:
+        fleet = self.rt.fleet
+        while (key := fleet.take_stale(self.busy)) is None:
+            fleet.stale_event.clear()
+            await fleet.stale_event.wait()
+        return key
+
+    async def _writer(self) -> None:
+        while True:
+            key = await self._next()
+            self.busy.add(key)
+            try:
+                await self.write(key)
+            except ApiException as exc:
+                log.info("status of %s/%s: API error %s; again soon", *key, exc.status)
+                await asyncio.sleep(self.rt.settings.backoff_initial_seconds)
+                self.rt.fleet.wake(key)
+            except Exception:  # a bug must not stop the writer of every other status
+                log.exception("status of %s/%s", *key)
+            finally:
+                self.busy.discard(key)
+                if key in self.rt.fleet.stale:
+                    self.rt.fleet.stale_event.set()  # queued again while this wrote it
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.rt.settings.status_period_seconds)
+            for key in list(self.rt.fleet.adapters):
+                self.rt.fleet.wake(key)
