@@ -89,7 +89,10 @@ class StatusWriter:
         if ad is None or ad.deleting or adapter_status.waiting_for_first_look(fleet, ad):
             self.written_at.pop(key, None)
             return
-        held = rt.observed[key][1] if key in rt.observed else LoRAAdapterStatus()
+        if key not in rt.observed:
+            return  # not seen by the watch yet: its status there is what `since` and
+            # lastTransitionTime carry over from (after a restart), and `observe` queues it
+        held = rt.observed[key][1]
         follows = rt.published.get((ADAPTER_KIND, key))
         old = follows if isinstance(follows, LoRAAdapterStatus) else held
         with metrics.RECONCILE_SECONDS.labels(ADAPTER_KIND).time():
