@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MARKER = " loraplane.trace "
@@ -70,7 +72,9 @@ def breakdown(items: list[dict[str, Any]], start: float) -> dict[str, Step]:
     return out
 
 
-def report(title: str, items: list[dict[str, Any]], start: float, ready: float) -> str:
+def report(
+    title: str, items: list[dict[str, Any]], start: float, ready: float | None = None
+) -> str:
     """A table of the steps after `start` (Unix time); `ready`: seconds until all were Ready."""
     steps = breakdown(items, start)
     ready_writes = [
@@ -78,9 +82,9 @@ def report(title: str, items: list[dict[str, Any]], start: float, ready: float) 
         for s in items
         if s["step"] == "status" and s.get("phase") == "Ready" and s["start"] >= start
     ]
+    seen = "" if ready is None else f"; all Ready seen by a watch at {ready:.2f}"
     lines = [
-        f"{title}: timeline from the operator's trace (seconds after the apply; all Ready seen "
-        f"by a watch at {ready:.2f})",
+        f"{title}: timeline from the operator's trace (seconds after the start{seen})",
         f"  {'step':<16}{'count':>6}{'sum s':>9}{'busy s':>9}{'median ms':>11}"
         f"{'first':>8}{'last':>8}",
     ]
@@ -94,3 +98,18 @@ def report(title: str, items: list[dict[str, Any]], start: float, ready: float) 
             f"  Ready statuses decided from {min(ready_writes):.2f} to {max(ready_writes):.2f}"
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m bench.timeline [LOG]`: the breakdown of a log (or stdin) since its first span."""
+    text = Path(argv[0]).read_text(errors="replace") if argv else sys.stdin.read()
+    items = spans(text)
+    if not items:
+        print("no loraplane.trace lines: run the operator with LORAPLANE_TRACE=true (chart: trace)")
+        return 1
+    print(report("trace", items, min(s["start"] for s in items)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

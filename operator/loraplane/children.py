@@ -15,6 +15,7 @@ from typing import Any
 from loraplane import kube
 from loraplane.api import BaseModelDeploymentSpec
 from loraplane.api.common import plain
+from loraplane.builders import naming
 from loraplane.builders.deployment import PodContext, ResourceError, deployment
 from loraplane.builders.network_policy import network_policy, network_policy_name
 from loraplane.builders.service import agent_token_secret, service
@@ -42,12 +43,17 @@ class Outcome:
 
 
 async def _ensure_agent_secret(rt: Runtime, owner: dict[str, Any]) -> None:
-    """Created once per base model (it holds a random token the pods already read)."""
-    uid = owner["metadata"]["uid"]
-    if uid in rt.fleet.agent_secrets:
+    """Created once per base model (it holds a random token the pods already read).
+
+    Looked up first: after a restart it exists, and a read costs the API server less than a
+    refused create."""
+    meta = owner["metadata"]
+    if meta["uid"] in rt.fleet.agent_secrets:
         return
-    await kube.create_if_absent(rt.api, agent_token_secret(owner, secrets.token_urlsafe(32)))
-    rt.fleet.made_agent_secret(uid)
+    name = naming.agent_secret_name(meta["name"])
+    if await kube.get(rt.api, "v1", "Secret", meta["namespace"], name) is None:
+        await kube.create_if_absent(rt.api, agent_token_secret(owner, secrets.token_urlsafe(32)))
+    rt.fleet.made_agent_secret(meta["uid"])
 
 
 async def _converge_network_policy(rt: Runtime, owner: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from loraplane import metrics
 from loraplane.subset import is_subset
 
 FIELD_MANAGER = "loraplane"
@@ -46,6 +47,8 @@ async def _call(
     body: Any = None,
     content_type: str = "application/json",
 ) -> Any:
+    if method != "GET":
+        metrics.KUBE_API_WRITES.labels(_resource(path), _verb(method, content_type)).inc()
     resp = await api.call_api(
         path,
         method,
@@ -63,6 +66,20 @@ async def _call(
         exc.body = raw.decode(errors="replace")
         raise exc
     return json.loads(raw) if raw else None
+
+
+def _resource(path: str) -> str:
+    """`deployments`, `loraadapters/status`: the resource a path names, as the API server's
+    own metrics do."""
+    parts = path.strip("/").split("/")
+    rest = parts[parts.index("namespaces") + 2 :] if "namespaces" in parts else parts[-1:]
+    return "/".join(rest[:1] + rest[2:3])
+
+
+def _verb(method: str, content_type: str) -> str:
+    if content_type == "application/apply-patch+yaml":
+        return "apply"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
 
 
 async def get(

@@ -222,6 +222,14 @@ AGENT_API_CALLS = _metric(
     "Calls the operator made to pods' agents, by endpoint (fetch, required, prune, residency).",
     ("endpoint",),
 )
+KUBE_API_WRITES = _metric(
+    Counter,
+    "loraplane_kube_api_writes_total",
+    "Writes the operator made to the Kubernetes API itself, by resource (deployments, "
+    "loraadapters/status, ...) and verb (apply, create, update, patch, delete): zero while "
+    "nothing changes. kopf's own patches (finalizers, base model status) and Events are not in it.",
+    ("resource", "verb"),
+)
 VLLM_API_ERRORS = _metric(
     Counter,
     "loraplane_vllm_api_errors_total",

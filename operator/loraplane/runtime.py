@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -65,6 +66,10 @@ class Runtime:
     observed: dict[Key, tuple[int, LoRAAdapterStatus]] = field(default_factory=dict)
     # The judgement each adapter's central pre-flight last passed (it runs once per judgement).
     preflights: dict[Key, Judgement] = field(default_factory=dict)
+    # Base-model reconciles in flight. kopf abandons a running timer at shutdown instead of
+    # waiting for it, so the cleanup waits for these before closing the client they write with.
+    converging: int = 0
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def create(
@@ -89,6 +94,22 @@ class Runtime:
             loads=asyncio.Semaphore(settings.load_concurrency_total),
         )
         return runtime
+
+    @contextlib.contextmanager
+    def reconciling(self) -> Iterator[None]:
+        self.converging += 1
+        self.settled.clear()
+        try:
+            yield
+        finally:
+            self.converging -= 1
+            if not self.converging:
+                self.settled.set()
+
+    async def settle(self) -> None:
+        """Wait for the reconciles in flight to finish (the caller bounds the wait)."""
+        if self.converging:
+            await self.settled.wait()
 
     def kick(self, pods: Iterable[Key]) -> None:
         for key in pods:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 from tests.conftest import REPO
 from tests.integration.cluster import Cluster
@@ -18,6 +20,7 @@ class OperatorProcess:
     def __init__(self, cluster: Cluster, env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
         self.extra_env = env or {}
+        self.metrics_port = int(self.extra_env.get("LORAPLANE_METRICS_PORT", "8080"))
         self.log = cluster.home / "logs" / "operator-tests.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -71,3 +74,11 @@ class OperatorProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def writes(self) -> dict[str, float]:
+        """What it wrote to the API itself since it started, as `resource verb` (its /metrics)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        pattern = r'^loraplane_kube_api_writes_total\{resource="([^"]+)",verb="([^"]+)"\} (\S+)$'
+        found = re.findall(pattern, text, re.M)
+        return {f"{resource} {verb}": float(v) for resource, verb, v in found if float(v)}

@@ -268,6 +268,8 @@ def test_operator_restart_unloads_nothing_and_keeps_statuses(
     time.sleep(15)  # several status periods and a first sync of each pod
     for ip in ips:
         assert served_adapters(ip) == before_models[ip]
+    # Nothing had changed: no child re-applied, no status rewritten.
+    assert operator.writes() == {}
     for adapter in GOOD:
         after = _lora(base, adapter)["status"]  # type: ignore[index]
         assert after["phase"] == "Ready"

@@ -192,6 +192,7 @@ def test_children_edited_or_deleted_by_hand_are_put_back(
     cluster = operator.cluster
     old = cluster.get("service", NAME, bmd_ns)
     assert old is not None
+    before = operator.writes()
     cluster.kubectl("delete", "service", NAME, "-n", bmd_ns)
     wait_for(
         "the Service recreated",
@@ -201,6 +202,9 @@ def test_children_edited_or_deleted_by_hand_are_put_back(
         ),
         timeout=60,
     )
+    # Only the Service was written: the reconcile found its Deployment as it wants it.
+    written = {k: v - before.get(k, 0) for k, v in operator.writes().items()}
+    assert {k: v for k, v in written.items() if v and "status" not in k} == {"services apply": 1}
     cluster.kubectl(
         "patch",
         "service",

@@ -98,11 +98,15 @@ def _plugin_env(user_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _residency_mount(read_only: bool) -> dict[str, Any]:
-    return {
+    mount: dict[str, Any] = {
         "name": naming.RESIDENCY_VOLUME,
         "mountPath": naming.RESIDENCY_MOUNT_PATH,
-        "readOnly": read_only,
     }
+    # Only when true: the API server drops a false readOnly, and a field the live object can
+    # never carry would make every reconcile re-apply and replace the Deployment.
+    if read_only:
+        mount["readOnly"] = True
+    return mount
 
 
 def vllm_container(

@@ -45,7 +45,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: A
     if not await changed_or_period(rt.fleet.base_changed(key), kw["stopped"], period):
         return
     try:
-        with metrics.RECONCILE_SECONDS.labels(BASE_MODEL_KIND).time():
+        with rt.reconciling(), metrics.RECONCILE_SECONDS.labels(BASE_MODEL_KIND).time():
             outcome = await children.converge(rt, body)
     except ApiException as exc:
         if exc.status == 403 and "being terminated" in str(exc.body):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,6 +23,9 @@ from loraplane.fleet import Fleet
 from loraplane.handlers.pods import POD_LABELS
 from loraplane.runtime import Runtime
 from loraplane.status_writer import StatusWriter
+
+# A reconcile is a handful of API writes; well within the default 30 s grace period of the pod.
+SETTLE_SECONDS = 10.0
 
 
 @kopf.on.startup()
@@ -80,7 +85,9 @@ async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...]) -> No
     for namespace in scopes:
         for api_version, kind in CHILD_KINDS:
             for obj in await kube.list_objects(api, api_version, kind, namespace, children):
-                fleet.observe_child({**obj, "kind": kind})
+                # A list's items carry neither: without them no child would match its desired
+                # manifest, and the first reconcile after a restart would re-apply every one.
+                fleet.observe_child({**obj, "apiVersion": api_version, "kind": kind})
         pods = naming.label_selector(POD_LABELS)
         for obj in await kube.list_objects(api, "v1", "Pod", namespace, pods):
             fleet.observe_pod(obj)
@@ -93,6 +100,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     if writer is not None:
         await writer.stop()
     if rt is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE_SECONDS):
+                await rt.settle()
         await rt.workers.stop_all()
         await rt.session.close()
         await rt.api.close()
