@@ -97,12 +97,18 @@ class StatusWriter:
         old = follows if isinstance(follows, LoRAAdapterStatus) else held
         with metrics.RECONCILE_SECONDS.labels(ADAPTER_KIND).time():
             new = adapter_status.compute(fleet, ad, old, rt.settings.pod_status_cap)
-        if new.to_k8s() != held.to_k8s():
+        wanted, there = new.to_k8s(), held.to_k8s()
+        if wanted != there:
             due = self.written_at.get(key, -inf) + rt.settings.status_progress_seconds
             if time.monotonic() < due and not adapter_status.transition(held, new):
                 self._defer(key, due)
                 return
-            with trace.span("status", adapter=ad.name, phase=new.phase, ready=new.ready):
+            changed = ",".join(
+                sorted(k for k in wanted.keys() | there.keys() if wanted.get(k) != there.get(k))
+            )
+            with trace.span(
+                "status", adapter=ad.name, phase=new.phase, ready=new.ready, changed=changed
+            ):
                 body = {"status": whole(new)}
                 written = await kube.patch_status(
                     rt.api, API_VERSION, ADAPTER_KIND, *key, body, merge=True

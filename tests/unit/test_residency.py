@@ -243,6 +243,21 @@ def test_each_pod_of_the_status_tells_where_its_engine_holds_the_adapter() -> No
     assert tiers_in_status(fleet, "a")["p0"] is None
 
 
+def test_after_a_restart_the_held_tier_stands_until_the_engine_is_read_again() -> None:
+    fleet = fleet_of("tiers", "a", pods=1)
+    load_on(fleet, "p0", "a", fetched("a"))
+    ad = fleet.adapters[("tiers", "a")]
+    held = adapter_status.compute(fleet, ad, LoRAAdapterStatus(), MAX_STATUS_PODS)
+    assert held.pods is not None
+    held.pods[0].tier = "gpu"  # what the API holds, written before the operator restarted
+    again = adapter_status.compute(fleet, ad, held, MAX_STATUS_PODS)
+    assert again.to_k8s() == held.to_k8s()  # nothing to rewrite before the first reading
+    fleet.record_residency(("tiers", "p0"), {"a": "cpu"}, 0.0)
+    assert tiers_in_status(fleet, "a") == {"p0": "cpu"}
+    fleet.record_residency(("tiers", "p0"), None, 0.0)  # read: the engine no longer says
+    assert adapter_status.compute(fleet, ad, held, MAX_STATUS_PODS).pods[0].tier is None  # type: ignore[index]
+
+
 def test_a_pod_that_does_not_serve_the_adapter_reports_no_tier() -> None:
     fleet = fleet_of("tiers", "a", pods=1)
     fleet.record_residency(("tiers", "p0"), {"a": "gpu"}, 0.0)
