@@ -178,7 +178,8 @@ class Settings(_FromEnv):
         description=(
             "Within one phase an adapter's progress (pods registered so far, engine tiers) is "
             "written at most this often; a change of phase, version or condition is written at "
-            "once. Coalesces the writes of a burst."
+            "once. A base model's adapter counts follow within this long too. Coalesces the "
+            "writes of a burst."
         ),
     )
     status_write_concurrency: int = Field(

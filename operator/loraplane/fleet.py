@@ -200,6 +200,7 @@ class Fleet:
     _newer: dict[Held, set[str]] = field(default_factory=dict)
     _adapter_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
     _base_changed: dict[Key, asyncio.Event] = field(default_factory=dict)
+    _base_progress: dict[Key, asyncio.Event] = field(default_factory=dict)
     # adapters whose status may have changed since the status writer last computed it, in the
     # order they changed; `stale_event` is set when one is added
     stale: dict[Key, None] = field(default_factory=dict)
@@ -356,8 +357,13 @@ class Fleet:
         return key
 
     def base_changed(self, key: Key) -> asyncio.Event:
-        """Set when the base model's children, pods or adapters changed."""
+        """Set when the base model's spec, children or pods changed: reconciled at once."""
         return self._base_changed.setdefault(key, asyncio.Event())
+
+    def base_progress(self, key: Key) -> asyncio.Event:
+        """Set when only its adapter counts can have moved (an adapter added, loaded, failed):
+        a burst of a thousand is one reconcile per progress period, not one each."""
+        return self._base_progress.setdefault(key, asyncio.Event())
 
     def touch(self, namespace: str, base_model: str) -> None:
         self.base_changed((namespace, base_model)).set()
@@ -382,7 +388,7 @@ class Fleet:
         base = self.bases.get((ns, base_model))
         if base is not None and base.cap is not None:
             return self._kicks(ns, base_model)
-        self.base_changed((ns, base_model)).set()
+        self.base_progress((ns, base_model)).set()
         self.wake(ad.key)
         self._wake_served(ns, base_model, {ad.served_name, *served_names})
         return self._pod_keys(ns, base_model)
@@ -409,6 +415,7 @@ class Fleet:
         self._derived_changed(*key)
         self.children.pop(key, None)
         self._base_changed.pop(key, None)
+        self._base_progress.pop(key, None)
         metrics.forget_base(*key)
         return self._kicks(*key)
 
@@ -602,7 +609,7 @@ class Fleet:
             self.wake((pod[0], adapter))
         view = self.pods.get(pod)
         if view is not None:  # its counts and the sources it reports missing are in its status
-            self.base_changed((view.namespace, view.base_model)).set()
+            self.base_progress((view.namespace, view.base_model)).set()
 
     def clear_state(self, pod: Key, adapter: str) -> None:
         self.pod_states.get(pod, {}).pop(adapter, None)
@@ -652,7 +659,7 @@ class Fleet:
         if before is None:  # the first look: statuses held back until now can be told
             self.touch(view.namespace, view.base_model)
             return
-        self.base_changed((view.namespace, view.base_model)).set()
+        self.base_progress((view.namespace, view.base_model)).set()
         moved = {n for n in before.keys() | registered.keys() if before.get(n) != registered.get(n)}
         self._wake_served(view.namespace, view.base_model, moved)
 

@@ -41,8 +41,11 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: A
     """Level-based, on any change of the base model's picture (or the slow resync)."""
     rt: Runtime = memo.runtime
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    period = rt.settings.base_model_resync_seconds
-    if not await changed_or_period(rt.fleet.base_changed(key), kw["stopped"], period):
+    fleet, cfg = rt.fleet, rt.settings
+    period, gap = cfg.base_model_resync_seconds, cfg.status_progress_seconds
+    if not await changed_or_period(
+        fleet.base_changed(key), kw["stopped"], period, fleet.base_progress(key), gap
+    ):
         return
     try:
         with rt.reconciling(), metrics.RECONCILE_SECONDS.labels(BASE_MODEL_KIND).time():

@@ -8,20 +8,39 @@ import kopf
 
 
 async def changed_or_period(
-    changed: asyncio.Event, stopped: kopf.DaemonStopped, period: float
+    changed: asyncio.Event,
+    stopped: kopf.DaemonStopped,
+    period: float,
+    progress: asyncio.Event | None = None,
+    gap: float = 0.0,
 ) -> bool:
-    """Wait for `changed` (then clear it) or `period`; False when the operator is stopping.
+    """Wait for `changed`, for `progress` and then `gap` more, or for `period`; clear both;
+    False when the operator is stopping.
 
     kopf timers cannot be woken, so each run of ours waits inside: the status follows a change
-    within milliseconds while an idle object costs one wake-up per period.
+    within milliseconds, progress (counts moving in a burst) within `gap`, while an idle object
+    costs one wake-up per period.
     """
 
     async def stopping() -> None:
         await stopped.wait()
 
-    waits = [asyncio.create_task(changed.wait()), asyncio.create_task(stopping())]
+    async def progressed() -> None:
+        if progress is None:
+            await asyncio.Event().wait()  # never
+            return
+        await progress.wait()
+        await asyncio.sleep(gap)
+
+    waits = [
+        asyncio.create_task(changed.wait()),
+        asyncio.create_task(stopping()),
+        asyncio.create_task(progressed()),
+    ]
     await asyncio.wait(waits, timeout=period, return_when=asyncio.FIRST_COMPLETED)
     for task in waits:
         task.cancel()
     changed.clear()
+    if progress is not None:
+        progress.clear()
     return not stopped
