@@ -28,6 +28,20 @@ from loraplane.status_writer import StatusWriter
 SETTLE_SECONDS = 10.0
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps no last-handled configuration on the objects.
+
+    The one changing handler, an adapter's deletion, needs no diff; stored, it would cost one
+    API write per adapter created, a thousand for a burst of a thousand.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = load_settings()
@@ -37,9 +51,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraplane.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="loraplane.dev", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     # The resources are found once at start (the chart installs the CRDs first); watching CRDs
     # for later changes would need cluster-wide read access to every CRD, for nothing.
