@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -91,6 +92,11 @@ class AdapterView:
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @cached_property
+    def fingerprint(self) -> str | None:
+        """Of its source (None: no parsable source); asked for on every status, so kept."""
+        return None if self.source is None else fingerprint(self.source, self.refresh)
 
     @property
     def claim(self) -> tuple[str, str]:
@@ -260,12 +266,12 @@ class Fleet:
     def judgement(self, key: Key) -> Judgement | None:
         """What a verdict on this adapter must be judged against now (None: not judgeable)."""
         ad = self.adapters.get(key)
-        if ad is None or ad.source is None:
+        if ad is None or ad.fingerprint is None:
             return None
         base = self.bases.get((ad.namespace, ad.base_model))
         if base is None:
             return None
-        return Judgement(fingerprint(ad.source, ad.refresh), base.max_lora_rank)
+        return Judgement(ad.fingerprint, base.max_lora_rank)
 
     def version(self, key: Key) -> Version | None:
         v = self._versions.get(key)
@@ -438,7 +444,7 @@ class Fleet:
         Status is written whole (a generation without a version clears `adapter`), and the
         summary names the maxLoraRank it was verified against: both must still hold.
         """
-        if ad.source is None:
+        if ad.fingerprint is None:
             return
         try:
             status = LoRAAdapterStatus.from_k8s(obj.get("status") or {})
@@ -452,7 +458,7 @@ class Fleet:
             or summary.max_lora_rank is None
         ):
             return
-        judged = Judgement(fingerprint(ad.source, ad.refresh), summary.max_lora_rank)
+        judged = Judgement(ad.fingerprint, summary.max_lora_rank)
         self._versions[ad.key] = Version(judged, summary.path, summary)
 
     def mark_deleting(self, key: Key) -> Kicks:

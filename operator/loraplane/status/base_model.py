@@ -172,14 +172,10 @@ def adapter_counts(fleet: Fleet, namespace: str, name: str) -> AdapterCounts:
     """Adapters placed on this base model, and those whose version every pod serves."""
     placed = fleet.placement(namespace, name).placed
     pods = fleet.pods_of(namespace, name)
-    ready = sum(
-        1
-        for adapter in placed
-        if pods
-        and all(
-            serves(fleet.state(p.key, adapter), fleet.version((namespace, adapter))) for p in pods
-        )
-    )
+    ready = 0
+    for adapter in placed:
+        version = fleet.version((namespace, adapter))  # once: it is judged, not looked up
+        ready += bool(pods) and all(serves(fleet.state(p.key, adapter), version) for p in pods)
     return AdapterCounts(desired=len(placed), ready=ready)
 
 
