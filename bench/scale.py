@@ -9,7 +9,7 @@ runtime adapter lost on a restart). The operator's side of the conversation (age
 load, `/v1/models`) is the code that talks to real pods.
 
 Prints figures measured in one run, with the machine's load beside them; asserts nothing about
-time. Not part of `make test`: it takes about half an hour and most of the machine.
+time. Not part of `make test`: it takes about an hour and the whole machine.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import cluster_up, cpu_by_group, cpu_report, cpu_seconds
-from tests.integration.cluster import Cluster, container_pid, pod_ready, wait_for
+from tests.integration.cluster import Cluster, Timeout, container_pid, pod_ready, wait_for
 from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
 from tests.integration.operator_process import OperatorProcess
 from tests.support.adapters import ensure_many_adapters
@@ -43,6 +43,8 @@ PODS = 10  # per base model
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_SCALE_SIZES", "100 300 1000").split())
 SOURCES = 50  # distinct adapter directories the adapters are spread over
 STEADY_SECONDS = float(os.environ.get("BENCH_SCALE_STEADY_SECONDS", "300"))
+# How long a cold start may take before the run reports how far it got and ends.
+COLD_START_TIMEOUT = float(os.environ.get("BENCH_SCALE_COLD_START_TIMEOUT", "2400"))
 FAKE_IMAGE = "loraplane/fakevllm:bench"
 RESYNC_SECONDS = 60.0  # the operator's defaults, as a user runs it
 GROUP, VERSION, PLURAL = "loraplane.dev", "v1alpha1", "loraadapters"
@@ -238,6 +240,15 @@ def fake_stats(ips: dict[str, str]) -> tuple[Counter[str], dict[str, int]]:
     return total, loads
 
 
+def adapters_held(ips: dict[str, str]) -> int:
+    """Registrations the fake servers hold now, all pods together."""
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        held = pool.map(
+            lambda ip: get_json(f"http://{ip}:8000/fakevllm/stats")["adapters"], ips.values()
+        )
+        return sum(int(n) for n in held)
+
+
 def operator_counters(port: int = 8080) -> Counter[str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
         text = resp.read().decode()
@@ -353,7 +364,21 @@ class Bench:
         start = time.monotonic()
         self.op.start()
         sampler = Sampler(self.pid())
-        watch.wait(total, timeout=1800)
+        try:
+            watch.wait(total, timeout=COLD_START_TIMEOUT)
+        except Timeout:
+            took = time.monotonic() - start
+            cpu, peak = sampler.stop()
+            watch.stop()
+            held = adapters_held(self.ips())
+            print(
+                f"[cold start, {total} adapters, {total * PODS} registrations] NOT all Ready "
+                f"after {took:.0f}s: {watch.count()} adapters Ready on every pod, {held} "
+                f"registrations held by the servers ({held / took:.0f}/s); operator CPU "
+                f"{cpu:.0f}s, peak RSS {peak / 2**20:.0f} MB; {load_avg()}\n"
+                f"{cpu_report(groups0, cpu_by_group(), took)}"
+            )
+            raise
         took = time.monotonic() - start
         cpu, peak = sampler.stop()
         groups = cpu_report(groups0, cpu_by_group(), took)
