@@ -225,9 +225,10 @@ AGENT_API_CALLS = _metric(
 KUBE_API_WRITES = _metric(
     Counter,
     "loraplane_kube_api_writes_total",
-    "Writes the operator made to the Kubernetes API itself, by resource (deployments, "
-    "loraadapters/status, ...) and verb (apply, create, update, patch, delete): zero while "
-    "nothing changes. kopf's own patches (finalizers, base model status) and Events are not in it.",
+    "Write requests the operator sent to the Kubernetes API itself, refused ones included, by "
+    "resource (deployments, loraadapters/status, ...) and verb (apply, create, update, patch, "
+    "delete): flat while nothing changes. kopf's own patches (finalizers, base model status) and "
+    "Events are not in it.",
     ("resource", "verb"),
 )
 VLLM_API_ERRORS = _metric(

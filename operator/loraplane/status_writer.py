@@ -56,6 +56,13 @@ def observe(rt: Runtime, obj: Mapping[str, Any]) -> None:
         rt.fleet.wake(key)
 
 
+def _changed(wanted: Mapping[str, Any], there: Mapping[str, Any]) -> str:
+    """The status fields a write changes, for its trace span."""
+    return ",".join(
+        sorted(k for k in wanted.keys() | there.keys() if wanted.get(k) != there.get(k))
+    )
+
+
 def version_of(obj: Mapping[str, Any]) -> int:
     try:
         return int(obj["metadata"]["resourceVersion"])
@@ -103,9 +110,7 @@ class StatusWriter:
             if time.monotonic() < due and not adapter_status.transition(held, new):
                 self._defer(key, due)
                 return
-            changed = ",".join(
-                sorted(k for k in wanted.keys() | there.keys() if wanted.get(k) != there.get(k))
-            )
+            changed = _changed(wanted, there) if trace.enabled() else None
             with trace.span(
                 "status", adapter=ad.name, phase=new.phase, ready=new.ready, changed=changed
             ):

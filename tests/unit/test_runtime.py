@@ -65,3 +65,14 @@ def test_settle_returns_at_once_when_idle_and_leaves_a_hung_reconcile_to_the_tim
         return still, rt.converging
 
     assert asyncio.run(run()) == (True, 0)
+
+
+def test_no_changing_handler_but_the_adapters_deletion_needs_a_stored_diff() -> None:
+    """The operator stores no last-handled configuration (handlers/startup.NoDiffBase): a create,
+    update or resume handler added later would see every event as a creation."""
+    import kopf
+
+    import loraplane.handlers  # noqa: F401  (registers the handlers)
+
+    changing = kopf.get_default_registry()._changing.get_all_handlers()
+    assert [(h.id, h.reason) for h in changing] == [("delete_adapter", kopf.Reason.DELETE)]

@@ -11,8 +11,8 @@ async def changed_or_period(
     changed: asyncio.Event,
     stopped: kopf.DaemonStopped,
     period: float,
-    progress: asyncio.Event | None = None,
-    gap: float = 0.0,
+    progress: asyncio.Event,
+    gap: float,
 ) -> bool:
     """Wait for `changed`, for `progress` and then `gap` more, or for `period`; clear both;
     False when the operator is stopping.
@@ -26,9 +26,6 @@ async def changed_or_period(
         await stopped.wait()
 
     async def progressed() -> None:
-        if progress is None:
-            await asyncio.Event().wait()  # never
-            return
         await progress.wait()
         await asyncio.sleep(gap)
 
@@ -41,6 +38,5 @@ async def changed_or_period(
     for task in waits:
         task.cancel()
     changed.clear()
-    if progress is not None:
-        progress.clear()
+    progress.clear()
     return not stopped

@@ -87,13 +87,17 @@ def _pods(
         since = prev.since if prev is not None and prev.state == state else None
         if since is None and st is not None:
             since = st.since
-        tier = fleet.tier(pod.key, ad.served_name) if state in ("Registered", "Outdated") else None
         unread = pod.key not in fleet.residency_read and pod.key not in fleet.residency
-        if unread and prev is not None and prev.digest == digest:
+        tier: str | None
+        if state not in ("Registered", "Outdated"):
+            tier = None
+        elif unread and prev is not None and prev.digest == digest:
             # Not read since the operator started (the first sync reads it last): the tier the
             # status holds is still the latest reading, and dropping it for a moment would
             # rewrite every status twice after a restart.
-            tier = prev.tier if state in ("Registered", "Outdated") else None
+            tier = prev.tier
+        else:
+            tier = fleet.tier(pod.key, ad.served_name)
         tally.entries.append(
             PodAdapterStatus(
                 name=pod.name,
