@@ -325,7 +325,7 @@ class Bench:
 
     def fresh_servers(self) -> None:
         """New pods (nothing registered, empty stores), with the operator stopped."""
-        self.c.kubectl("delete", "pods", "--all", "-n", NS, "--wait=false")
+        self.c.kubectl("delete", "pods", "--all", "-n", NS, "--wait=false", timeout=600)
         want = BASES * PODS
 
         def settled() -> bool:

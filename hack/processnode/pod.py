@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 MAX_GRACE_SECONDS = 30.0
-SIZE_CHECK_SECONDS = 10.0
+# How often an emptyDir's usage is measured against its sizeLimit: kubelet's
+# --volume-stats-agg-period default. Every `du` walks the whole volume, and a fleet of pods with
+# a thousand adapter directories each made that the node's largest cost at 10 s.
+SIZE_CHECK_SECONDS = 60.0
 VOLUME_REFRESH_SECONDS = 60.0
 
 

@@ -213,6 +213,8 @@ class Fleet:
     stale_event: asyncio.Event = field(default_factory=asyncio.Event)
     # indexes by base model (namespace, name), kept by the only writers of adapters and pods
     _adapters_by_base: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
+    # base key -> served name -> names of the adapters that claim it
+    _claimants: dict[Key, dict[str, set[str]]] = field(default_factory=dict)
     _pods_by_base: dict[Key, dict[str, PodView]] = field(default_factory=dict)
     # per base model, derived from its adapters (and failures): dropped when one of them changes
     _holders_of: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
@@ -235,16 +237,28 @@ class Fleet:
         old = self.adapters.get(ad.key)
         if old is not None and old.base_model != ad.base_model:
             self._drop_adapter(ad.key)
+        elif old is not None:
+            self._unclaim(old)
         self.adapters[ad.key] = ad
-        self._adapters_by_base.setdefault((ad.namespace, ad.base_model), {})[ad.name] = ad
+        base = (ad.namespace, ad.base_model)
+        self._adapters_by_base.setdefault(base, {})[ad.name] = ad
+        self._claimants.setdefault(base, {}).setdefault(ad.served_name, set()).add(ad.name)
         self._derived_changed(ad.namespace, ad.base_model)
 
     def _drop_adapter(self, key: Key) -> AdapterView | None:
         ad = self.adapters.pop(key, None)
         if ad is not None:
             self._adapters_by_base.get((ad.namespace, ad.base_model), {}).pop(ad.name, None)
+            self._unclaim(ad)
             self._derived_changed(ad.namespace, ad.base_model)
         return ad
+
+    def _unclaim(self, ad: AdapterView) -> None:
+        names = self._claimants.get((ad.namespace, ad.base_model), {})
+        claim = names.get(ad.served_name, set())
+        claim.discard(ad.name)
+        if not claim:
+            names.pop(ad.served_name, None)
 
     def _put_pod(self, pod: PodView) -> None:
         old = self.pods.get(pod.key)
@@ -400,9 +414,9 @@ class Fleet:
         return self._pod_keys(ns, base_model)
 
     def _wake_served(self, namespace: str, base_model: str, served: set[str]) -> None:
-        for other in self.adapters_of(namespace, base_model):
-            if other.served_name in served:
-                self.wake(other.key)
+        claimants = self._claimants.get((namespace, base_model), {})
+        for name in sorted({a for s in served for a in claimants.get(s, ())}):
+            self.wake((namespace, name))
 
     # -- watch events --------------------------------------------------------------------------
 

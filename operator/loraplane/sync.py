@@ -201,13 +201,10 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
     fleet = rt.fleet
     current = pc.registered.get(ad.served_name)
     judged = fleet.judgement(ad.key)
-    if judged is None:
+    if judged is None or kept(rt, pc, ad):
         return False
     pinned = fleet.version(ad.key)
     serving = pinned is not None and current == pinned.path
-    if serving and not ad.follow:
-        registered(rt, pc, ad, current)
-        return False
     if not serving:
         fleet.set_state(pc.pod.key, ad.name, "Loading", path=current)
     async with rt.loads:
@@ -226,6 +223,17 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
                 registered(rt, pc, ad, current)
                 return False
             return await load(rt, pc, ad, judged, fetched.path)
+
+
+def kept(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
+    """The pod serves the adapter's pinned version and no newer one is looked for: recorded,
+    with nothing to fetch or load."""
+    pinned = rt.fleet.version(ad.key)
+    path = pc.registered.get(ad.served_name)
+    if ad.follow or pinned is None or path != pinned.path:
+        return False
+    registered(rt, pc, ad, path)
+    return True
 
 
 def registered(rt: Runtime, pc: PodContext, ad: AdapterView, path: str | None) -> None:
@@ -507,7 +515,10 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
             except (VLLMError, AgentError, MissingSecret) as exc:
                 return exc
 
-    results = await asyncio.gather(*(one(a) for a in steps.wanted))
+    # Settled adapters first, without a task each: a converged pod's pass over a thousand
+    # of them would otherwise cost a thousand tasks.
+    todo = [a for a in steps.wanted if not kept(rt, pc, a)]
+    results = await asyncio.gather(*(one(a) for a in todo))
     errors = [r for r in results if isinstance(r, BaseException)]
     for step in steps.unloads:
         await unload(rt, pc, step)
