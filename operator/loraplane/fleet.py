@@ -185,10 +185,9 @@ class Fleet:
     pod_states: dict[Key, dict[str, PodAdapterState]] = field(default_factory=dict)
     # pod key -> served name -> path, as its sync last listed them: the pod has been looked at
     registrations: dict[Key, dict[str, str | None]] = field(default_factory=dict)
-    # pod key -> (required served names, versions kept) as its agent was last told
-    agent_told: dict[Key, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = field(
-        default_factory=dict
-    )
+    # pod key -> digest of (required served names, versions kept) as its agent was last told:
+    # a digest, not the thousands of names, for each of a hundred pods
+    agent_told: dict[Key, str] = field(default_factory=dict)
     # pod key -> served name -> tier of what its engine holds (gpu or cpu; absent: disk), as its
     # sync last read it; no entry: the engine does not report residency
     residency: dict[Key, dict[str, str]] = field(default_factory=dict)
@@ -726,9 +725,7 @@ class Fleet:
         self.record_registrations(pod, {})
         self.residency_read.pop(pod, None)  # a new engine: read it as soon as it serves
 
-    def told_agent(
-        self, pod: Key, told: tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
-    ) -> None:
+    def told_agent(self, pod: Key, told: str) -> None:
         self.agent_told[pod] = told
 
     def made_agent_secret(self, uid: str) -> None:

@@ -17,10 +17,10 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from loraplane import kube
-from loraplane.api import LoRAAdapterStatus
 from loraplane.api.common import StatusModel
 from loraplane.config import Settings
 from loraplane.fleet import Fleet, Judgement, Key
+from loraplane.status import Kept
 from loraplane.workers import Workers
 
 S = TypeVar("S", bound=StatusModel)
@@ -62,8 +62,10 @@ class Runtime:
     # patch; judging transitions against this instead announces each one once.
     published: dict[tuple[str, Key], StatusModel] = field(default_factory=dict)
     # Each adapter's status as the API last showed it (the watch, or our own write's answer),
-    # with the resourceVersion it was seen at.
-    observed: dict[Key, tuple[int, LoRAAdapterStatus]] = field(default_factory=dict)
+    # with the resourceVersion it was seen at; and the one last written (the same object when
+    # the watch shows what we wrote).
+    observed: dict[Key, tuple[int, Kept]] = field(default_factory=dict)
+    written: dict[Key, Kept] = field(default_factory=dict)
     # The judgement each adapter's central pre-flight last passed (it runs once per judgement).
     preflights: dict[Key, Judgement] = field(default_factory=dict)
     # Base-model reconciles in flight. kopf abandons a running timer at shutdown instead of
@@ -124,4 +126,3 @@ class Runtime:
 
     def forget_published(self, kind: str, key: Key) -> None:
         self.published.pop((kind, key), None)
-        self.preflights.pop(key, None)

@@ -25,8 +25,8 @@ from loraplane import kube, metrics, trace
 from loraplane.api import ADAPTER_KIND, API_VERSION, LoRAAdapterStatus
 from loraplane.fleet import AdapterView, Key
 from loraplane.runtime import Runtime
+from loraplane.status import Kept, canonical, whole
 from loraplane.status import adapter as adapter_status
-from loraplane.status import whole
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ def observe(rt: Runtime, obj: Mapping[str, Any]) -> None:
     before = rt.observed.get(key)
     if before is not None and at < before[0]:
         return  # older than our own write's answer: the watch is catching up
-    seen = parse(obj.get("status"))
+    seen = Kept.of(parse(obj.get("status")))
+    ours = rt.written.get(key)
+    if ours is not None and ours.text == seen.text:
+        seen = ours  # one copy of what we wrote, not two
     rt.observed[key] = (at, seen)
-    ours = rt.published.get((ADAPTER_KIND, key))
-    if ours is None or ours.to_k8s() != seen.to_k8s():
+    if seen is not ours:
         rt.fleet.wake(key)
 
 
@@ -72,7 +74,8 @@ def version_of(obj: Mapping[str, Any]) -> int:
 
 def forget(rt: Runtime, key: Key) -> None:
     rt.observed.pop(key, None)
-    rt.forget_published(ADAPTER_KIND, key)
+    rt.written.pop(key, None)
+    rt.preflights.pop(key, None)
 
 
 def reference(ad: AdapterView) -> dict[str, Any]:
@@ -100,17 +103,19 @@ class StatusWriter:
             return  # not seen by the watch yet: its status there is what `since` and
             # lastTransitionTime carry over from (after a restart), and `observe` queues it
         held = rt.observed[key][1]
-        follows = rt.published.get((ADAPTER_KIND, key))
-        old = follows if isinstance(follows, LoRAAdapterStatus) else held
+        follows = rt.written.get(key, held)
+        old = follows.model(LoRAAdapterStatus)
         with metrics.RECONCILE_SECONDS.labels(ADAPTER_KIND).time():
             new = adapter_status.compute(fleet, ad, old, rt.settings.pod_status_cap)
-        wanted, there = new.to_k8s(), held.to_k8s()
-        if wanted != there:
+        wanted = new.to_k8s()
+        kept = Kept(canonical(wanted))
+        if kept.text != held.text:
+            there = old if follows is held else held.model(LoRAAdapterStatus)
             due = self.written_at.get(key, -inf) + rt.settings.status_progress_seconds
-            if time.monotonic() < due and not adapter_status.transition(held, new):
+            if time.monotonic() < due and not adapter_status.transition(there, new):
                 self._defer(key, due)
                 return
-            changed = _changed(wanted, there) if trace.enabled() else None
+            changed = _changed(wanted, there.to_k8s()) if trace.enabled() else None
             with trace.span(
                 "status", adapter=ad.name, phase=new.phase, ready=new.ready, changed=changed
             ):
@@ -120,9 +125,11 @@ class StatusWriter:
                 )
             if written is None:
                 return  # the adapter is gone
-            rt.observed[key] = (version_of(written), new)
+            rt.observed[key] = (version_of(written), kept)
             self.written_at[key] = time.monotonic()
-        rt.published[(ADAPTER_KIND, key)] = new
+        else:
+            kept = held
+        rt.written[key] = kept
         for ev in adapter_status.events(old, new):
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, reference(ad))),

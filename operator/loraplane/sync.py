@@ -9,6 +9,8 @@ found and did. The parts (`plan`, `ensure_loaded`, `unload`, `publish`) stand al
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -409,11 +411,12 @@ async def publish(
     )
     # Files may go only when no registered name points at them: vLLM re-reads an evicted
     # adapter from its path, and dies when the files are gone (DESIGN.md §4).
-    told = (tuple(serving), tuple(sorted(store_versions(now.values()).items())))
+    keep = store_versions(now.values())
+    told = hashlib.sha256(json.dumps([serving, sorted(keep.items())]).encode()).hexdigest()
     if fleet.agent_told.get(pc.pod.key) != told:
         with trace.span("tell_agent", pod=pc.pod.name, required=len(serving)):
             await pc.agent.set_required(serving)
-            await pc.agent.prune(dict(told[1]))
+            await pc.agent.prune(keep)
         fleet.told_agent(pc.pod.key, told)
     settled = all(settled_on(fleet.state(pc.pod.key, a.name)) for a in wanted)
     await set_gate(rt, pc.pod, settled, f"{len(serving)}/{len(wanted)} adapters registered")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from loraplane.config import Settings
 from loraplane.fleet import Fleet, Version
 from loraplane.metrics import FleetCollector
 from loraplane.status import adapter as adapter_status
-from loraplane.status import whole
+from loraplane.status import Kept, whole
 from loraplane.sync import plan
 
 NS = "ns"
@@ -222,6 +223,21 @@ def test_pod_entries_keep_their_since_across_a_recompute() -> None:
     register(fresh, "a")
     again = status_of(fresh, "a", first)
     assert [p.since for p in again.pods or []] == [p.since for p in first.pods or []]
+
+
+def test_a_kept_status_is_the_same_status_in_a_fraction_of_the_memory() -> None:
+    fleet = fleet_with("a", pods=10)
+    register(fleet, "a", pods=10)
+    status = status_of(fleet, "a")
+    kept = Kept.of(status)
+    assert kept.model(LoRAAdapterStatus) == status
+    assert Kept.of(kept.model(LoRAAdapterStatus)) == kept, "the text a write compares is stable"
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    models = [status_of(fleet, "a") for _ in range(20)]
+    typed = (tracemalloc.get_traced_memory()[0] - before) / len(models)
+    tracemalloc.stop()
+    assert len(kept.text) * 4 < typed, f"{len(kept.text)} chars against {typed:.0f} bytes"
 
 
 def test_deletion_waits_for_the_adapters_own_registration_only() -> None:
@@ -465,6 +481,23 @@ def test_a_changed_registration_wakes_only_the_adapters_under_that_name() -> Non
     fleet.stale.clear()
     fleet.record_registrations((NS, "p0"), {"a": "/adapters/a/x"})
     assert list(fleet.stale) == [(NS, "a")]
+
+
+def test_a_renamed_adapter_is_woken_under_its_new_served_name_only() -> None:
+    fleet = fleet_with("a", "b")
+    renamed = lora("a", generation=2)
+    renamed["spec"]["servedName"] = "alpha"
+    fleet.observe_adapter(renamed)
+    fleet.record_registrations((NS, "p0"), {})
+    fleet.stale.clear()
+    fleet.record_registrations((NS, "p0"), {"a": "/adapters/b/x"})
+    assert list(fleet.stale) == [], "nobody claims the old name any more"
+    fleet.record_registrations((NS, "p0"), {"alpha": "/adapters/a/x"})
+    assert list(fleet.stale) == [(NS, "a")]
+    fleet.forget_adapter((NS, "a"))
+    fleet.stale.clear()
+    fleet.record_registrations((NS, "p0"), {})
+    assert list(fleet.stale) == []
 
 
 def test_the_first_look_at_a_pod_wakes_every_adapter_of_its_base() -> None:
