@@ -13,8 +13,8 @@ from loraplane.api import AdapterSummary, LoRAAdapterStatus
 from loraplane.config import Settings
 from loraplane.fleet import Fleet, Version
 from loraplane.metrics import FleetCollector
-from loraplane.status import adapter as adapter_status
 from loraplane.status import Kept, whole
+from loraplane.status import adapter as adapter_status
 from loraplane.sync import plan
 
 NS = "ns"
