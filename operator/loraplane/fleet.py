@@ -157,6 +157,16 @@ class PodAdapterState:
     registered_in: str | None = None
 
 
+def serves(st: PodAdapterState | None, version: Version | None) -> bool:
+    """The pod serves this version of the adapter."""
+    return (
+        st is not None
+        and st.state == "Registered"
+        and version is not None
+        and st.path == version.path
+    )
+
+
 def registered_in(current: PodAdapterState | None, state: str, container: str | None) -> str | None:
     if state == "Registered":
         return container
@@ -218,6 +228,12 @@ class Fleet:
     # per base model, derived from its adapters (and failures): dropped when one of them changes
     _holders_of: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
     _placements: dict[Key, Placement] = field(default_factory=dict)
+    # base key -> adapter -> whether every pod of the base serves its version: dropped for an
+    # adapter when one of its states or its version changes, whole when the base's pods or
+    # adapters do. Counting a base of a thousand adapters on ten pods is otherwise 10,000 looks.
+    _everywhere: dict[Key, dict[str, bool]] = field(default_factory=dict)
+    # pod key -> adapters whose state there has a reason (rare; the base model reports some)
+    _reasoned: dict[Key, set[str]] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -263,6 +279,9 @@ class Fleet:
         old = self.pods.get(pod.key)
         if old is not None and old.base_model != pod.base_model:
             self._pods_by_base.get((old.namespace, old.base_model), {}).pop(old.name, None)
+            self._everywhere.pop((old.namespace, old.base_model), None)
+        if old is None or old.deleting != pod.deleting or old.base_model != pod.base_model:
+            self._everywhere.pop((pod.namespace, pod.base_model), None)
         self.pods[pod.key] = pod
         self._pods_by_base.setdefault((pod.namespace, pod.base_model), {})[pod.name] = pod
 
@@ -270,11 +289,16 @@ class Fleet:
         pod = self.pods.pop(key, None)
         if pod is not None:
             self._pods_by_base.get((pod.namespace, pod.base_model), {}).pop(pod.name, None)
+            self._everywhere.pop((pod.namespace, pod.base_model), None)
         return pod
 
     def _derived_changed(self, namespace: str, base_model: str) -> None:
         self._holders_of.pop((namespace, base_model), None)
         self._placements.pop((namespace, base_model), None)
+        self._everywhere.pop((namespace, base_model), None)
+
+    def _served_changed(self, key: Key, base_model: str) -> None:
+        self._everywhere.get((key[0], base_model), {}).pop(key[1], None)
 
     def judgement(self, key: Key) -> Judgement | None:
         """What a verdict on this adapter must be judged against now (None: not judgeable)."""
@@ -349,6 +373,22 @@ class Fleet:
 
     def state(self, pod: Key, adapter: str) -> PodAdapterState | None:
         return self.pod_states.get(pod, {}).get(adapter)
+
+    def served_everywhere(self, namespace: str, base_model: str, adapter: str) -> bool:
+        """Every pod of the base model (and there is one) serves the adapter's version."""
+        known = self._everywhere.setdefault((namespace, base_model), {})
+        hit = known.get(adapter)
+        if hit is None:
+            version = self.version((namespace, adapter))
+            pods = self.pods_of(namespace, base_model)
+            hit = bool(pods) and all(serves(self.state(p.key, adapter), version) for p in pods)
+            known[adapter] = hit
+        return hit
+
+    def with_reason(self, pod: Key) -> list[tuple[str, PodAdapterState]]:
+        """The pod's adapter states that carry a reason, by adapter name."""
+        states = self.pod_states.get(pod, {})
+        return [(a, states[a]) for a in sorted(self._reasoned.get(pod, ())) if a in states]
 
     def looked_at(self, pod: Key) -> bool:
         """The pod's registrations are known (its sync listed them since the operator started)."""
@@ -473,6 +513,7 @@ class Fleet:
             return
         judged = Judgement(ad.fingerprint, summary.max_lora_rank)
         self._versions[ad.key] = Version(judged, summary.path, summary)
+        self._served_changed(ad.key, ad.base_model)
 
     def mark_deleting(self, key: Key) -> Kicks:
         ad = self.adapters.get(key)
@@ -490,6 +531,7 @@ class Fleet:
         for pod, states in self.pod_states.items():
             if pod[0] == key[0]:
                 states.pop(key[1], None)
+                self._reasoned.get(pod, set()).discard(key[1])
         for held in [h for h in (*self._lost, *self._newer) if (h[0], h[2]) == key]:
             self._lost.pop(held, None)
             self._newer.pop(held, None)
@@ -513,6 +555,7 @@ class Fleet:
     def forget_pod(self, key: Key) -> None:
         gone = self._drop_pod(key)
         states = self.pod_states.pop(key, {})
+        self._reasoned.pop(key, None)
         self.registrations.pop(key, None)
         self.agent_told.pop(key, None)
         self.residency.pop(key, None)
@@ -579,6 +622,7 @@ class Fleet:
         if current is not None and current.path == version.path:
             return NO_KICKS
         self._versions[key] = version
+        self._served_changed(key, ad.base_model)
         if current is None:
             self.wake(key)
             return NO_KICKS
@@ -624,6 +668,7 @@ class Fleet:
             current.registered_in = held_in
         else:
             return  # a converged pod's resync: no status to recompute
+        self._state_changed(pod, adapter, reason is not None)
         if (pod[0], adapter) in self.adapters:
             self.wake((pod[0], adapter))
         view = self.pods.get(pod)
@@ -631,7 +676,17 @@ class Fleet:
             self.base_progress((view.namespace, view.base_model)).set()
 
     def clear_state(self, pod: Key, adapter: str) -> None:
-        self.pod_states.get(pod, {}).pop(adapter, None)
+        if self.pod_states.get(pod, {}).pop(adapter, None) is not None:
+            self._state_changed(pod, adapter, False)
+
+    def _state_changed(self, pod: Key, adapter: str, reasoned: bool) -> None:
+        if reasoned:
+            self._reasoned.setdefault(pod, set()).add(adapter)
+        else:
+            self._reasoned.get(pod, set()).discard(adapter)
+        view = self.pods.get(pod)
+        if view is not None:
+            self._served_changed((pod[0], adapter), view.base_model)
 
     def record_load(self, pod: PodView, ad: AdapterView, path: str, replaced: str | None) -> None:
         """The pod's vLLM loaded the adapter from `path`, in place of `replaced` if not None."""

@@ -350,7 +350,8 @@ class FleetCollector(Collector):
         self.fleet = fleet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from loraplane.status import adapter as adapter_status  # it imports the fleet
+        from loraplane.fleet import serves  # it imports these metrics
+        from loraplane.status import adapter as adapter_status
 
         fleet = self.fleet
         families = {
@@ -362,7 +363,7 @@ class FleetCollector(Collector):
             for name in fleet.placement(ns, base).placed:
                 version = fleet.version((ns, name))
                 for pod in pods:
-                    value = 1.0 if adapter_status.serves(fleet.state(pod.key, name), version) else 0
+                    value = 1.0 if serves(fleet.state(pod.key, name), version) else 0
                     families[REGISTERED.name].add_metric([ns, base, name, pod.name], value)
         for _key, ad in sorted(fleet.adapters.items()):
             labels = [ad.namespace, ad.base_model, ad.name]

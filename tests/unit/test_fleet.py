@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from loraplane.api import AdapterSummary, LoRAAdapterStatus
 from loraplane.config import Settings
-from loraplane.fleet import Fleet, Version
+from loraplane.fleet import Fleet, Version, serves
 from loraplane.metrics import FleetCollector
 from loraplane.status import Kept, whole
 from loraplane.status import adapter as adapter_status
@@ -560,3 +561,49 @@ def test_a_rejection_is_a_transition() -> None:
     assert judged is not None
     fleet.record_failure((NS, "a"), judged, "RankTooHigh", "rank 64 > 16")
     assert adapter_status.transition(before, status_of(fleet, "a"))
+
+
+# -- the base model's counts are kept, not recounted -----------------------------------------
+
+
+def _everywhere_from_scratch(fleet: Fleet, adapter: str) -> bool:
+    version = fleet.version((NS, adapter))
+    pods = fleet.pods_of(NS, "base")
+    return bool(pods) and all(serves(fleet.state(p.key, adapter), version) for p in pods)
+
+
+def test_served_everywhere_stays_what_a_recount_says_through_any_change() -> None:
+    """Every way a state, a version, a pod or the base can change, in a random order."""
+    rng = random.Random(13)
+    names = ["a", "b", "c"]
+    fleet = fleet_with(*names, pods=3)
+    for step in range(3000):
+        name, p = rng.choice(names), f"p{rng.randrange(4)}"
+        op = rng.randrange(9)
+        if op == 0:
+            verified(fleet, name) if fleet.version((NS, name)) is None else None
+        elif op in (1, 2):
+            version = fleet.version((NS, name))
+            path = version.path if version and rng.random() < 0.8 else "/adapters/x/y"
+            fleet.set_state((NS, p), name, "Registered", path=path)
+        elif op == 3:
+            fleet.set_state((NS, p), name, "Loading", "SourceUnavailable: gone", reason="x")
+        elif op == 4:
+            fleet.clear_state((NS, p), name)
+        elif op == 5:
+            fleet.observe_pod(pod(p, ready=rng.random() < 0.5))
+        elif op == 6:
+            gone = pod(p)
+            gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            fleet.observe_pod(gone) if rng.random() < 0.5 else fleet.forget_pod((NS, p))
+        elif op == 7:
+            fleet.observe_base(bmd(max_lora_rank=rng.choice((16, 32))))
+        else:
+            fleet.observe_adapter(lora(name, path=f"/src/{rng.randrange(3)}", generation=step))
+        for n in names:
+            assert fleet.served_everywhere(NS, "base", n) == _everywhere_from_scratch(fleet, n), (
+                f"step {step}, op {op}, adapter {n}"
+            )
+        assert fleet.with_reason((NS, p)) == sorted(
+            (a, st) for a, st in fleet.pod_states.get((NS, p), {}).items() if st.reason
+        )

@@ -11,7 +11,7 @@ from loraplane.api import (
     ReplicaCounts,
 )
 from loraplane.builders import naming
-from loraplane.fleet import AdapterView, Fleet, PodAdapterState, Version
+from loraplane.fleet import AdapterView, Fleet, Version, serves
 from loraplane.status import Event
 from loraplane.status.conditions import Cond, find, merge
 
@@ -19,15 +19,6 @@ from loraplane.status.conditions import Cond, find, merge
 MESSAGE_ERRORS = 3
 # Characters of a digest quoted in messages and Events (status fields keep it whole).
 SHORT_DIGEST = len("sha256:") + 12
-
-
-def serves(st: PodAdapterState | None, version: Version | None) -> bool:
-    return (
-        st is not None
-        and st.state == "Registered"
-        and version is not None
-        and st.path == version.path
-    )
 
 
 def digest_of(path: str | None) -> str | None:

@@ -14,7 +14,6 @@ from loraplane.children import Outcome
 from loraplane.fleet import Fleet
 from loraplane.pod_health import PodProblem
 from loraplane.status import Event
-from loraplane.status.adapter import serves
 from loraplane.status.conditions import Cond, merge
 from loraplane.vllm.errors import Reason
 
@@ -160,27 +159,18 @@ SOURCE_REASONS = frozenset(
 
 
 def source_problems(fleet: Fleet, namespace: str, name: str) -> list[PodProblem]:
-    out: list[PodProblem] = []
-    for pod in fleet.pods_of(namespace, name):
-        # Filtered before sorted: a pod holds a thousand adapters and rarely a problem.
-        states = fleet.pod_states.get(pod.key, {})
-        found = sorted(a for a, st in states.items() if st.reason in SOURCE_REASONS)
-        out += (
-            PodProblem(pod.name, str(states[a].reason), f"adapter {a}: {states[a].last_error}")
-            for a in found
-        )
-    return out
+    return [
+        PodProblem(pod.name, str(st.reason), f"adapter {adapter}: {st.last_error}")
+        for pod in fleet.pods_of(namespace, name)
+        for adapter, st in fleet.with_reason(pod.key)
+        if st.reason in SOURCE_REASONS
+    ]
 
 
 def adapter_counts(fleet: Fleet, namespace: str, name: str) -> AdapterCounts:
     """Adapters placed on this base model, and those whose version every pod serves."""
     placed = fleet.placement(namespace, name).placed
-    # Each pod's states looked up once: this runs over adapters x pods every progress period.
-    states = [fleet.pod_states.get(p.key, {}) for p in fleet.pods_of(namespace, name)]
-    ready = 0
-    for adapter in placed:
-        version = fleet.version((namespace, adapter))  # once: it is judged, not looked up
-        ready += bool(states) and all(serves(on.get(adapter), version) for on in states)
+    ready = sum(fleet.served_everywhere(namespace, name, a) for a in placed)
     return AdapterCounts(desired=len(placed), ready=ready)
 
 
