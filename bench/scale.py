@@ -9,7 +9,7 @@ runtime adapter lost on a restart). The operator's side of the conversation (age
 load, `/v1/models`) is the code that talks to real pods.
 
 Prints figures measured in one run, with the machine's load beside them; asserts nothing about
-time. Not part of `make test`: it takes about an hour and the whole machine.
+time. Not part of `make test`: it takes about 40 minutes and the whole machine.
 """
 
 from __future__ import annotations
