@@ -326,7 +326,13 @@ def test_restart_while_a_new_version_loads_serves_the_new_version(
 def test_a_hung_agent_freezes_no_status(base: Cluster, operator: OperatorProcess) -> None:
     """Right after a restart, one pod's agent answers nothing: the other pod's adapters still
     get their status, and the hung pod's entries say why."""
-    stuck, other = (p["metadata"]["name"] for p in _ready_pods(base))
+
+    def both() -> list[dict[str, Any]] | None:
+        ready = _ready_pods(base)
+        return ready if len(ready) == 2 else None
+
+    # The test before stops both agents: their pods pass readiness again a probe later.
+    stuck, other = (p["metadata"]["name"] for p in wait_for("both pods Ready", both, 60))
 
     def partial() -> dict[str, Any] | None:
         obj = _lora(base, "fresh")
