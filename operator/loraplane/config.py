@@ -191,6 +191,14 @@ class Settings(_FromEnv):
     load_concurrency_total: int = Field(
         32, ge=1, description="Adapter loads in flight at once across all servers."
     )
+    list_chunk_size: int = Field(
+        500,
+        ge=1,
+        description=(
+            "Objects per page when the operator lists a kind (at start and when a watch "
+            "restarts): bounds the memory a list of thousands of adapters takes at once."
+        ),
+    )
     pod_status_cap: int = Field(
         MAX_STATUS_PODS,
         ge=1,

@@ -145,7 +145,7 @@ class Failure:
     size_limit: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per adapter per pod: 100,000 in a large fleet
 class PodAdapterState:
     state: str  # Pending, Loading, Registered, Failed, Evicted
     since: datetime = field(default_factory=now)

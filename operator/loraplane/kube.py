@@ -7,7 +7,7 @@ manifest twice is a no-op, a child edited by hand gets our fields back, a delete
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
@@ -97,16 +97,27 @@ async def get(
 
 
 async def list_objects(
-    api: ApiClient, api_version: str, kind: str, namespace: str | None, selector: str = ""
-) -> list[dict[str, Any]]:
-    result = await _call(
-        api,
-        "GET",
-        collection_path(api_version, kind, namespace),
-        query=[("labelSelector", selector)],
-    )
-    items: list[dict[str, Any]] = result.get("items", [])
-    return items
+    api: ApiClient,
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    selector: str = "",
+    *,
+    chunk: int,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every object of a kind, fetched `chunk` at a time: one list of 10,000 adapters with
+    their statuses is some 50 MB of JSON, parsed whole, at the moment the operator starts."""
+    token = ""
+    while True:
+        query = [("labelSelector", selector), ("limit", str(chunk))]
+        if token:
+            query.append(("continue", token))
+        result = await _call(api, "GET", collection_path(api_version, kind, namespace), query=query)
+        for item in result.get("items", []):
+            yield item
+        token = result.get("metadata", {}).get("continue") or ""
+        if not token:
+            return
 
 
 async def apply(api: ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -509,20 +509,21 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     pc = PodContext(pod, base, vllm, agent, registered)
     steps = plan(fleet, base, registered)
 
-    sem = asyncio.Semaphore(rt.settings.load_concurrency_per_pod)
-
-    async def one(ad: AdapterView) -> bool | BaseException:
-        async with sem:
-            try:
-                return await ensure_loaded(rt, pc, ad)
-            except (VLLMError, AgentError, MissingSecret) as exc:
-                return exc
-
     # Settled adapters first, without a task each: a converged pod's pass over a thousand
     # of them would otherwise cost a thousand tasks.
-    todo = [a for a in steps.wanted if not kept(rt, pc, a)]
-    results = await asyncio.gather(*(one(a) for a in todo))
-    errors = [r for r in results if isinstance(r, BaseException)]
+    todo = iter([a for a in steps.wanted if not kept(rt, pc, a)])
+    errors: list[BaseException] = []
+
+    async def worker() -> None:
+        # A few workers taking adapters in plan order, not a task per adapter waiting on a
+        # semaphore: a cold fleet of 100 pods x 1,000 adapters held 100,000 tasks at once.
+        for ad in todo:
+            try:
+                await ensure_loaded(rt, pc, ad)
+            except (VLLMError, AgentError, MissingSecret) as exc:
+                errors.append(exc)
+
+    await asyncio.gather(*(worker() for _ in range(rt.settings.load_concurrency_per_pod)))
     for step in steps.unloads:
         await unload(rt, pc, step)
     for name in steps.displaced:

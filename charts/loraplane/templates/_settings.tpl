@@ -54,6 +54,8 @@
   value: {{ (toString .Values.settings.loadConcurrencyPerPod) | quote }}
 - name: LORAPLANE_LOAD_CONCURRENCY_TOTAL
   value: {{ (toString .Values.settings.loadConcurrencyTotal) | quote }}
+- name: LORAPLANE_LIST_CHUNK_SIZE
+  value: {{ (toString .Values.settings.listChunkSize) | quote }}
 - name: LORAPLANE_POD_STATUS_CAP
   value: {{ (toString .Values.settings.podStatusCap) | quote }}
 - name: LORAPLANE_METRICS_PORT

@@ -12,9 +12,8 @@ import kopf
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
-from prometheus_client import start_http_server
 
-from loraplane import kube, metrics
+from loraplane import kube, metrics, metrics_http
 from loraplane.api import ADAPTER_KIND, API_VERSION, BASE_MODEL_KIND
 from loraplane.builders import naming
 from loraplane.children import CHILD_KINDS
@@ -53,20 +52,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraplane.dev")
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
+    settings.watching.chunk_size = cfg.list_chunk_size
     # The resources are found once at start (the chart installs the CRDs first); watching CRDs
     # for later changes would need cluster-wide read access to every CRD, for nothing.
     settings.scanning.disabled = True
     # First, and once: a port already taken fails the start before any pod sync runs, and a
     # start retried after an API hiccup does not bind it twice.
     if cfg.metrics_port and not hasattr(memo, "metrics_server"):
-        memo.metrics_server = start_http_server(cfg.metrics_port)
+        memo.metrics_server = metrics_http.serve(cfg.metrics_port)
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
     api, fleet = ApiClient(), Fleet()
     try:
-        await _seed(fleet, api, cfg.namespaces)
+        await _seed(fleet, api, cfg.namespaces, cfg.list_chunk_size)
     except ApiException as exc:
         # A control plane still starting answers 429 or 5xx: soon again, without a Traceback.
         await api.close()
@@ -79,7 +79,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.status_writer = StatusWriter(rt)  # started by the first adapter event
 
 
-async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...]) -> None:
+async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...], chunk: int) -> None:
     """Know every base model, adapter, child and pod before any pod is synced or status published.
 
     Watch events arrive in no particular order after a restart: a pod synced before the adapters
@@ -88,20 +88,24 @@ async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...]) -> No
     """
     scopes: tuple[str | None, ...] = namespaces or (None,)
     for namespace in scopes:
-        for obj in await kube.list_objects(api, API_VERSION, BASE_MODEL_KIND, namespace):
+        async for obj in kube.list_objects(
+            api, API_VERSION, BASE_MODEL_KIND, namespace, chunk=chunk
+        ):
             fleet.observe_base(obj)
     for namespace in scopes:
-        for obj in await kube.list_objects(api, API_VERSION, ADAPTER_KIND, namespace):
+        async for obj in kube.list_objects(api, API_VERSION, ADAPTER_KIND, namespace, chunk=chunk):
             fleet.observe_adapter(obj)
     children = naming.label_selector({"app.kubernetes.io/managed-by": naming.MANAGED_BY})
     for namespace in scopes:
         for api_version, kind in CHILD_KINDS:
-            for obj in await kube.list_objects(api, api_version, kind, namespace, children):
+            async for obj in kube.list_objects(
+                api, api_version, kind, namespace, children, chunk=chunk
+            ):
                 # A list's items carry neither: without them no child would match its desired
                 # manifest, and the first reconcile after a restart would re-apply every one.
                 fleet.observe_child({**obj, "apiVersion": api_version, "kind": kind})
         pods = naming.label_selector(POD_LABELS)
-        for obj in await kube.list_objects(api, "v1", "Pod", namespace, pods):
+        async for obj in kube.list_objects(api, "v1", "Pod", namespace, pods, chunk=chunk):
             fleet.observe_pod(obj)
 
 
