@@ -183,6 +183,14 @@ class TestContract:
         assert await client.health()
         assert await client.version() == "0.32.0"
 
+    async def test_a_request_before_any_adapter_load_is_served(
+        self, lora_server: VllmServer, session: aiohttp.ClientSession
+    ) -> None:
+        # On a CPU with AMX, vLLM's attention kernel dies of SIGILL here unless the process
+        # asked Linux for AMX state first: loraplane's plugin does (loraplane.plugin.amx).
+        await complete(lora_server, session, lora_server.model)  # asserts a 200
+        assert await client_for(lora_server, session, None).health()
+
     async def test_api_key_guards_the_runtime_routes(
         self, lora_server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]
     ) -> None:

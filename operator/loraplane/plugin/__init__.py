@@ -1,5 +1,6 @@
 """loraplane's vLLM general plugin (entry point group `vllm.general_plugins`, name
-`loraplane`): engine residency and evictions per adapter (`loraplane.plugin.residency`).
+`loraplane`): engine residency and evictions per adapter (`loraplane.plugin.residency`), and
+the AMX permission vLLM's CPU kernels need and do not ask for (`loraplane.plugin.amx`).
 
 vLLM calls `register` in every process it starts (API server, engine core, workers), and an
 exception there aborts that process's start-up: nothing escapes it.
@@ -24,6 +25,12 @@ def say_off(reason: str) -> None:
 
 
 def register() -> None:
+    try:
+        from loraplane.plugin import amx
+
+        amx.allow()
+    except Exception as exc:  # as below: vLLM serves on without it
+        log.warning("loraplane: asking for AMX state failed: %r", exc)
     try:
         from loraplane.plugin import residency
 
