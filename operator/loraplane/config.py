@@ -195,8 +195,8 @@ class Settings(_FromEnv):
         500,
         ge=1,
         description=(
-            "Objects per page when the operator lists a kind (at start and when a watch "
-            "restarts): bounds the memory a list of thousands of adapters takes at once."
+            "Objects per page when the operator lists a kind to know the fleet at start: "
+            "bounds the memory a list of thousands of adapters takes at once."
         ),
     )
     pod_status_cap: int = Field(

@@ -34,7 +34,7 @@ class OperatorProcess:
             "LORAPLANE_RESIDENCY_INTERVAL_SECONDS": "20",
             # A hung agent is reported after this long (the tests stop one on purpose).
             "LORAPLANE_AGENT_TIMEOUT_SECONDS": "8",
-            # Lists in pages of two: each start (and the restart test's) knows the fleet from
+            # Lists in pages of two: each start (and the restart test's) seeds the fleet from
             # several pages of the API server's answer, as with thousands of adapters.
             "LORAPLANE_LIST_CHUNK_SIZE": "2",
             # Where the base model of tests/integration/test_sources.py mounts its servers' CA;

@@ -52,7 +52,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraplane.dev")
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
-    settings.watching.chunk_size = cfg.list_chunk_size
+    # kopf's own list stays whole: kopf handles each page's objects before it asks for the next,
+    # and at 10,000 adapters the continue token expired under it (410 after the API server's
+    # 5-minute compaction), which ended the operator.
     # The resources are found once at start (the chart installs the CRDs first); watching CRDs
     # for later changes would need cluster-wide read access to every CRD, for nothing.
     settings.scanning.disabled = True
