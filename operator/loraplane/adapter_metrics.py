@@ -60,17 +60,14 @@ class AdapterFamily(Collector, Generic[V]):
                 if not part:
                     self._parts.pop((ns, base), None)
 
-    def _samples(self) -> Iterator[tuple[Part, list[tuple[list[str], V]]]]:
-        """Each base model's series: its label values and value."""
+    def _samples(self) -> Iterator[list[tuple[list[str], V]]]:
+        """Each base model's series in turn: their label values and values."""
         for (namespace, base), part in sorted(self._parts.items()):
-            yield (
-                (namespace, base),
-                [
-                    ([namespace, base, adapter, *rest], value)
-                    for adapter, entry in list(part.items())
-                    for rest, value in list(entry.items())
-                ],
-            )
+            yield [
+                ([namespace, base, adapter, *rest], value)
+                for adapter, entry in list(part.items())
+                for rest, value in list(entry.items())
+            ]
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -83,7 +80,7 @@ class AdapterCounter(AdapterFamily[float]):
         return _Count(self, values)
 
     def collect(self) -> Iterator[Metric]:
-        for _part, samples in self._samples():
+        for samples in self._samples():
             family = CounterMetricFamily(self.name, self.help, labels=list(self.label_names))
             for labels, value in samples:
                 family.add_metric(labels, value)
@@ -122,7 +119,7 @@ class AdapterHistogram(AdapterFamily["array[float]"]):
         return _Observe(self, values)
 
     def collect(self) -> Iterator[Metric]:
-        for _part, samples in self._samples():
+        for samples in self._samples():
             family = HistogramMetricFamily(self.name, self.help, labels=list(self.label_names))
             for labels, counts in samples:
                 buckets, cumulative = [], 0.0
