@@ -215,29 +215,37 @@ def get_json(url: str, timeout: float = 10) -> Any:
 @dataclass
 class Calls:
     """What the fake vLLM servers were asked by callers outside their pods (the operator; the
-    node's probes ask only /health), summed over servers, and the operator's own counters."""
+    node's probes ask only /health) and inside them (the agent's readiness check), summed over
+    servers, and the operator's own counters."""
 
     vllm: Counter[str]
     per_pod_loads: dict[str, int]
     agent: Counter[str]
+    in_pod: Counter[str]
 
     def minus(self, other: Calls) -> Calls:
         loads = {p: n - other.per_pod_loads.get(p, 0) for p, n in self.per_pod_loads.items()}
-        return Calls(self.vllm - other.vllm, loads, self.agent - other.agent)
+        return Calls(
+            self.vllm - other.vllm, loads, self.agent - other.agent, self.in_pod - other.in_pod
+        )
 
 
-def fake_stats(ips: dict[str, str]) -> tuple[Counter[str], dict[str, int]]:
-    def one(item: tuple[str, str]) -> tuple[str, dict[str, int]]:
-        remote: dict[str, int] = get_json(f"http://{item[1]}:8000/fakevllm/stats")["remote"]
-        return item[0], remote
+def fake_stats(ips: dict[str, str]) -> tuple[Counter[str], dict[str, int], Counter[str]]:
+    """(remote calls, loads per pod, loopback calls) of every fake server."""
 
-    total: Counter[str] = Counter()
+    def one(item: tuple[str, str]) -> tuple[str, dict[str, dict[str, int]]]:
+        return item[0], get_json(f"http://{item[1]}:8000/fakevllm/stats")
+
+    remote: Counter[str] = Counter()
+    loopback: Counter[str] = Counter()
     loads: dict[str, int] = {}
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        for pod, remote in pool.map(one, ips.items()):
-            total.update({k: v for k, v in remote.items() if not k.endswith("/fakevllm/stats")})
-            loads[pod] = remote.get("POST /v1/load_lora_adapter", 0)
-    return total, loads
+        for pod, stats in pool.map(one, ips.items()):
+            outside = stats["remote"]
+            remote.update({k: v for k, v in outside.items() if not k.endswith("/fakevllm/stats")})
+            loopback.update(stats["loopback"])
+            loads[pod] = outside.get("POST /v1/load_lora_adapter", 0)
+    return remote, loads, loopback
 
 
 def adapters_held(ips: dict[str, str]) -> int:
@@ -343,8 +351,8 @@ class Bench:
         return took
 
     def calls(self) -> Calls:
-        vllm, loads = fake_stats(self.ips())
-        return Calls(vllm, loads, operator_counters())
+        vllm, loads, in_pod = fake_stats(self.ips())
+        return Calls(vllm, loads, operator_counters(), in_pod)
 
     def pid(self) -> int:
         assert self.op.proc is not None
@@ -421,11 +429,14 @@ class Bench:
         pods = BASES * PODS
         per_min = {k: v / minutes for k, v in d.vllm.items() if v}
         agent_min = {k: v / minutes for k, v in d.agent.items() if v and k.startswith("agent")}
+        in_pod_min = {k: v / minutes for k, v in d.in_pod.items() if v}
         print(
             f"[steady state, {self.size * BASES} adapters, {STEADY_SECONDS / 60:.0f} min] vLLM "
             f"calls per minute from outside the pods: {_rates(per_min)} (one GET /v1/models "
             f"per pod per {RESYNC_SECONDS:.0f}s resync is {pods * 60 / RESYNC_SECONDS:.0f}); "
-            f"operator's agent calls per minute: {_rates(agent_min) or 'none'}; API writes per "
+            f"operator's agent calls per minute: {_rates(agent_min) or 'none'}; in-pod vLLM calls "
+            f"per minute (the agents' readiness checks, probed every 2 s): "
+            f"{_rates(in_pod_min) or 'none'}; API writes per "
             f"minute: {sum(writes.values()) / minutes:.1f} ({_top(writes) or 'none'}); operator "
             f"CPU {cpu:.1f}s = {cpu / STEADY_SECONDS:.1%} of a core, RSS {peak / 2**20:.0f} MB; "
             f"{load_avg()}"

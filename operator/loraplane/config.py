@@ -295,6 +295,14 @@ class AgentSettings(_FromEnv):
     vllm_probe_timeout_seconds: float = Field(
         2.0, gt=0, description="Timeout of the readiness check's calls to vLLM."
     )
+    readiness_refresh_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Longest the readiness check answers Ready from its last list of vLLM's adapters "
+            "while vLLM stays healthy over the same connection and the required list is the same."
+        ),
+    )
     metrics_port: int | None = Field(
         None, description="Port of the agent's /metrics (engine residency); none: not served."
     )

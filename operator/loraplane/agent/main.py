@@ -14,12 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from loraplane.agent import protocol
 from loraplane.agent.engine import Engine
-from loraplane.agent.readiness import RequiredStore, evaluate
+from loraplane.agent.readiness import ReadinessCheck, RequiredStore
 from loraplane.agent.store import AdapterStore, Rejected, Unavailable
 from loraplane.cli import parse_args
 from loraplane.config import AgentSettings
 from loraplane.vllm.client import VLLMClient
-from loraplane.vllm.errors import VLLMError
 
 log = logging.getLogger("loraplane.agent")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -31,17 +30,6 @@ M = TypeVar("M", bound=BaseModel)
 def _authorized(request: web.Request, token: str) -> bool:
     header = request.headers.get("Authorization", "")
     return bool(token) and hmac.compare_digest(header, f"Bearer {token}")
-
-
-async def _vllm_state(vllm: VLLMClient) -> tuple[bool, list[str]]:
-    """(healthy, registered adapter names); unreachable counts as unhealthy."""
-    if not await vllm.health():
-        return False, []
-    try:
-        models = await vllm.list_models()
-    except VLLMError:
-        return False, []
-    return True, list(models.adapter_paths)
 
 
 def _json(body: BaseModel, status: int = 200) -> web.Response:
@@ -78,6 +66,7 @@ def metrics_app(engine: Engine) -> web.Application:
 
 def build_app(cfg: AgentSettings) -> web.Application:
     required = RequiredStore(cfg.adapter_root)
+    readiness = ReadinessCheck(required, cfg.readiness_refresh_seconds)
     engine = Engine(cfg)
     adapters = AdapterStore(
         cfg.adapter_root,
@@ -93,7 +82,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
             raise web.HTTPUnauthorized(text="missing or wrong agent token")
 
     async def on_startup(app: web.Application) -> None:
-        session = app[SESSION] = aiohttp.ClientSession()
+        session = app[SESSION] = aiohttp.ClientSession(trace_configs=[readiness.trace_config()])
         app[VLLM] = VLLMClient(
             cfg.vllm_url, cfg.vllm_api_key, session, timeout=cfg.vllm_probe_timeout_seconds
         )
@@ -111,8 +100,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
         return web.Response(text="ok")
 
     async def readyz(request: web.Request) -> web.Response:
-        healthy, registered = await _vllm_state(request.app[VLLM])
-        result = evaluate(healthy, required.load(), registered)
+        result = await readiness.check(request.app[VLLM])
         return web.Response(status=200 if result.ready else 503, text=result.reason)
 
     async def get_required(request: web.Request) -> web.Response:
