@@ -80,7 +80,7 @@ test: lint crds-check chart-check dashboards-check unit sources integration e2e 
 bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run)
 	$(PY) -m bench
 
-bench-scale: .venv cluster-up fixtures ## 10 base models x 10 fakevllm pods x 1,000 adapters: the operator at fleet scale (about 40 minutes)
+bench-scale: .venv cluster-up fixtures ## 10 base models x 10 fakevllm pods x 1,000 adapters: the operator at fleet scale (about an hour on 2 cores)
 	$(PY) -m bench.scale
 
 bench-residency: .venv fixtures ## tokens/s of CPU vLLM with loraplane's plugin on and off (no cluster)
