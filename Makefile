@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh hack/ve
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
         bench bench-scale bench-residency demo demo-down \
-        sources source-servers tools images cluster-build cluster-up cluster-down cluster-status fixtures clean
+        sources source-servers tools images cluster-build cluster-up cluster-down cluster-status fixtures demo-fixtures clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -53,8 +53,11 @@ dashboards: .venv ## regenerate the chart's dashboard.json and alerts.yaml from 
 dashboards-check: .venv ## fail with a diff when the chart's dashboard or alerts are stale
 	$(PY) -m loraplane.dashboards --check charts/loraplane/files
 
-fixtures: .venv ## the tiny model and its adapters in $LORAPLANE_HOME (built once)
-	$(PY) -c 'from tests.support.tinymodel import ensure_tiny_model; from tests.support.adapters import ensure_adapters; print(ensure_tiny_model()); print(len(ensure_adapters()), "adapters")'
+fixtures: .venv ## the tiny model and all its test adapters in $LORAPLANE_HOME (built once)
+	@$(PY) -c 'import sys; from tests.support.adapters import main; sys.exit(main([]))'
+
+demo-fixtures: .venv ## the tiny model and the four adapters make demo serves (built once)
+	@$(PY) -c 'import sys; from tests.support.adapters import main; sys.exit(main(["--demo"]))'
 
 unit: .venv ## unit tests (no cluster, no vLLM)
 	$(PY) -m pytest tests/unit -q
@@ -101,7 +104,7 @@ cluster-down: ## stop the local cluster; no process, mount or netns left (hack/c
 cluster-status: ## one line per component
 	bash hack/cluster.sh status
 
-demo: .venv cluster-up fixtures ## bring up the cluster, install the chart, deploy a model and adapters, show them served
+demo: .venv cluster-up demo-fixtures ## bring up the cluster, install the chart, deploy a model and adapters, show them served
 	bash hack/demo.sh up
 
 demo-down: ## remove what make demo installed (the cluster stays up)

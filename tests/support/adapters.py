@@ -10,17 +10,22 @@ the base".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .cache import build_once, loraplane_home
+from .cache import build_once, is_current, loraplane_home
 from .tinymodel import (
     DEFAULT_SHAPE,
+    MODEL_DIR_NAME,
     WIDE_SHAPE,
     TinyShape,
     ensure_tiny_model,
@@ -232,6 +237,9 @@ SPECS: dict[str, AdapterSpec] = {
 
 VALID = [name for name, spec in SPECS.items() if spec.valid]
 BROKEN = [name for name, spec in SPECS.items() if not spec.valid]
+# What `make demo` serves (examples/tiny/adapters.yaml's sources, /adapter-sources/<name>): three
+# adapters and one refused for its rank. `make demo-fixtures` builds only these.
+DEMO = ("rank8", "rank16", "all-linear", "rank64")
 
 
 def _truncate_header(out: Path) -> None:
@@ -307,12 +315,34 @@ def _randomize_lora(peft_model: Any, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * WEIGHT_STD)
 
 
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence what peft and transformers say while a fixture is made on purpose the way they
+    warn about (lora_bias on a layer without bias, save_embedding_layers switched on, resized
+    embeddings): the fixture's description already says it, the warning is only noise."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
     """Write one adapter with peft's own save_pretrained into `out`."""
-    from peft import LoraConfig, get_peft_model
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    with _quiet_libraries():
+        _build_adapter(out, spec, model_dir)
+
+
+def _build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
 
     base = _base_model(model_dir, spec.shape)
     if spec.added_tokens:
@@ -340,6 +370,9 @@ def build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
         _POST[spec.post](out)
 
 
+RECIPE = f"{RECIPE_VERSION}+{MODEL_RECIPE}"
+
+
 def ensure_adapter(name: str, home: Path | None = None) -> Path:
     """One fixture adapter by name (see SPECS), built on first use."""
     home = home or loraplane_home()
@@ -349,7 +382,7 @@ def ensure_adapter(name: str, home: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     return build_once(
         target,
-        f"{RECIPE_VERSION}+{MODEL_RECIPE}",
+        RECIPE,
         lambda out: build_adapter(out, spec, model_dir),
         extra_stamp={"description": spec.description, "valid_for_vllm": spec.valid},
     )
@@ -391,6 +424,32 @@ def ensure_many_adapters(home: Path | None = None, n: int = 50) -> list[Path]:
 
     recipe = f"{RECIPE_VERSION}+{MODEL_RECIPE}+many"
     return [build_once(parent / f"many-{i:03d}", recipe, builder(i)) for i in range(n)]
+
+
+def main(argv: list[str]) -> int:
+    """`make fixtures` (every adapter of SPECS) and `make demo-fixtures` (`--demo`: DEMO only),
+    printing one line per thing built and a summary."""
+    names = list(DEMO) if argv == ["--demo"] else list(SPECS) if not argv else None
+    if names is None:
+        print("usage: main([] | ['--demo'])", file=sys.stderr)
+        return 2
+    home = loraplane_home()
+    start = time.monotonic()
+    built = False
+    model = home / "models" / MODEL_DIR_NAME
+    if not is_current(model, MODEL_RECIPE):
+        print(f"[fixtures] building the tiny model in {model}", flush=True)
+        built = True
+    ensure_tiny_model(home)
+    todo = [n for n in names if not is_current(home / "adapters" / n, RECIPE)]
+    if todo:
+        print(f"[fixtures] building {len(todo)} adapters: {' '.join(todo)}", flush=True)
+        built = True
+    for name in names:
+        ensure_adapter(name, home)
+    took = f"built in {time.monotonic() - start:.0f} s" if built else "already built"
+    print(f"[fixtures] the tiny model and {len(names)} adapters in {home} ({took})")
+    return 0
 
 
 def adapter_name_for(path: Path) -> str:
