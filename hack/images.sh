@@ -20,7 +20,9 @@ operator_repo=ghcr.io/loraplane/loraplane
 # What vllm-check builds images/vllm/Containerfile on, in place of the unreachable vllm/vllm-openai.
 standin_image=localhost/loraplane-standin/vllm-openai:v0.32.0
 vllm_check_image=localhost/loraplane-check/vllm:dev
-debian_mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror debootstrap fetches from: DEBIAN_MIRROR, else the one this machine's apt reads
+# (hack/aptmirror.py), looked up only when the rootfs is built.
+debian_mirror=${DEBIAN_MIRROR:-}
 mkdir -p "$store/tmp" "$cache" "$logs"
 
 step() { echo "[images] $*" >&2; }
@@ -59,6 +61,10 @@ install_tools() {
 # The rootfs of bookworm with Debian's python3 (3.11, like the slim image), as a tarball.
 build_rootfs() {
   local tarball=$1 rootfs=$cache/rootfs.tmp log=$logs/debootstrap.log
+  if [[ -z $debian_mirror ]]; then
+    debian_mirror=$(python3 "$here/aptmirror.py" --suite bookworm) || exit 1
+    step "Debian mirror from this machine's apt sources: $debian_mirror (DEBIAN_MIRROR overrides)"
+  fi
   step "debootstrap bookworm (minbase + python3) from $debian_mirror (log: $log)"
   rm -rf "$rootfs"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
