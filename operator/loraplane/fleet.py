@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
@@ -52,6 +53,8 @@ Kicks = frozenset[Key]  # pods whose sync should run now
 NO_KICKS: Kicks = frozenset()
 
 GATE = naming.ADAPTERS_READY_GATE
+# A pod state's reason: the pod runs flags from before the spec changed, and waits to be replaced.
+WAITS_FOR_ROLLOUT = "WaitsForRollout"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class PodView:
     gate: bool | None  # our readiness gate condition as the API shows it
     problems: tuple[PodProblem, ...] = ()
     created: datetime | None = None
+    # --max-lora-rank as the pod's vLLM runs it: during a rollout, an old pod's differs from
+    # the spec's (None: not in its arguments)
+    max_lora_rank: int | None = None
 
     @property
     def key(self) -> Key:
@@ -228,6 +234,8 @@ class Fleet:
     # per base model, derived from its adapters (and failures): dropped when one of them changes
     _holders_of: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
     _placements: dict[Key, Placement] = field(default_factory=dict)
+    # (namespace, base model, served name) -> the adapter that won a tie of same-second claims
+    _tie_holders: dict[Held, str] = field(default_factory=dict)
     # base key -> adapter -> whether every pod of the base serves its version: dropped for an
     # adapter when one of its states or its version changes, whole when the base's pods or
     # adapters do. Counting a base of a thousand adapters on ten pods is otherwise 10,000 looks.
@@ -300,6 +308,14 @@ class Fleet:
     def _served_changed(self, key: Key, base_model: str) -> None:
         self._everywhere.get((key[0], base_model), {}).pop(key[1], None)
 
+    def judged_on(self, pod: PodView, judged: Judgement) -> Judgement:
+        """What a refusal by this pod's vLLM was judged against: its own --max-lora-rank. A pod
+        the rollout has not replaced yet judges by the old spec, so its refusal is no verdict
+        on the new one."""
+        if pod.max_lora_rank is None:
+            return judged
+        return replace(judged, max_lora_rank=pod.max_lora_rank)
+
     def judgement(self, key: Key) -> Judgement | None:
         """What a verdict on this adapter must be judged against now (None: not judgeable)."""
         ad = self.adapters.get(key)
@@ -344,7 +360,83 @@ class Fleet:
             held = holders.get(a.served_name)
             if held is None or a.claim < held.claim:
                 holders[a.served_name] = a
+        for served, held in list(holders.items()):
+            tied = self._tied_claimants(held)
+            if tied:
+                holders[served] = self._break_tie(tied)
         return holders
+
+    def _break_tie(self, tied: list[AdapterView]) -> AdapterView:
+        """Of claimants created in the same second: the one whose files a pod registers or
+        loads, else the one that held the name before (a replaced pod has nothing in place),
+        else the first by name. Remembered, so the name never changes hands while both live."""
+        key = (tied[0].namespace, tied[0].base_model, tied[0].served_name)
+        before = self._tie_holders.get(key)
+        holder = next(
+            (a for a in tied if self._in_place(a)),
+            next((a for a in tied if a.name == before), tied[0]),
+        )
+        self._tie_holders[key] = holder.name
+        return holder
+
+    def _tied_claimants(self, holder: AdapterView) -> list[AdapterView]:
+        """Claimants of the holder's served name created in the same second (the API's
+        timestamps have no finer grain), the holder first, then by name; empty: no tie."""
+        base = (holder.namespace, holder.base_model)
+        names = self._claimants.get(base, {}).get(holder.served_name, set())
+        if len(names) < 2:
+            return []
+        adapters = self._adapters_by_base.get(base, {})
+        tied = sorted(
+            (
+                a
+                for n in names
+                if (a := adapters.get(n)) is not None
+                and not a.deleting
+                and a.spec_error is None
+                and a.created == holder.created
+            ),
+            key=lambda a: a.name,
+        )
+        return tied if len(tied) > 1 else []
+
+    def _in_place(self, ad: AdapterView) -> bool:
+        """Some pod of its base registers the adapter's files under its served name, or is
+        loading them: a tie of claims goes to it, so no pod ever swaps the name's weights."""
+        for pod in self.pods_of(ad.namespace, ad.base_model):
+            path = self.registrations.get(pod.key, {}).get(ad.served_name)
+            if (entry := naming.store_entry(path)) is not None and entry[0] == ad.name:
+                return True
+            st = self.state(pod.key, ad.name)
+            if st is not None and st.state in ("Loading", "Registered"):
+                return True
+        return False
+
+    def _contested(self, namespace: str, base_model: str, served: Iterable[str]) -> None:
+        """Registrations or states under these served names moved: where two claimants tie,
+        who holds the name may move with them."""
+        claimants = self._claimants.get((namespace, base_model), {})
+        if any(len(claimants.get(s, ())) > 1 for s in served):
+            self._derived_changed(namespace, base_model)
+
+    def claim_note(self, holder: AdapterView) -> str:
+        """Why the holder holds its served name, for the other claimants' messages."""
+        if not self._tied_claimants(holder):
+            return "created earlier"
+        if self._in_place(holder):
+            return "created in the same second and registered first"
+        return "created in the same second and first by name"
+
+    def name_losers(self, namespace: str, base_model: str) -> list[str]:
+        """Adapters of the base model that claim a served name another one holds."""
+        holders = self._name_holders(namespace, base_model)
+        return sorted(
+            name
+            for served, names in self._claimants.get((namespace, base_model), {}).items()
+            if len(names) > 1
+            for name in names
+            if (held := holders.get(served)) is not None and held.name != name
+        )
 
     def served_name_holder(self, key: Key) -> AdapterView | None:
         """The adapter that holds this adapter's served name, when it is another one."""
@@ -535,6 +627,8 @@ class Fleet:
         for held in [h for h in (*self._lost, *self._newer) if (h[0], h[2]) == key]:
             self._lost.pop(held, None)
             self._newer.pop(held, None)
+        for held in [h for h, n in self._tie_holders.items() if (h[0], n) == key]:
+            del self._tie_holders[held]
         metrics.forget_adapter(*key)
         if ad is None:
             return NO_KICKS
@@ -687,6 +781,8 @@ class Fleet:
         view = self.pods.get(pod)
         if view is not None:
             self._served_changed((pod[0], adapter), view.base_model)
+            if (ad := self.adapters.get((pod[0], adapter))) is not None:
+                self._contested(ad.namespace, ad.base_model, (ad.served_name,))
 
     def record_load(self, pod: PodView, ad: AdapterView, path: str, replaced: str | None) -> None:
         """The pod's vLLM loaded the adapter from `path`, in place of `replaced` if not None."""
@@ -731,10 +827,12 @@ class Fleet:
         if view is None:
             return
         if before is None:  # the first look: statuses held back until now can be told
+            self._contested(view.namespace, view.base_model, registered)
             self.touch(view.namespace, view.base_model)
             return
         self.base_progress((view.namespace, view.base_model)).set()
         moved = {n for n in before.keys() | registered.keys() if before.get(n) != registered.get(n)}
+        self._contested(view.namespace, view.base_model, moved)
         self._wake_served(view.namespace, view.base_model, moved)
 
     def tier(self, pod: Key, served_name: str) -> str | None:
@@ -865,7 +963,21 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         gate=None if gate is None else gate.get("status") == "True",
         problems=tuple(pod_problems(pod)),
         created=_timestamp(meta.get("creationTimestamp")),
+        max_lora_rank=_max_lora_rank(pod),
     )
+
+
+def _max_lora_rank(pod: Mapping[str, Any]) -> int | None:
+    """The vLLM container's --max-lora-rank, as the builder renders it (flag, then value)."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    vllm: Mapping[str, Any] = next(
+        (c for c in containers if c.get("name") == naming.VLLM_CONTAINER), {}
+    )
+    args = [str(a) for a in vllm.get("args") or []]
+    for flag, value in itertools.pairwise(args):
+        if flag == "--max-lora-rank" and value.isdigit():
+            return int(value)
+    return None
 
 
 def _timestamp(value: str | None) -> datetime | None:

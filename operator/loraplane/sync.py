@@ -37,6 +37,7 @@ from loraplane.agent.protocol import Fetched, FetchRequest
 from loraplane.builders import naming
 from loraplane.fleet import (
     GATE,
+    WAITS_FOR_ROLLOUT,
     AdapterView,
     BaseView,
     Fleet,
@@ -206,6 +207,8 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
     if judged is None or kept(rt, pc, ad):
         return False
     pinned = fleet.version(ad.key)
+    if pinned is not None and outranked(rt, pc, ad, pinned):
+        return False
     serving = pinned is not None and current == pinned.path
     if not serving:
         fleet.set_state(pc.pod.key, ad.name, "Loading", path=current)
@@ -224,7 +227,25 @@ async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
             if current == fetched.path:
                 registered(rt, pc, ad, current)
                 return False
+            if outranked(rt, pc, ad, version):
+                return False
             return await load(rt, pc, ad, judged, fetched.path)
+
+
+def outranked(rt: Runtime, pc: PodContext, ad: AdapterView, version: Version) -> bool:
+    """The pod's vLLM still runs a --max-lora-rank below the adapter's, from before the spec
+    raised it: its refusal would be no verdict, so it is not asked; the rollout replaces it."""
+    flag, rank = pc.pod.max_lora_rank, version.summary.rank  # the largest of any module
+    if flag is None or rank is None or flag >= rank:
+        return False
+    message = (
+        f"this pod's vLLM runs --max-lora-rank {flag}, below the adapter's rank {rank}, from "
+        f"before maxLoraRank became {version.judged.max_lora_rank}; it is loaded on the pod "
+        "that the rollout puts in its place"
+    )
+    current = pc.registered.get(ad.served_name)
+    rt.fleet.set_state(pc.pod.key, ad.name, "Loading", message, current, WAITS_FOR_ROLLOUT)
+    return True
 
 
 def kept(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
@@ -352,7 +373,8 @@ async def load(rt: Runtime, pc: PodContext, ad: AdapterView, judged: Judgement, 
     except VLLMError as exc:
         if exc.permanent:
             metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-            rt.kick(fleet.record_failure(ad.key, judged, str(exc.reason), exc.message))
+            verdict = fleet.judged_on(pc.pod, judged)
+            rt.kick(fleet.record_failure(ad.key, verdict, str(exc.reason), exc.message))
             fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
             return False
         metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
@@ -529,6 +551,9 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     for name in steps.displaced:
         if fleet.state(key, name) is None:
             fleet.set_state(key, name, "Evicted", "CapacityExceeded")
+    for name in fleet.name_losers(pod.namespace, base.name):
+        # Another adapter holds its served name: whatever this one had here is not served.
+        fleet.clear_state(key, name)
     now = pc.now()
     fleet.record_registrations(key, now)
     await publish(rt, pc, steps.wanted, now)

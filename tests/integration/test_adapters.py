@@ -171,11 +171,17 @@ def test_bad_adapters_fail_each_with_its_reason_and_the_others_keep_serving(base
         assert validated and validated["status"] == "False", obj["status"]
         assert validated["reason"] == reason, validated
         assert validated["message"]
-        wait_for(
+        # What `kubectl get lora -o wide` and `describe` show: the reason itself, and no
+        # earlier version where none was ever registered.
+        message = obj["status"]["message"]
+        assert message.startswith(validated["message"]), (message, validated["message"])
+        assert "registered before" not in message, message
+        warnings = wait_for(
             f"a Warning event for {name}",
             lambda n=name: [e for e in base.events(NS, n) if e.get("type") == "Warning"],
             timeout=30,
         )
+        assert warnings[0]["reason"] == reason and warnings[0]["message"] == message, warnings
     too_big = condition(_lora(base, "too-big"), "Validated")
     assert "64" in too_big["message"] and "16" in too_big["message"]  # type: ignore[index]
     for pod in _ready_pods(base):

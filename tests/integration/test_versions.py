@@ -206,6 +206,57 @@ def test_a_served_name_has_one_owner(
     base.kubectl("delete", "lora", "intruder", "-n", NS, "--timeout=60s")
 
 
+def _tied_claimants(scratch: Path, adapters: dict[str, Path]) -> list[dict[str, Any]]:
+    """Two adapters under one served name, listed so that the one last by name is created
+    first: what `kubectl apply -f dir/` does with a servedName copied by mistake."""
+    out = []
+    for name, fixture in (("zeta", "rank8"), ("alpha", "rank8-v2")):
+        manifest = lora_adapter(name, BASE, _copy(scratch, adapters, fixture, name))
+        manifest["spec"]["servedName"] = "twin"
+        out.append(manifest)
+    return out
+
+
+def test_claimants_created_in_one_second_never_swap_the_weights_of_the_name(
+    base: Cluster, scratch: Path, adapters: dict[str, Path]
+) -> None:
+    ips = [p["status"]["podIP"] for p in _ready_pods(base)]
+    manifests = _tied_claimants(scratch, adapters)
+    for _ in range(3):
+        # creationTimestamp has one-second grain: apply early in a second, so both tie.
+        while time.time() % 1 > 0.3:
+            time.sleep(0.02)
+        with ModelsWatch(ips, "twin") as watch:
+            base.apply(manifests, NS)
+            holder = wait_for(
+                "one claimant Ready",
+                lambda: _ready_on(base, "zeta", 2) or _ready_on(base, "alpha", 2),
+                timeout=120,
+            )
+            time.sleep(5)  # several syncs and status periods: nothing may swap
+        created = {
+            base.get("lora", n, NS)["metadata"]["creationTimestamp"] for n in ("zeta", "alpha")
+        }  # type: ignore[index]
+        if len(created) == 1:
+            break
+        base.kubectl("delete", "lora", "zeta", "alpha", "-n", NS, "--timeout=60s")
+    else:
+        pytest.fail("could not create two adapters in one second in 3 tries")
+    winner = holder["metadata"]["name"]
+    loser = "alpha" if winner == "zeta" else "zeta"
+    assert len(watch.paths) == 1, f"'twin' served two adapters' files in turn: {watch.paths}"
+    assert watch.paths == {holder["status"]["adapter"]["path"]}
+    lost = wait_for("the loser Failed", lambda: _phase(base, loser, "Failed"), timeout=30)
+    ready = condition(lost, "Ready") or {}
+    assert ready["reason"] == "ServedNameConflict", ready
+    assert "created in the same second" in ready["message"], ready["message"]
+    digest = holder["status"]["adapter"]["digest"][: len("sha256:") + 12]
+    for entry in lost["status"]["pods"]:
+        assert entry["state"] == "NotAttempted", lost["status"]["pods"]
+        assert f"serves LoRAAdapter {winner!r} ({digest})" in entry["lastError"], entry
+    base.kubectl("delete", "lora", "zeta", "alpha", "-n", NS, "--timeout=60s")
+
+
 def test_a_pod_comes_back_from_its_store_and_a_new_pod_from_a_peer(
     base: Cluster, scratch: Path, adapters: dict[str, Path]
 ) -> None:
@@ -301,3 +352,37 @@ def test_files_overwritten_in_place_change_nothing_unless_followed(
     assert _count(base, "pin", "NewVersion") == 1 and digest[:19] in events[0]["message"]
     for p in _ready_pods(base):
         assert served_adapters(p["status"]["podIP"])["pin"] == status["adapter"]["path"]
+
+
+def test_raising_max_lora_rank_rejudges_a_refused_adapter_after_the_rollout(
+    base: Cluster, scratch: Path, adapters: dict[str, Path]
+) -> None:
+    """Last in the module: it rolls the base model's pods to new flags."""
+    _apply(base, "wide", _copy(scratch, adapters, "rank64", "wide"))
+    refused = wait_for("wide Failed", lambda: _phase(base, "wide", "Failed"), timeout=120)
+    validated = condition(refused, "Validated") or {}
+    assert validated["reason"] == "RankExceedsMax", validated
+    old_pods = {p["metadata"]["name"] for p in _pods(base)}
+    patch = {"spec": {"lora": {"maxLoraRank": 64}}}
+    base.kubectl("patch", "bmd", BASE, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    seen: set[str] = set()
+
+    def rolled_out_and_ready() -> dict[str, Any] | None:
+        status = _status(base, "wide")
+        seen.add(str(status.get("phase")))
+        pods = _ready_pods(base)
+        fresh = len(pods) == 2 and not old_pods & {p["metadata"]["name"] for p in pods}
+        return _ready_on(base, "wide", 2) if fresh else None
+
+    wait_for(
+        "wide judged against the new spec",
+        lambda: _status(base, "wide").get("phase") != "Failed",
+        timeout=60,
+        interval=0.1,
+    )
+    wait_for("the rollout, then wide Ready 2/2", rolled_out_and_ready, timeout=2 * START)
+    assert "Failed" not in seen, f"a pod on the old flags failed the new spec: {seen}"
+    for p in _ready_pods(base):
+        ip = p["status"]["podIP"]
+        assert "wide" in served_adapters(ip)
+        completion(ip, "wide", PROMPT)

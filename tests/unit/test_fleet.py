@@ -304,7 +304,9 @@ def test_a_served_name_has_one_owner_the_oldest() -> None:
     assert (status.phase, ready.reason) == ("Failed", "ServedNameConflict")
     assert "'first'" in (ready.message or "")
     assert {p.state for p in status.pods or []} == {"NotAttempted"}
-    assert {p.last_error for p in status.pods or []} == {"ServedNameConflict"}
+    assert {p.last_error for p in status.pods or []} == {
+        "nothing is registered under 'first' on this pod"
+    }
     fleet.mark_deleting((NS, "first"))
     assert fleet.placement(NS, "base").placed == ("second",)
     taken = status_of(fleet, "second", status)
@@ -607,3 +609,95 @@ def test_served_everywhere_stays_what_a_recount_says_through_any_change() -> Non
         assert fleet.with_reason((NS, p)) == sorted(
             (a, st) for a, st in fleet.pod_states.get((NS, p), {}).items() if st.reason
         )
+
+
+def pod_on_rank(name: str, rank: int) -> dict[str, Any]:
+    obj = pod(name)
+    obj["spec"] = {"containers": [{"name": "vllm", "args": ["--max-lora-rank", str(rank)]}]}
+    return obj
+
+
+def test_a_refusal_by_a_pod_still_on_the_old_rank_is_no_verdict_on_the_new_one() -> None:
+    fleet = Fleet()
+    fleet.observe_base(bmd(max_lora_rank=16))
+    fleet.observe_pod(pod_on_rank("old", 16))
+    fleet.observe_adapter(lora("big"))
+    key = (NS, "big")
+    fleet.observe_base(bmd(max_lora_rank=64))  # the rollout has not replaced "old" yet
+    judged = fleet.judgement(key)
+    assert judged is not None and judged.max_lora_rank == 64
+    old = fleet.pods[(NS, "old")]
+    assert old.max_lora_rank == 16
+    fleet.record_failure(key, fleet.judged_on(old, judged), "RankExceedsMax", "rank 64 > 16")
+    assert fleet.failure(key) is None, "a pod on the old flags judged the new spec"
+    assert fleet.placement(NS, "base").placed == ("big",)
+    fleet.observe_pod(pod_on_rank("new", 64))
+    new = fleet.pods[(NS, "new")]
+    fleet.record_failure(key, fleet.judged_on(new, judged), "DoRANotSupported", "DoRA")
+    assert fleet.failure(key) is not None, "a pod on the spec's flags gives a verdict"
+
+
+def test_a_pod_waiting_for_the_rollout_is_rolling_out_not_degraded() -> None:
+    fleet = fleet_with("a")
+    version = verified(fleet, "a")
+    fleet.set_state((NS, "p0"), "a", "Registered", path=version.path)
+    fleet.set_state((NS, "p1"), "a", "Loading", "runs --max-lora-rank 8", None, "WaitsForRollout")
+    status = status_of(fleet, "a")
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (status.phase, ready.reason) == ("Loading", "RollingOut")
+    assert "being replaced by the base model's rollout" in (status.message or "")
+
+
+def same_second(name: str, served: str) -> dict[str, Any]:
+    obj = lora(name, created="2026-03-01T00:00:00Z")
+    obj["spec"]["servedName"] = served
+    return obj
+
+
+def test_a_same_second_tie_goes_to_the_claimant_already_in_place_and_stays() -> None:
+    fleet = fleet_with(pods=2)
+    fleet.observe_adapter(same_second("zeta", "shared"))
+    assert fleet.placement(NS, "base").placed == ("zeta",)
+    fleet.set_state((NS, "p0"), "zeta", "Loading")  # the first pod began loading it
+    fleet.observe_adapter(same_second("alpha", "shared"))  # first by name, but too late
+    assert fleet.placement(NS, "base").placed == ("zeta",)
+    path = "/adapters/zeta/" + "c" * 64
+    fleet.record_registrations((NS, "p0"), {"shared": path})
+    fleet.set_state((NS, "p0"), "zeta", "Registered", path=path)
+    loser = status_of(fleet, "alpha")
+    assert "created in the same second and registered first" in (loser.message or "")
+    entries = {p.name: p for p in loser.pods or []}
+    assert entries["p0"].state == "NotAttempted"
+    assert "serves LoRAAdapter 'zeta' (sha256:cccccccccccc) under 'shared'" in (
+        entries["p0"].last_error or ""
+    )
+    assert fleet.name_losers(NS, "base") == ["alpha"]
+    fleet.forget_pod((NS, "p0"))  # its replacement has nothing in place: the name stays
+    fleet.clear_state((NS, "p1"), "zeta")
+    assert fleet.placement(NS, "base").placed == ("zeta",)
+
+
+def test_a_same_second_tie_with_nothing_in_place_goes_by_name() -> None:
+    fleet = fleet_with(pods=1)
+    fleet.observe_adapter(same_second("zeta", "shared"))
+    fleet.observe_adapter(same_second("alpha", "shared"))
+    assert fleet.placement(NS, "base").placed == ("alpha",)
+    assert "created in the same second and first by name" in (
+        status_of(fleet, "zeta").message or ""
+    )
+
+
+def test_a_failed_adapter_says_why_and_names_an_earlier_version_only_when_one_serves() -> None:
+    fleet = fleet_with("a")
+    judged = fleet.judgement((NS, "a"))
+    assert judged is not None
+    fleet.record_failure((NS, "a"), judged, "RankExceedsMax", "the adapter's rank 64 is too big")
+    fresh = status_of(fleet, "a")
+    assert fresh.message == "the adapter's rank 64 is too big"
+    events = adapter_status.events(LoRAAdapterStatus(), fresh)
+    assert [e.message for e in events] == ["the adapter's rank 64 is too big"]
+    fleet.set_state((NS, "p0"), "a", "Failed", "refused", path="/adapters/a/" + "b" * 64)
+    kept = status_of(fleet, "a")
+    assert (kept.message or "").startswith("the adapter's rank 64 is too big; ")
+    assert "version registered before keeps serving" in (kept.message or "")
+    assert "sha256:bbbbbbbbbbbb on 1 pod(s)" in (kept.message or "")

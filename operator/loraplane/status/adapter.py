@@ -11,7 +11,7 @@ from loraplane.api import (
     ReplicaCounts,
 )
 from loraplane.builders import naming
-from loraplane.fleet import AdapterView, Fleet, Version, serves
+from loraplane.fleet import WAITS_FOR_ROLLOUT, AdapterView, Fleet, Key, Version, serves
 from loraplane.status import Event
 from loraplane.status.conditions import Cond, find, merge
 
@@ -42,6 +42,7 @@ class PodTally:
     digests: dict[str, int] = field(default_factory=dict)  # served digest -> pods
     # why pods that do not serve it cannot fetch it (SourceUnauthorized, SecretNotFound, ...)
     reasons: set[str] = field(default_factory=set)
+    waiting: int = 0  # pods left to the rollout: they run flags from before the spec changed
 
 
 def _pods(
@@ -56,9 +57,14 @@ def _pods(
     before = {p.name: p for p in old.pods or []}
     tally = PodTally()
     for pod in fleet.pods_of(ad.namespace, ad.base_model):
-        st = fleet.state(pod.key, ad.name)
+        # Another adapter holds the served name: the pod serves its files, whatever this
+        # adapter had there before it lost the name.
+        conflict = refused == "ServedNameConflict"
+        st = None if conflict else fleet.state(pod.key, ad.name)
         error = st.last_error if st else None
-        if st is None:
+        if conflict:
+            state, error = "NotAttempted", _serves_instead(fleet, pod.key, ad.served_name)
+        elif st is None:
             state, error = ("NotAttempted", refused) if refused else ("Pending", None)
         elif serves(st, version):
             state = "Registered"
@@ -70,7 +76,9 @@ def _pods(
             tally.digests[digest] = tally.digests.get(digest, 0) + 1
             if state != "Registered":
                 tally.outdated += 1
-        if st and st.last_error and state != "Evicted":
+        if st and st.reason == WAITS_FOR_ROLLOUT:
+            tally.waiting += 1
+        elif st and st.last_error and state != "Evicted":
             tally.errors.append(f"{pod.name}: {st.last_error}")
             if st.reason and state != "Registered":
                 tally.reasons.add(st.reason)
@@ -103,6 +111,17 @@ def _pods(
     return tally
 
 
+def _serves_instead(fleet: Fleet, pod: Key, served: str) -> str:
+    """What a pod serves under a served name this adapter does not hold."""
+    path = fleet.registrations.get(pod, {}).get(served)
+    if served not in fleet.registrations.get(pod, {}):
+        return f"nothing is registered under {served!r} on this pod"
+    entry = naming.store_entry(path)
+    if entry is None:
+        return f"this pod serves {path or 'files from outside the adapter store'} under {served!r}"
+    return f"this pod serves LoRAAdapter {entry[0]!r} ({short(digest_of(path))}) under {served!r}"
+
+
 def _summary(version: Version | None) -> AdapterSummary | None:
     if version is None:
         return None
@@ -111,26 +130,29 @@ def _summary(version: Version | None) -> AdapterSummary | None:
     )
 
 
-def _refusal(fleet: Fleet, ad: AdapterView) -> tuple[str, str, str] | None:
-    """(reason, Validated message, Ready message) when the adapter is tried on no pod."""
+def _refusal(fleet: Fleet, ad: AdapterView) -> tuple[str, str] | None:
+    """(reason, message) when the adapter is tried on no pod."""
     failure = fleet.failure(ad.key)
     if ad.spec_error is not None:
-        return "InvalidSpec", ad.spec_error, ad.spec_error
+        return "InvalidSpec", ad.spec_error
     if failure is not None:
-        return (
-            failure.reason,
-            failure.message,
-            "this version was rejected and not loaded; a version registered before it keeps "
-            "serving until its pod restarts",
-        )
+        return failure.reason, failure.message
     holder = fleet.served_name_holder(ad.key)
     if holder is not None:
-        message = (
-            f"servedName {ad.served_name!r} is held by LoRAAdapter {holder.name!r}, created "
-            f"earlier; this adapter is loaded nowhere until {holder.name!r} goes or is renamed"
+        return "ServedNameConflict", (
+            f"servedName {ad.served_name!r} is held by LoRAAdapter {holder.name!r}, "
+            f"{fleet.claim_note(holder)}; this adapter is loaded nowhere until "
+            f"{holder.name!r} goes or is renamed"
         )
-        return "ServedNameConflict", message, message
     return None
+
+
+def _kept_serving(tally: PodTally) -> str:
+    """For a refused version: which earlier versions pods still serve, if any."""
+    if not tally.outdated:
+        return ""
+    served = ", ".join(f"{short(d)} on {n} pod(s)" for d, n in sorted(tally.digests.items()))
+    return f"; the version registered before keeps serving until its pods restart: {served}"
 
 
 def compute(fleet: Fleet, ad: AdapterView, old: LoRAAdapterStatus, cap: int) -> LoRAAdapterStatus:
@@ -156,16 +178,16 @@ def _judge(
     fleet: Fleet,
     ad: AdapterView,
     version: Version | None,
-    refusal: tuple[str, str, str] | None,
+    refusal: tuple[str, str] | None,
     desired: int,
     tally: PodTally,
 ) -> tuple[str, list[Cond]]:
     """(phase, [Validated, Ready, Progressing])."""
     if refusal is not None:
-        reason, why, ready_message = refusal
+        reason, why = refusal
         return "Failed", [
             Cond("Validated", False, reason, why),
-            Cond("Ready", False, reason, ready_message),
+            Cond("Ready", False, reason, why + _kept_serving(tally)),
             Cond("Progressing", False, reason, "nothing rolls out until the spec changes"),
         ]
     if version is not None:
@@ -206,8 +228,14 @@ def _judge(
         phase, reason = "Degraded", "PartiallyRegistered"
         message = f"registered on {registered}/{desired} replicas; {quoted}"
     else:
-        phase, reason = "Loading", "RollingOut" if tally.outdated else "Loading"
+        rolling = tally.outdated or tally.waiting
+        phase, reason = "Loading", "RollingOut" if rolling else "Loading"
         message = f"registered on {registered}/{desired} replicas"
+        if tally.waiting:
+            message += (
+                f"; {tally.waiting} pod(s) run a --max-lora-rank below the adapter's and are "
+                "being replaced by the base model's rollout"
+            )
         if quoted:
             message += "; " + quoted
     ready = Cond("Ready", phase == "Ready", reason, message)
