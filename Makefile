@@ -18,7 +18,10 @@ VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh hack/ve
         sources source-servers tools images cluster-build cluster-up cluster-down cluster-status fixtures demo-fixtures clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+	@echo "The two commands: make demo (the tiny example, served) and make test (the whole suite)."
+	@echo "Variables: LORAPLANE_HOME (caches, default ~/.cache/loraplane); WHEELS=DIR or TORCH_INDEX_URL=URL"
+	@echo "(where make venv gets torch 2.13.0+cpu; default PyTorch's CPU index); DEBIAN_MIRROR (make images)."
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
 venv: $(VENV_STAMP) ## the Python venv (project, test tools, CPU vLLM) in $LORAPLANE_HOME/venv
 $(VENV_STAMP): pyproject.toml hack/venv.sh hack/venvpip.py
