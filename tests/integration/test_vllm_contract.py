@@ -282,7 +282,8 @@ class TestContract:
             await client.load_adapter("nowhere", "/adapters/nowhere/0123")
         assert info.value.reason == Reason.ADAPTER_NOT_FOUND
         assert info.value.status == 404
-        assert info.value.message == "Loading lora nowhere failed: No adapter found for <path>"
+        assert info.value.detail == "Loading lora nowhere failed: No adapter found for <path>"
+        assert info.value.message.endswith(f"(vLLM: {info.value.detail})")
 
     async def test_name_of_the_base_model(
         self, lora_server: VllmServer, session: aiohttp.ClientSession, adapters: dict[str, Path]

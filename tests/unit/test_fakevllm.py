@@ -158,7 +158,8 @@ async def test_missing_path_and_missing_config(
     assert info.value.reason == Reason.ADAPTER_NOT_FOUND
     assert info.value.status == 404
     assert info.value.error_type == "NotFoundError"
-    assert info.value.message == "Loading lora nowhere failed: No adapter found for <path>"
+    assert info.value.detail == "Loading lora nowhere failed: No adapter found for <path>"
+    assert info.value.message.startswith("vLLM found no adapter_config.json at the adapter's path")
     # vLLM's sanitiser rewrites /tmp paths but not /adapters ones: the raw text says so.
     assert info.value.raw_message == (
         "Loading lora nowhere failed: No adapter found for /adapters/nowhere/0123"
@@ -188,7 +189,12 @@ async def test_rank_above_max_is_permanent(
     assert (error.status, error.error_type) == (500, "InternalServerError")
     assert error.reason == Reason.RANK_EXCEEDS_MAX and error.permanent
     assert error.reason in PERMANENT_REASONS
-    assert error.message == f"LoRA rank {rank} is greater than max_lora_rank 16."
+    assert error.detail == f"LoRA rank {rank} is greater than max_lora_rank 16."
+    assert error.message == (
+        f"the adapter's LoRA rank {rank} is above the base model's maxLoraRank 16: raise the "
+        f"BaseModelDeployment's spec.lora.maxLoraRank to {rank} or more, or use an adapter of "
+        f"rank 16 or less (vLLM: LoRA rank {rank} is greater than max_lora_rank 16.)"
+    )
     assert error.raw_message == (
         "Call to add_lora method failed: Worker failed with error "
         f"'LoRA rank {rank} is greater than max_lora_rank 16.', please check the stack trace "

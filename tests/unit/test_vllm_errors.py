@@ -19,6 +19,7 @@ from loraplane.vllm.errors import (
     Unauthorized,
     VLLMServerError,
     classify,
+    headline,
     normalize_message,
     parse_error_body,
 )
@@ -77,7 +78,30 @@ MEASURED: list[tuple[Reason, str]] = [
     ),
     (Reason.INVALID_ADAPTER_CONFIG, "LoRA rank `r` must be a positive integer, got 0."),
     (Reason.INVALID_ADAPTER_CONFIG, "Expecting value: line 1 column 1 (char 0)"),
+    # Issue 24: a lora_A without its lora_B (vLLM 0.32, measured).
+    (
+        Reason.INCOMPLETE_LORA_WEIGHTS,
+        "unsupported operand type(s) for *=: 'NoneType' and 'float'",
+    ),
+    # torch.load of a truncated adapter_model.bin (torch 2.13, measured).
+    (
+        Reason.CORRUPT_WEIGHTS,
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. This "
+        "is an internal miniz error.",
+    ),
 ]
+
+# torch 2.13's words for an adapter_model.bin with a payload (torch.load(weights_only=True) in
+# vLLM 0.32's LoRA loader, measured).
+TORCH_UNSAFE_PICKLE = (
+    "Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` "
+    "argument in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` "
+    "set to `False` will likely succeed, but it can result in arbitrary code execution. Do it "
+    "only if you got the file from a trusted source.\n\n\nTrying to load unsupported GLOBAL "
+    "posix.system whose module posix is blocked.\n\nCheck the documentation of torch.load to "
+    "learn more about types accepted by default with weights_only "
+    "https://pytorch.org/docs/stable/generated/torch.load.html."
+)
 
 
 def v032(message: str) -> dict[str, Any]:
@@ -126,7 +150,66 @@ def test_measured_rejections_are_permanent_with_their_reason(
     assert error.permanent
     assert error.status == status
     assert "Call to add_lora" not in error.message
-    assert error.message == message
+    # Our sentence first (what is wrong, what to do), vLLM's words after it as detail.
+    assert error.detail == message
+    assert error.message == f"{headline(reason, message)} (vLLM: {message})"
+    assert not error.message.startswith(message)
+
+
+@pytest.mark.parametrize(("reason", "message"), MEASURED, ids=[m[:40] for _, m in MEASURED])
+def test_each_measured_refusal_has_its_own_headline(reason: Reason, message: str) -> None:
+    """Not the catch-all sentence, and one that says what to do."""
+    generic = headline(Reason.ADAPTER_REJECTED, "")
+    ours = headline(reason, message)
+    assert ours != generic
+    assert ours.startswith(("the adapter", "vLLM found"))
+    assert ":" in ours  # "<what is wrong>: <what to do>"
+
+
+def test_rank_headline_names_both_ranks() -> None:
+    error = classify(500, v032("LoRA rank 64 is greater than max_lora_rank 16."))
+    assert error.message.startswith(
+        "the adapter's LoRA rank 64 is above the base model's maxLoraRank 16: raise the "
+        "BaseModelDeployment's spec.lora.maxLoraRank to 64 or more"
+    )
+
+
+def test_unknown_module_headline_names_the_modules() -> None:
+    error = classify(
+        500,
+        v032(
+            "While loading <path>, expected target modules in {'q_proj'} but received "
+            "['model.layers.0.mlp.fc1']. Please verify that the loaded LoRA module is correct"
+        ),
+    )
+    assert error.message.startswith(
+        "the adapter has weights for ['model.layers.0.mlp.fc1'], which vLLM cannot apply LoRA to"
+    )
+
+
+@pytest.mark.parametrize(("status", "envelope"), [(500, v032), (400, v017)], ids=["0.32", "0.17"])
+def test_unsafe_pickle_is_in_our_words_without_torchs_advice(status: int, envelope: Any) -> None:
+    error = classify(status, envelope(TORCH_UNSAFE_PICKLE))
+    assert isinstance(error, AdapterRejected) and error.permanent
+    assert error.reason == Reason.UNSAFE_PICKLE
+    assert error.message == (
+        "the adapter's pickled weights file (adapter_model.bin or .pt) holds code or Python "
+        "objects, not only tensors, and is not loaded: save the adapter with safetensors (peft's "
+        "save_pretrained with safe_serialization=True) (vLLM: torch refused the global "
+        "posix.system)"
+    )
+    # Never the advice to load it with weights_only=False (which runs the code).
+    assert "weights_only" not in error.message and "False" not in error.message
+
+
+def test_unsafe_pickle_in_older_torch_words() -> None:
+    old = (
+        "Weights only load failed. ... WeightsUnpickler error: Unsupported global: GLOBAL "
+        "__main__.Payload was not an allowed global by default."
+    )
+    error = classify(500, v018(old))
+    assert error.reason == Reason.UNSAFE_PICKLE
+    assert error.message.endswith("(vLLM: torch refused the global __main__.Payload)")
 
 
 def test_body_may_be_bytes_text_or_parsed() -> None:
@@ -139,7 +222,8 @@ def test_paths_read_the_same_before_and_after_vllm_026() -> None:
     raw = classify(400, v017(f"{TMP} doesn't contain tensors"))
     sanitised = classify(500, v032("<path> doesn't contain tensors"))
     assert raw.reason == sanitised.reason == Reason.NO_TENSORS
-    assert raw.message == sanitised.message == "<path> doesn't contain tensors"
+    assert raw.message == sanitised.message
+    assert raw.detail == sanitised.detail == "<path> doesn't contain tensors"
     assert raw.raw_message == f"{TMP} doesn't contain tensors"
 
 
@@ -150,7 +234,7 @@ def test_adapter_path_outside_vllms_sanitised_roots_is_normalized_too() -> None:
     )
     assert error.reason == Reason.UNSUPPORTED_TARGET_MODULES
     assert ADAPTER not in error.message
-    assert error.message.startswith("While loading <path>, expected")
+    assert error.detail.startswith("While loading <path>, expected")
 
 
 def test_several_problems_in_one_message_keep_every_reason_first_one_wins() -> None:
@@ -186,7 +270,10 @@ def test_missing_adapter_is_404_not_found_error(path: str) -> None:
     assert isinstance(error, AdapterRejected)
     assert error.reason == Reason.ADAPTER_NOT_FOUND
     assert error.permanent
-    assert error.message == "Loading lora no-config failed: No adapter found for <path>"
+    assert error.detail == "Loading lora no-config failed: No adapter found for <path>"
+    assert error.message == (
+        f"{headline(Reason.ADAPTER_NOT_FOUND, error.detail)} (vLLM: {error.detail})"
+    )
 
 
 def test_adapter_names_never_trigger_a_pattern() -> None:
@@ -282,7 +369,13 @@ def test_unknown_add_lora_failure_is_an_adapter_rejection() -> None:
     assert isinstance(error, AdapterRejected)
     assert error.reason == Reason.ADAPTER_REJECTED
     assert error.permanent
-    assert error.message == "Something new in vLLM 0.40 about this adapter."
+    assert error.detail == "Something new in vLLM 0.40 about this adapter."
+    assert error.message == (
+        "vLLM refused the adapter for a reason loraplane does not recognise: fix what vLLM says "
+        "(its container's log has the details) in a new revision of the adapter, or in the "
+        "BaseModelDeployment when the engine's settings are the cause (vLLM: Something new in "
+        "vLLM 0.40 about this adapter.)"
+    )
 
 
 def test_empty_worker_error_is_an_adapter_rejection() -> None:

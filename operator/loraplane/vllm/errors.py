@@ -31,6 +31,7 @@ __all__ = [
     "VLLMServerError",
     "classify",
     "error_class",
+    "headline",
     "normalize_message",
     "parse_error_body",
 ]
@@ -49,6 +50,10 @@ class Reason(StrEnum):
     BASE_MODEL_SHAPE_MISMATCH = "BaseModelShapeMismatch"
     CORRUPT_WEIGHTS = "CorruptWeights"
     NO_TENSORS = "NoTensors"
+    INCOMPLETE_LORA_WEIGHTS = "IncompleteLoRAWeights"
+    UNSAFE_PICKLE = "UnsafePickle"
+    UNSUPPORTED_WEIGHTS_FORMAT = "UnsupportedWeightsFormat"
+    PICKLED_WEIGHTS_REFUSED = "PickledWeightsRefused"
     ADAPTER_NOT_FOUND = "AdapterNotFound"
     INVALID_ADAPTER_CONFIG = "InvalidAdapterConfig"
     NOT_LORA = "NotLoRA"
@@ -88,6 +93,10 @@ PERMANENT_REASONS: frozenset[Reason] = frozenset(
         Reason.BASE_MODEL_SHAPE_MISMATCH,
         Reason.CORRUPT_WEIGHTS,
         Reason.NO_TENSORS,
+        Reason.INCOMPLETE_LORA_WEIGHTS,
+        Reason.UNSAFE_PICKLE,
+        Reason.UNSUPPORTED_WEIGHTS_FORMAT,
+        Reason.PICKLED_WEIGHTS_REFUSED,
         Reason.ADAPTER_NOT_FOUND,
         Reason.INVALID_ADAPTER_CONFIG,
         Reason.NOT_LORA,
@@ -105,7 +114,9 @@ class VLLMError(Exception):
 
     ``reason``: stable CamelCase string for status conditions. ``permanent``: the adapter itself
     is bad, do not retry. ``reasons``: every reason found when vLLM joined several problems in one
-    message (the first is ``reason``). ``message``: the server's message with paths normalized.
+    message (the first is ``reason``). ``message``: what status shows; for a refused adapter our
+    own sentence (what is wrong, what to do) followed by "(vLLM: <detail>)". ``detail``: the
+    server's message with paths normalized; ``raw_message``: as the server sent it.
     """
 
     def __init__(
@@ -117,6 +128,7 @@ class VLLMError(Exception):
         error_type: str | None = None,
         reasons: tuple[Reason, ...] = (),
         raw_message: str | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -125,6 +137,7 @@ class VLLMError(Exception):
         self.error_type = error_type
         self.reasons = reasons or (reason,)
         self.raw_message = raw_message if raw_message is not None else message
+        self.detail = detail if detail is not None else message
 
     @property
     def permanent(self) -> bool:
@@ -189,6 +202,14 @@ RUNTIME_UPDATING_HINT = (
     "(and --enable-lora)"
 )
 
+# What an empty worker error becomes (vLLM 0.32 answers so for a safetensors file without
+# tensors): our words already, so classify does not wrap it again.
+NO_MESSAGE = (
+    "vLLM refused the adapter without an error message (vLLM 0.32 does so, for one, for a "
+    "safetensors file without tensors); see the vLLM container's log, and check the adapter's "
+    "files with peft"
+)
+
 _ADD_LORA_PREFIX = re.compile(r"^\s*Call to add_lora method failed:\s*")
 # The multiprocess executor wraps a worker's exception (vLLM 0.32, measured).
 _WORKER_WRAPPER = re.compile(
@@ -210,10 +231,7 @@ def normalize_message(message: str) -> str:
     text = _ADD_LORA_PREFIX.sub("", message.strip())
     wrapped = _WORKER_WRAPPER.match(text)
     if wrapped:
-        text = wrapped.group("inner").strip() or (
-            "vLLM refused the adapter without an error message (vLLM 0.32 does so, for one, "
-            "for a safetensors file without tensors); see the vLLM log"
-        )
+        text = wrapped.group("inner").strip() or NO_MESSAGE
     return _PATH.sub("<path>", text).strip()
 
 
@@ -313,6 +331,16 @@ _ADAPTER_PATTERNS: tuple[tuple[Reason, re.Pattern[str]], ...] = (
     ),
     (Reason.NO_TENSORS, re.compile(r"doesn't contain tensors|does not contain tensors", re.I)),
     (
+        # vLLM multiplies lora_B by the scaling; measured for a lora_A without its lora_B.
+        Reason.INCOMPLETE_LORA_WEIGHTS,
+        re.compile(r"unsupported operand type\(s\) for \*=: 'NoneType'", re.I),
+    ),
+    (
+        # torch.load(weights_only=True) of a pickle that names other globals than a tensor's.
+        Reason.UNSAFE_PICKLE,
+        re.compile(r"Weights only load failed|unsupported GLOBAL|Unsupported global:", re.I),
+    ),
+    (
         Reason.UNSUPPORTED_TARGET_MODULES,
         re.compile(r"expected target modules in|is unsupported LoRA weight", re.I),
     ),
@@ -372,6 +400,107 @@ def _adapter_reasons(message: str) -> tuple[Reason, ...]:
     return tuple(reason for _, reason in found)
 
 
+# Our own first sentence for each permanent refusal vLLM words for itself: what is wrong and what
+# to do. vLLM's (or torch's) text follows in parentheses, as detail.
+_RETRAIN = "use an adapter trained for this base model"
+_SAVE_AGAIN = "save the adapter again with peft's save_pretrained"
+_HEADLINES: dict[Reason, str] = {
+    Reason.RANK_EXCEEDS_MAX: (
+        "the adapter's LoRA rank is above the base model's maxLoraRank: raise the "
+        "BaseModelDeployment's spec.lora.maxLoraRank or use an adapter of a lower rank"
+    ),
+    Reason.DORA_NOT_SUPPORTED: (
+        "the adapter uses DoRA, which vLLM cannot serve: retrain it with use_dora=false or merge "
+        "it into the base model"
+    ),
+    Reason.BIAS_NOT_SUPPORTED: (
+        "the adapter trains bias terms, which vLLM cannot serve: retrain it with bias='none' and "
+        "lora_bias=false"
+    ),
+    Reason.MODULES_TO_SAVE_NOT_SUPPORTED: (
+        "the adapter saves full copies of modules (modules_to_save), which vLLM serves only for "
+        "classifier and score: retrain it without modules_to_save or merge it into the base model"
+    ),
+    Reason.UNSUPPORTED_TARGET_MODULES: (
+        f"the adapter has weights for modules vLLM cannot apply LoRA to on this base model: "
+        f"{_RETRAIN}"
+    ),
+    Reason.UNSUPPORTED_LORA_FEATURE: (
+        "the adapter uses a PEFT feature vLLM cannot serve: convert it to a plain LoRA adapter"
+    ),
+    Reason.BASE_MODEL_SHAPE_MISMATCH: (
+        f"the adapter's tensor shapes do not fit the base model, so it was trained for another "
+        f"base model: {_RETRAIN}"
+    ),
+    Reason.CORRUPT_WEIGHTS: (
+        "the adapter's weights file is damaged or truncated: upload the adapter's files again "
+        "(a cut-off upload or download leaves such a file)"
+    ),
+    Reason.NO_TENSORS: f"the adapter has no weights vLLM can read: {_SAVE_AGAIN}",
+    Reason.INCOMPLETE_LORA_WEIGHTS: (
+        f"the adapter lacks one of the two LoRA matrices (lora_A, lora_B) of a module: "
+        f"{_SAVE_AGAIN}"
+    ),
+    Reason.UNSAFE_PICKLE: (
+        "the adapter's pickled weights file (adapter_model.bin or .pt) holds code or Python "
+        "objects, not only tensors, and is not loaded: save the adapter with safetensors "
+        "(peft's save_pretrained with safe_serialization=True)"
+    ),
+    Reason.ADAPTER_NOT_FOUND: (
+        "vLLM found no adapter_config.json at the adapter's path: the adapter must be a "
+        "directory holding adapter_config.json beside its weights, and the vLLM container must "
+        "mount the adapter store"
+    ),
+    Reason.INVALID_ADAPTER_CONFIG: (
+        f"the adapter's adapter_config.json is invalid (vLLM needs r, lora_alpha and "
+        f"target_modules): {_SAVE_AGAIN}"
+    ),
+    Reason.NAME_CONFLICTS_WITH_BASE_MODEL: (
+        "the adapter's served name is the base model's: choose another spec.servedName"
+    ),
+    Reason.ADAPTER_REJECTED: (
+        "vLLM refused the adapter for a reason loraplane does not recognise: fix what vLLM says "
+        "(its container's log has the details) in a new revision of the adapter, or in the "
+        "BaseModelDeployment when the engine's settings are the cause"
+    ),
+}
+_RANK = re.compile(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)", re.I)
+_RECEIVED = re.compile(r"but received (\[.*?\])", re.S)
+_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", re.I)
+
+
+def headline(reason: Reason, message: str) -> str:
+    """Our own sentence for a refusal vLLM worded: what is wrong and what to do."""
+    if reason == Reason.RANK_EXCEEDS_MAX and (m := _RANK.search(message)):
+        rank, limit = m.group(1), m.group(2)
+        return (
+            f"the adapter's LoRA rank {rank} is above the base model's maxLoraRank {limit}: "
+            f"raise the BaseModelDeployment's spec.lora.maxLoraRank to {rank} or more, or use "
+            f"an adapter of rank {limit} or less"
+        )
+    if reason == Reason.UNSUPPORTED_TARGET_MODULES and (m := _RECEIVED.search(message)):
+        return (
+            f"the adapter has weights for {m.group(1)[:300]}, which vLLM cannot apply LoRA to on "
+            f"this base model: {_RETRAIN}"
+        )
+    return _HEADLINES.get(reason, _HEADLINES[Reason.ADAPTER_REJECTED])
+
+
+def _detail(reason: Reason, message: str) -> str:
+    """vLLM's words as detail; torch's advice for unsafe pickles is left out (it says to load the
+    file with weights_only=False, which would run the code it holds)."""
+    if reason == Reason.UNSAFE_PICKLE:
+        m = _GLOBAL.search(message)
+        return f"torch refused the global {m.group(1)}" if m else "torch refused the pickle"
+    return message
+
+
+def _rejection(reason: Reason, message: str) -> str:
+    if message == NO_MESSAGE:
+        return message
+    return f"{headline(reason, message)} (vLLM: {_detail(reason, message)})"
+
+
 def classify(status: int, body: bytes | str | Mapping[str, Any] | None) -> VLLMError:
     """Classify an error answer of vLLM by error type and message (the HTTP code only breaks ties).
 
@@ -384,6 +513,7 @@ def classify(status: int, body: bytes | str | Mapping[str, Any] | None) -> VLLME
         "status": status,
         "error_type": parsed.type,
         "raw_message": raw,
+        "detail": message,
     }
 
     if status == 401 or parsed.type == "Unauthorized" or raw == "Unauthorized":
@@ -402,7 +532,9 @@ def classify(status: int, body: bytes | str | Mapping[str, Any] | None) -> VLLME
     # Match on the normalized text so that a path or a name never triggers a pattern.
     reasons = _adapter_reasons(message)
     if reasons:
-        return AdapterRejected(reasons[0], message, reasons=reasons, **kwargs)
+        return AdapterRejected(
+            reasons[0], _rejection(reasons[0], message), reasons=reasons, **kwargs
+        )
 
     if status == 404 and (parsed.type == "NotFoundError" or _NOT_LOADED.search(raw)):
         # The only NotFoundError left after "No adapter found" is the unload of an unknown name.
@@ -416,7 +548,9 @@ def classify(status: int, body: bytes | str | Mapping[str, Any] | None) -> VLLME
     ):
         # add_lora raised something we have no pattern for: vLLM validated the adapter and
         # refused it (up to 0.17 every such refusal was a 400), so retrying will not help.
-        return AdapterRejected(Reason.ADAPTER_REJECTED, message, **kwargs)
+        return AdapterRejected(
+            Reason.ADAPTER_REJECTED, _rejection(Reason.ADAPTER_REJECTED, message), **kwargs
+        )
     return VLLMServerError(Reason.SERVER_ERROR, message, **kwargs)
 
 
