@@ -172,6 +172,50 @@ def test_layers_beyond_the_base(tmp_path: Path, facts: BaseModelFacts) -> None:
     assert "layer 5, the base has 2 layers" in finding.message
 
 
+Q = "base_model.model.model.layers.0.self_attn.q_proj"
+V = "base_model.model.model.layers.1.self_attn.v_proj"
+
+
+@pytest.mark.parametrize(
+    ("tensors", "says"),
+    [
+        (
+            {f"{Q}.lora_A.weight": ("F32", [4, 128]), f"{V}.lora_A.weight": ("F32", [4, 128])},
+            "model.layers.0.self_attn.q_proj has lora_A but no lora_B; "
+            "model.layers.1.self_attn.v_proj has lora_A but no lora_B",
+        ),
+        ({f"{Q}.lora_B.weight": ("F32", [128, 4])}, "q_proj has lora_B but no lora_A"),
+        (
+            {f"{Q}.lora_A.weight": ("F32", [4, 128]), f"{Q}.lora_B.weight": ("F32", [128, 8])},
+            "q_proj has lora_A of rank 4 but lora_B of rank 8",
+        ),
+    ],
+    ids=["no-lora-B", "no-lora-A", "ranks-differ"],
+)
+def test_incomplete_lora_pairs_are_refused_naming_the_modules(
+    tmp_path: Path, facts: BaseModelFacts, tensors: dict[str, Any], says: str
+) -> None:
+    """vLLM 0.32 answers a lora_A without lora_B with "unsupported operand type(s) for *=:
+    'NoneType' and 'float'"; the safetensors header already shows it."""
+    from tests.unit.test_adapters_inspect import write_adapter
+
+    directory = write_adapter(tmp_path / "a", config={"r": 8}, tensors=tensors)
+    found = errors(validate(inspect_adapter(directory), facts))
+    assert [f.reason for f in found] == [Reason.INCOMPLETE_LORA_WEIGHTS]
+    assert says in found[0].message
+    assert "save the adapter again with peft's save_pretrained" in found[0].message
+
+
+def test_many_incomplete_modules_are_counted_not_listed() -> None:
+    from loraplane.adapters.inspect import ModuleWeights
+
+    modules = {f"model.layers.{i}.q_proj": ModuleWeights(lora_a=(8, 128)) for i in range(9)}
+    (finding,) = validate(base_summary(modules=modules), BaseModelFacts(max_lora_rank=16))
+    assert finding.message.count("has lora_A but no lora_B") == 5
+    assert "; and 4 more" in finding.message
+    assert len(finding.details["modules"]) == 9
+
+
 def base_summary(**update: Any) -> AdapterSummary:
     summary = AdapterSummary(path="/x", rank=8, alpha=16, size_bytes=0, digest="")
     return summary.model_copy(update=update)

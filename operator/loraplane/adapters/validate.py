@@ -147,12 +147,45 @@ def validate(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
     findings += _check_rank(summary, base)
     findings += _check_features(summary)
     findings += _check_modules(summary, base)
+    findings += _check_pairs(summary)
     shape_findings = _check_shapes(summary, base)
     findings += shape_findings
     if not shape_findings:
         # A differing name matters only when the shapes fit; otherwise the error says it all.
         findings += _check_base_name(summary, base)
     return sorted(findings, key=lambda f: f.severity != "error")
+
+
+def _check_pairs(summary: AdapterSummary) -> list[Finding]:
+    """Every LoRA module needs both matrices of one rank: vLLM fails on a missing lora_B with a
+    bare Python error (measured on 0.32: "unsupported operand type(s) for *=: 'NoneType' and
+    'float'")."""
+    problems: list[str] = []
+    for name, m in sorted(summary.modules.items()):
+        a, b = ("lora_embedding_A", "lora_embedding_B") if m.embedding else ("lora_A", "lora_B")
+        if m.lora_a is not None and m.lora_b is None:
+            problems.append(f"{name} has {a} but no {b}")
+        elif m.lora_b is not None and m.lora_a is None:
+            problems.append(f"{name} has {b} but no {a}")
+        elif m.lora_a and m.lora_b and m.lora_a[0] != m.lora_b[-1]:
+            problems.append(f"{name} has {a} of rank {m.lora_a[0]} but {b} of rank {m.lora_b[-1]}")
+    if not problems:
+        return []
+    shown = "; ".join(problems[:5])
+    if len(problems) > 5:
+        shown += f"; and {len(problems) - 5} more"
+    return [
+        Finding(
+            severity="error",
+            reason=Reason.INCOMPLETE_LORA_WEIGHTS,
+            message=(
+                f"the adapter's LoRA weights are incomplete: {shown}; every LoRA module needs "
+                "both matrices (lora_A and lora_B) of the same rank: save the adapter again "
+                "with peft's save_pretrained"
+            ),
+            details={"modules": problems},
+        )
+    ]
 
 
 def _check_peft_type(summary: AdapterSummary) -> list[Finding]:
