@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraplane.adapters.pickled import PickledAdapters
 from loraplane.adapters.sources.protocol import SourceContext
 from loraplane.api.adapter import MAX_STATUS_PODS
 
@@ -232,6 +233,16 @@ class Settings(_FromEnv):
         description=(
             "A hub-compatible server for huggingface adapter sources (default: the Hub); the "
             "operator passes it to the agents it builds."
+        ),
+    )
+    pickled_adapters: PickledAdapters = Field(
+        "verify",
+        description=(
+            "Adapters whose weights are a torch pickle (adapter_model.bin or .pt, no "
+            "safetensors): verify reads their tensor names and shapes without executing the "
+            "pickle and gives them the same pre-flight as safetensors, refusing any pickle that "
+            "names code or objects other than tensors (UnsafePickle); refuse turns every one "
+            "away (PickledWeightsRefused)."
         ),
     )
 

@@ -18,6 +18,7 @@ from loraplane.adapters.inspect import (
     CorruptSafetensors,
     InvalidAdapterConfig,
     NoTensors,
+    PickleNotInspectable,
     directory_digest,
     inspect_adapter,
     parse_tensor_name,
@@ -244,13 +245,37 @@ def test_no_weights_file(tmp_path: Path) -> None:
         inspect_adapter(directory)
 
 
-def test_pickle_weights_are_not_unpickled(tmp_path: Path) -> None:
+def test_pickle_weights_are_read_not_trusted(tmp_path: Path) -> None:
+    """No safetensors: the pickle is pre-flighted (tests/unit/test_adapters_pickled.py), and one
+    that is not torch.save's is refused, not passed on to vLLM unread."""
     directory = write_adapter(tmp_path / "a")
     (directory / "adapter_model.safetensors").unlink()
     (directory / "adapter_model.bin").write_bytes(b"not even a pickle")
-    s = inspect_adapter(directory)
-    assert s.weights_file == "adapter_model.bin"
-    assert not s.weights_inspected and not s.tensors
+    with pytest.raises(PickleNotInspectable, match=r"not a torch\.save archive") as info:
+        inspect_adapter(directory)
+    assert info.value.reason == Reason.CORRUPT_WEIGHTS
+
+
+@pytest.mark.parametrize(
+    ("error", "content", "hint"),
+    [
+        (CorruptSafetensors, b"\x01\x02", "upload the adapter's files again"),
+        (NoTensors, None, "save the adapter again with peft's save_pretrained"),
+        (InvalidAdapterConfig, "{not json", "save the adapter again with peft's save_pretrained"),
+    ],
+    ids=["corrupt", "no-tensors", "bad-config"],
+)
+def test_every_refusal_says_what_to_do(
+    tmp_path: Path, error: type[Exception], content: Any, hint: str
+) -> None:
+    directory = write_adapter(tmp_path / "a", tensors={} if content is None else None)
+    if error is CorruptSafetensors:
+        (directory / "adapter_model.safetensors").write_bytes(content)
+    elif error is InvalidAdapterConfig:
+        (directory / "adapter_config.json").write_text(content)
+    with pytest.raises(error) as info:
+        inspect_adapter(directory)
+    assert hint in info.value.message  # type: ignore[attr-defined]
 
 
 def test_unsupported_peft_features_are_recorded(tmp_path: Path) -> None:

@@ -74,4 +74,6 @@
   value: {{ (toString (.Values.settings.sourceCaFile | default "")) | quote }}
 - name: LORAPLANE_HUGGINGFACE_ENDPOINT
   value: {{ (toString (.Values.settings.huggingfaceEndpoint | default "")) | quote }}
+- name: LORAPLANE_PICKLED_ADAPTERS
+  value: {{ (toString .Values.settings.pickledAdapters) | quote }}
 {{- end }}

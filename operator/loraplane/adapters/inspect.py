@@ -4,6 +4,10 @@ A safetensors file is 8 bytes of little-endian header length N, N bytes of JSON
 (``name -> {dtype, shape, data_offsets}``), then the raw tensor data. Reading the header is enough
 to know every tensor name and shape, so inspection costs the same for a 1 MB and a 1 GB adapter
 (the digest aside, which streams each file once in 1 MiB chunks).
+
+An adapter without safetensors but with a torch pickle (adapter_model.bin or .pt, which vLLM
+loads too) is read the same way: its pickled state dict is parsed without being executed and
+without its storages (``loraplane.adapters.pickled``), so it gets the same pre-flight.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraplane.adapters.pickled import REUPLOAD_HINT, PickleRefused, read_torch_save
 from loraplane.vllm.errors import Reason
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "InvalidAdapterConfig",
     "ModuleWeights",
     "NoTensors",
+    "PickleNotInspectable",
     "TensorInfo",
     "directory_digest",
     "inspect_adapter",
@@ -43,7 +49,7 @@ __all__ = [
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
-# vLLM falls back to these (torch pickles: we cannot read their tensor names without unpickling).
+# vLLM falls back to these torch pickles, in this order (read by loraplane.adapters.pickled).
 PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt")
 # The safetensors library refuses headers above 100 MB; an adapter's is a few hundred KB at most.
 MAX_HEADER_BYTES = 100_000_000
@@ -76,8 +82,12 @@ class AdapterInspectionError(Exception):
     """The adapter cannot be inspected; ``reason`` is from the shared vocabulary."""
 
     reason: Reason = Reason.ADAPTER_REJECTED
+    # What the user can do, added to every message of the class that does not say it already.
+    hint: str = ""
 
     def __init__(self, message: str) -> None:
+        if self.hint and self.hint not in message:
+            message = f"{message}; {self.hint}"
         super().__init__(message)
         self.message = message
 
@@ -88,14 +98,27 @@ class AdapterConfigMissing(AdapterInspectionError):
 
 class InvalidAdapterConfig(AdapterInspectionError):
     reason = Reason.INVALID_ADAPTER_CONFIG
+    hint = "fix adapter_config.json or save the adapter again with peft's save_pretrained"
 
 
 class CorruptSafetensors(AdapterInspectionError):
     reason = Reason.CORRUPT_WEIGHTS
+    hint = REUPLOAD_HINT
 
 
 class NoTensors(AdapterInspectionError):
     reason = Reason.NO_TENSORS
+    hint = "save the adapter again with peft's save_pretrained"
+
+
+class PickleNotInspectable(AdapterInspectionError):
+    """A pickled weights file pre-flight refuses: code inside (``UnsafePickle``), damaged
+    (``CorruptWeights``), or a format or size it does not read (``UnsupportedWeightsFormat``).
+    The message says which and what to do."""
+
+    def __init__(self, message: str, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TensorInfo(BaseModel):
@@ -169,6 +192,8 @@ class AdapterSummary(BaseModel):
     # Other PEFT features vLLM refuses, by config key, when set (aLoRA, layer_replication, ...).
     unsupported_features: dict[str, Any] = Field(default_factory=dict)
     weights_file: str | None = None
+    # False when the tensors were not read: a hub adapter whose weights are a pickle, which the
+    # operator's remote pre-flight does not download (the agents read it after the download).
     weights_inspected: bool = True
     tensors: dict[str, TensorInfo] = Field(default_factory=dict)
     modules: dict[str, ModuleWeights] = Field(default_factory=dict)
@@ -309,10 +334,15 @@ def _load_config(directory: Path) -> dict[str, Any]:
         )
         raise AdapterConfigMissing(f"{directory} is a file, not an adapter directory{hint}")
     if not directory.is_dir():
-        raise AdapterConfigMissing(f"adapter directory {directory} does not exist")
+        raise AdapterConfigMissing(
+            f"adapter directory {directory} does not exist: check spec.source, and that the "
+            "pods of the base model mount the volume that holds it"
+        )
     if not config_path.is_file():
         raise AdapterConfigMissing(
-            f"{CONFIG_FILE} is missing in {directory}: not a PEFT adapter directory"
+            f"{CONFIG_FILE} is missing in {directory}: not a PEFT adapter directory; point "
+            f"spec.source at the directory peft's save_pretrained wrote ({CONFIG_FILE} and the "
+            "weights)"
         )
     try:
         if config_path.stat().st_size > MAX_CONFIG_BYTES:
@@ -500,12 +530,22 @@ def summarize(
     )
 
 
+def read_pickled_weights(path: Path) -> dict[str, TensorInfo]:
+    """Tensor name -> dtype and shape of a torch pickle, never executing it nor reading its
+    storages; ``PickleNotInspectable`` when pre-flight refuses it."""
+    try:
+        tensors = read_torch_save(path)
+    except PickleRefused as exc:
+        raise PickleNotInspectable(exc.message, exc.reason) from exc
+    return {name: TensorInfo(dtype=t.dtype, shape=t.shape) for name, t in tensors.items()}
+
+
 def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSummary:
     """Summarize the PEFT LoRA adapter in ``directory`` without loading its weights.
 
-    Raises ``AdapterConfigMissing``, ``InvalidAdapterConfig``, ``CorruptSafetensors`` or
-    ``NoTensors``. ``digest=False`` skips hashing (the digest is then empty) for callers that
-    already know it.
+    Raises ``AdapterConfigMissing``, ``InvalidAdapterConfig``, ``CorruptSafetensors``,
+    ``PickleNotInspectable`` or ``NoTensors``. ``digest=False`` skips hashing (the digest is
+    then empty) for callers that already know it.
     """
     directory = Path(directory)
     config = _load_config(directory)
@@ -513,18 +553,16 @@ def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSum
 
     weights_file: str | None = None
     tensors: dict[str, TensorInfo] = {}
-    inspected = True
     if (directory / SAFETENSORS_FILE).is_file():
         weights_file = SAFETENSORS_FILE
         tensors = read_safetensors_header(directory / SAFETENSORS_FILE)
-        if not tensors:
-            raise NoTensors(f"{SAFETENSORS_FILE} in {directory} holds no tensors")
     else:
-        for candidate in PICKLE_FILES:
-            if (directory / candidate).is_file():
-                weights_file = candidate
-                inspected = False
-                break
+        # vLLM's order: adapter_model.bin, else adapter_model.pt.
+        weights_file = next((f for f in PICKLE_FILES if (directory / f).is_file()), None)
+        if weights_file is not None:
+            tensors = read_pickled_weights(directory / weights_file)
+    if weights_file is not None and not tensors:
+        raise NoTensors(f"{weights_file} in {directory} holds no tensors")
     if weights_file is None:
         raise NoTensors(
             f"{directory} has {CONFIG_FILE} but no weights "
@@ -544,7 +582,6 @@ def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSum
         size_bytes=size,
         digest=digest_value,
         files=files,
-        weights_inspected=inspected,
     )
 
 

@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraplane.adapters.inspect import AdapterInspectionError, AdapterSummary, layer_index
+from loraplane.adapters.inspect import (
+    PICKLE_FILES,
+    AdapterInspectionError,
+    AdapterSummary,
+    layer_index,
+)
+from loraplane.adapters.pickled import PickledAdapters
 from loraplane.vllm.errors import Reason
 
 __all__ = [
@@ -110,12 +116,14 @@ class PreflightFailed(AdapterInspectionError):
         self.findings = findings
 
 
-def preflight(base: BaseModelFacts) -> Callable[[AdapterSummary], None]:
+def preflight(
+    base: BaseModelFacts, *, pickled_adapters: PickledAdapters = "verify"
+) -> Callable[[AdapterSummary], None]:
     """A ``verify`` callback for the sources: raise ``PreflightFailed`` when ``validate`` finds
     an error, so a refused adapter never reaches the store."""
 
     def verify(summary: AdapterSummary) -> None:
-        findings = validate(summary, base)
+        findings = validate(summary, base, pickled_adapters=pickled_adapters)
         if errors(findings):
             raise PreflightFailed(findings)
 
@@ -140,9 +148,19 @@ def _fmt(items: Iterable[str]) -> str:
     return ", ".join(sorted(items))
 
 
-def validate(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
-    """Every problem pre-flight can see, errors first in a stable order; empty when all is well."""
+def validate(
+    summary: AdapterSummary,
+    base: BaseModelFacts,
+    *,
+    pickled_adapters: PickledAdapters = "verify",
+) -> list[Finding]:
+    """Every problem pre-flight can see, errors first in a stable order; empty when all is well.
+
+    ``pickled_adapters="refuse"``: weights that are a torch pickle (adapter_model.bin or .pt)
+    are an error whatever they hold (the operator's setting ``pickledAdapters``).
+    """
     findings: list[Finding] = []
+    findings += _check_weights_format(summary, pickled_adapters)
     findings += _check_peft_type(summary)
     findings += _check_rank(summary, base)
     findings += _check_features(summary)
@@ -154,6 +172,25 @@ def validate(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
         # A differing name matters only when the shapes fit; otherwise the error says it all.
         findings += _check_base_name(summary, base)
     return sorted(findings, key=lambda f: f.severity != "error")
+
+
+def _check_weights_format(summary: AdapterSummary, pickled: PickledAdapters) -> list[Finding]:
+    if pickled != "refuse" or summary.weights_file not in PICKLE_FILES:
+        return []
+    return [
+        Finding(
+            severity="error",
+            reason=Reason.PICKLED_WEIGHTS_REFUSED,
+            message=(
+                f"the adapter's weights are a torch pickle ({summary.weights_file}), and this "
+                "cluster serves adapters in safetensors only (the operator's setting "
+                "pickledAdapters is refuse); save the adapter with safetensors (peft's "
+                "save_pretrained with safe_serialization=True, or safetensors.torch.save_file "
+                "of the state dict) and publish that"
+            ),
+            details={"weightsFile": summary.weights_file},
+        )
+    ]
 
 
 def _check_pairs(summary: AdapterSummary) -> list[Finding]:

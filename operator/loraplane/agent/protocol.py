@@ -13,6 +13,7 @@ from typing import Final
 
 from pydantic import Field
 
+from loraplane.adapters.pickled import PickledAdapters
 from loraplane.adapters.sources.credentials import SourceCredentials
 from loraplane.adapters.validate import Finding
 from loraplane.api.adapter import AdapterSummary
@@ -65,6 +66,15 @@ class FetchRequest(K8sModel):
         description=(
             "Read the source even when the pinned version is stored, and answer what it holds "
             "now (a new version); fall back to the pinned one when the source is unavailable."
+        ),
+    )
+    pickled_adapters: PickledAdapters = Field(
+        default="verify",
+        description=(
+            "Weights that are a torch pickle (adapter_model.bin or .pt): verify them like "
+            "safetensors (parsed, never executed), or refuse them (the operator's "
+            "pickledAdapters setting; an operator that does not send it gets verify, the "
+            "setting's default)."
         ),
     )
 

@@ -112,7 +112,7 @@ class AdapterStore:
         found: list[Finding] = []
 
         def verify(summary: Inspected) -> None:
-            found[:] = validate(summary, facts)
+            found[:] = validate(summary, facts, pickled_adapters=req.pickled_adapters)
             bad = errors(found)
             if bad:
                 raise Rejected(bad[0].reason, "; ".join(f.message for f in bad), found)
@@ -123,7 +123,11 @@ class AdapterStore:
         pinned = req.expected_digest
 
         def from_store() -> Fetched | None:
-            kept = stored_version(self.root, req.name, pinned) if pinned else None
+            try:
+                kept = stored_version(self.root, req.name, pinned) if pinned else None
+            except AdapterInspectionError as exc:
+                # A version stored before its weights could be inspected, refused now.
+                raise Rejected(str(exc.reason), exc.message) from exc
             if kept is None or pinned is None:
                 return None
             verify(kept)

@@ -141,8 +141,9 @@ def existing_version(target: Path) -> AdapterSummary | None:
     if not target.is_dir():
         return None
     summary = _read_summary(target)
-    if summary is None:
-        # Only a rename creates a version directory, so it is complete: re-inspect it.
+    if summary is None or not summary.weights_inspected:
+        # Only a rename creates a version directory, so it is complete: re-inspect it (also a
+        # pickled one stored before pickles were read, so that pre-flight judges its tensors).
         summary = inspect_adapter(target).model_copy(update={"path": str(target)})
         with contextlib.suppress(OSError):
             _write_summary(target, summary)
