@@ -177,6 +177,7 @@ async def fetch_request(
         expected_digest=pinned.summary.digest if pinned else None,
         peers=peers(rt, pod, ad, pinned) if pinned else [],
         follow=ad.follow,
+        pickled_adapters=rt.settings.pickled_adapters,
     )
 
 
@@ -344,7 +345,7 @@ async def preflight(
         reason, message = str(exc.reason), exc.message
     else:
         facts = BaseModelFacts(max_lora_rank=judged.max_lora_rank, deployment=ad.base_model)
-        bad = errors(validate(summary, facts))
+        bad = errors(validate(summary, facts, pickled_adapters=rt.settings.pickled_adapters))
         rt.preflights[ad.key] = judged
         if not bad:
             return True
