@@ -95,6 +95,9 @@ bench-scale: .venv cluster-up fixtures ## 10 base models x 10 fakevllm pods x 1,
 bench-residency: .venv fixtures ## tokens/s of CPU vLLM with loraplane's plugin on and off (no cluster)
 	$(PY) -m bench.residency
 
+bench-gpu: ## on a GPU machine with vLLM (no cluster): the plugin's check, LoRA throughput and latency (docs/performance.md)
+	python3 -m bench.gpu $(BENCH_GPU_ARGS)
+
 cluster-build: ## build etcd, kube-* , kubectl and helm from Go modules (cached)
 	bash hack/build-cluster.sh
 

@@ -15,8 +15,8 @@ started together on the one GPU, measured, then stopped:
   distinct r16 adapters in one batch; maxLoras 1 against 16.
 - plain: the base without LoRA; a real merge of the r16 adapter served as a plain model; with
   quant, a GPTQ int4 checkpoint of the same shape with LoRA r16 beside them.
-- rank: r64 (all modules; q,v only) on a maxLoraRank 64 engine, beside a rank-16 engine and
-  one with --specialize-active-lora.
+- rank: r64 (all modules; q,v only) on a maxLoraRank 64 engine, and r16 on an engine with
+  --specialize-active-lora.
 - tune: vLLM's LoRA kernels with tuned configs (VLLM_TUNED_CONFIG_FOLDER, bench/gpu/tune.py)
   against the defaults.
 
@@ -603,26 +603,21 @@ def plain_phase(m: Models, quant: bool) -> Phase:
 
 
 def rank_phase(m: Models) -> Phase:
-    """Rank 64 on a maxLoraRank 64 engine, beside a rank-16 engine (the bf16 reference of the
-    quantized rows when both run in one call)."""
+    """Rank 64 on a maxLoraRank 64 engine, and maxLoras 16 with --specialize-active-lora."""
 
     def measure(kit: Kit, up: dict[str, Running]) -> None:
         for a in (R16, "r64-all", "r64-qv"):
             load_adapter(up["lora16-rank64"], a, m.adapters[a])
-        for name in ("bf16-lora16", "lora16-specialized"):
-            for a in MULTI[16]:
-                load_adapter(up[name], a, m.adapters[a])
+        for a in MULTI[16]:
+            load_adapter(up["lora16-specialized"], a, m.adapters[a])
         interleaved(
             kit,
             "rank",
             [
-                (up["bf16-lora16"], "base on LoRA engine", ["base"]),
-                (up["bf16-lora16"], "r16 all modules x1", [R16]),
                 (up["lora16-rank64"], "base on LoRA engine", ["base"]),
                 (up["lora16-rank64"], "r16 all modules x1", [R16]),
                 (up["lora16-rank64"], "r64 all modules x1", ["r64-all"]),
                 (up["lora16-rank64"], "r64 q,v only x1", ["r64-qv"]),
-                (up["bf16-lora16"], "r16 all modules x16 distinct", MULTI[16]),
                 (up["lora16-specialized"], "r16 all modules x1", [R16]),
                 (up["lora16-specialized"], "r16 all modules x16 distinct", MULTI[16]),
             ],
@@ -631,21 +626,19 @@ def rank_phase(m: Models) -> Phase:
             kit,
             "rank",
             [
-                (up["bf16-lora16"], "base on LoRA engine", ["base"]),
-                (up["bf16-lora16"], "r16 all modules x1", [R16]),
                 (up["lora16-rank64"], "r64 all modules x1", ["r64-all"]),
+                (up["lora16-specialized"], "r16 all modules x1", [R16]),
             ],
             load_kind="single",
         )
 
     engines = [
         lora_engine("lora16-rank64", m.base, max_lora_rank=64),
-        lora_engine("bf16-lora16", m.base),
         # vLLM launches the LoRA kernels for maxLoras + 1 adapters under CUDA graphs unless
         # told to capture a graph per count of active adapters.
         lora_engine("lora16-specialized", m.base, extra=("--specialize-active-lora",)),
     ]
-    return Phase("rank", engines, measure, 180.0)
+    return Phase("rank", engines, measure, 120.0)
 
 
 def tune_phase(kit: Kit, m: Models) -> Phase | None:
@@ -775,15 +768,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repack", type=Path, help="the kit's vLLM tarball (hack/gpu-kit.sh)")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/loraplane/gpu")
-    parser.add_argument("--out", type=Path, default=Path("bench-gpu-out"))
-    parser.add_argument("--phases", default="check,core,plain", help=f"of {','.join(PHASES)}")
+    parser.add_argument("--out", type=Path, help="results and tables (default: WORK/out)")
+    parser.add_argument(
+        "--phases", default="check,core,plain,quant,rank", help=f"of {','.join(PHASES)}"
+    )
     parser.add_argument("--runs", type=int, default=3, help="measured runs per row (median)")
     parser.add_argument("--deadline-s", type=float, default=3600.0, help="start no phase after")
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check phase (only to split one run over calls, after one that ran it)",
+    )
     parser.add_argument("--model", type=Path, help="serve this model instead of the random 8B")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
+    args.out = args.out or args.work / "out"
     phases = [p for p in args.phases.split(",") if p]
-    if "check" not in phases:
+    if "check" not in phases and not args.no_check:
         phases.insert(0, "check")  # the kit always checks the plugin
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -800,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.gpu import models
 
         sizes = {str(p): models.size_gib(p) for p in (m.base, m.merged, m.gptq) if p is not None}
-        planned = [check_phase(m, "core" in phases)]
+        planned = [check_phase(m, "core" in phases)] if "check" in phases else []
         if "plain" in phases:
             planned.append(plain_phase(m, "quant" in phases))
         if "rank" in phases:

@@ -75,12 +75,12 @@ def config(shape: Shape, dtype: str = "bfloat16") -> dict[str, Any]:
         "vocab_size": shape.vocab,
         "max_position_embeddings": shape.max_positions,
         "rms_norm_eps": 1e-5,
-        "rope_theta": 500000.0,
         "hidden_act": "silu",
         "tie_word_embeddings": False,
         "bos_token_id": 0,
         "eos_token_id": 1,
-        "torch_dtype": dtype,
+        "dtype": dtype,  # transformers 5
+        "torch_dtype": dtype,  # transformers 4
         "attention_bias": False,
         "mlp_bias": False,
     }
