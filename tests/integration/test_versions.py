@@ -354,6 +354,58 @@ def test_files_overwritten_in_place_change_nothing_unless_followed(
         assert served_adapters(p["status"]["podIP"])["pin"] == status["adapter"]["path"]
 
 
+def _lora_a_only(scratch: Path, adapters: dict[str, Path], name: str) -> str:
+    """rank8 with every lora_B tensor dropped: a save cut short, or a hand-made export."""
+    from safetensors.torch import load_file, save_file
+
+    path = _copy(scratch, adapters, "rank8", name)
+    weights = scratch / name / "adapter_model.safetensors"
+    tensors = {k: v for k, v in load_file(weights).items() if ".lora_B." not in k}
+    save_file(tensors, weights)
+    return path
+
+
+def test_refusals_say_in_our_words_what_is_wrong_and_pickles_get_the_same_preflight(
+    base: Cluster, scratch: Path
+) -> None:
+    from tests.support.adapters import ensure_adapters
+    from tests.support.pickled import add_payload, copy_adapter, ensure_pickled_adapter
+
+    home = base.home
+    adapters = {n: ensure_pickled_adapter(n, home) for n in ("rank8-bin", "wrong-base-bin")}
+    marker = scratch / "payload-ran"
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(scratch / "payload", ignore_errors=True)
+    add_payload(copy_adapter(adapters["rank8-bin"], scratch / "payload"), f"touch {marker}")
+    _apply(base, "pickled", _copy(scratch, adapters, "rank8-bin", "pickled"))
+    _apply(base, "pickled-other-base", _copy(scratch, adapters, "wrong-base-bin", "pob"))
+    _apply(base, "pickled-payload", f"{MOUNT}/payload")
+    _apply(base, "lora-a-only", _lora_a_only(scratch, ensure_adapters(home), "lora-a-only"))
+    served = wait_for("pickled Ready 2/2", lambda: _ready_on(base, "pickled", 2), timeout=120)
+    summary = served["status"]["adapter"]
+    assert summary["rank"] == 8 and summary["targetModules"] == ["q_proj", "v_proj"], summary
+    expected = {
+        "pickled-other-base": ("BaseModelShapeMismatch", "q_proj"),
+        "pickled-payload": ("UnsafePickle", "safetensors"),
+        "lora-a-only": ("IncompleteLoRAWeights", "lora_B"),
+    }
+    for name, (reason, mentions) in expected.items():
+        obj = wait_for(f"{name} Failed", lambda n=name: _phase(base, n, "Failed"), timeout=120)
+        validated = condition(obj, "Validated") or {}
+        message = obj["status"]["message"]
+        assert validated["reason"] == reason, (name, validated)
+        assert mentions in message, (name, message)
+        for raw in ("NoneType", "size of tensor", "weights_only", "Traceback"):
+            assert raw not in message, (name, message)
+    assert not marker.exists(), "the payload of a pickle ran"
+    for p in _ready_pods(base):
+        ip = p["status"]["podIP"]
+        listed = served_adapters(ip)
+        assert "pickled" in listed and not set(expected) & set(listed), listed
+        completion(ip, "pickled", PROMPT)
+    base.kubectl("delete", "lora", "pickled", *expected, "-n", NS, "--timeout=60s")
+
+
 def test_raising_max_lora_rank_rejudges_a_refused_adapter_after_the_rollout(
     base: Cluster, scratch: Path, adapters: dict[str, Path]
 ) -> None:
@@ -365,23 +417,20 @@ def test_raising_max_lora_rank_rejudges_a_refused_adapter_after_the_rollout(
     old_pods = {p["metadata"]["name"] for p in _pods(base)}
     patch = {"spec": {"lora": {"maxLoraRank": 64}}}
     base.kubectl("patch", "bmd", BASE, "-n", NS, "--type=merge", "-p", json.dumps(patch))
-    seen: set[str] = set()
-
-    def rolled_out_and_ready() -> dict[str, Any] | None:
-        status = _status(base, "wide")
-        seen.add(str(status.get("phase")))
-        pods = _ready_pods(base)
-        fresh = len(pods) == 2 and not old_pods & {p["metadata"]["name"] for p in pods}
-        return _ready_on(base, "wide", 2) if fresh else None
-
     wait_for(
         "wide judged against the new spec",
         lambda: _status(base, "wide").get("phase") != "Failed",
         timeout=60,
         interval=0.1,
     )
-    wait_for("the rollout, then wide Ready 2/2", rolled_out_and_ready, timeout=2 * START)
-    assert "Failed" not in seen, f"a pod on the old flags failed the new spec: {seen}"
+    deadline = time.monotonic() + 2 * START
+    while not _ready_on(base, "wide", 2) or old_pods & {p["metadata"]["name"] for p in _pods(base)}:
+        status = _status(base, "wide")
+        assert status.get("phase") != "Failed", (
+            f"a pod on the old flags judged the new spec: {status}"
+        )
+        assert time.monotonic() < deadline, f"the rollout never served wide; last status {status}"
+        time.sleep(0.2)
     for p in _ready_pods(base):
         ip = p["status"]["podIP"]
         assert "wide" in served_adapters(ip)
