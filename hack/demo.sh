@@ -14,6 +14,7 @@ RELEASE=${DEMO_RELEASE:-loraplane}
 OPERATOR_NS=${DEMO_OPERATOR_NAMESPACE:-loraplane-system}
 DEMO_NS=${DEMO_NAMESPACE:-loraplane-demo}
 TIMEOUT=${DEMO_TIMEOUT_SECONDS:-600}
+BASE=tiny
 ADAPTERS=(tiny-chat tiny-sql tiny-summarize)
 REFUSED=tiny-too-big
 CRDS=(basemodeldeployments.loraplane.dev loraadapters.loraplane.dev)
@@ -63,16 +64,24 @@ operator_ready() {
   [[ ${ready:-0} == 1 ]]
 }
 
+# What `kubectl get bmd,lora` shows next, read from the same place: the operator's status of the
+# base model (READY: its ready replicas) and of each adapter (PHASE, READY: registered/pods). The
+# base model's readyReplicas follows its Deployment's a moment after the pods, so wait for both.
 served() {
-  local pods ready total phases
-  pods=$(jp -n "$DEMO_NS" get pods -l loraplane.dev/base-model=tiny \
-    -o 'jsonpath={range .items[*]}{.status.containerStatuses[?(@.name=="vllm")].ready}{" "}{end}')
-  total=$(wc -w <<<"$pods"); ready=$(grep -o true <<<"$pods" | wc -l || true)
-  phases=$(jp -n "$DEMO_NS" get lora -o 'jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}')
-  echo "vLLM servers ready $ready/2 (CPU vLLM starts in about a minute); adapters: ${phases:-none yet}"
-  local a
-  for a in "${ADAPTERS[@]}"; do [[ " $phases" == *" $a=Ready"* ]] || return 1; done
-  [[ " $phases" == *" $REFUSED=Failed"* ]]
+  local ready adapters a phase shown=
+  ready=$(jp -n "$DEMO_NS" get bmd "$BASE" -o 'jsonpath={.status.ready}')
+  adapters=$(jp -n "$DEMO_NS" get lora \
+    -o 'jsonpath={range .items[*]}{.metadata.name}={.status.phase}:{.status.ready} {end}')
+  for a in $adapters; do # name=phase:ready -> "name phase ready"
+    phase=${a#*=}
+    shown+="${shown:+, }${a%%=*} ${phase%%:*} ${phase#*:}"
+  done
+  local hint=" (CPU vLLM starts in about a minute)"
+  [[ $ready != "$REPLICAS/$REPLICAS" ]] || hint=
+  echo "vLLM servers ready ${ready:-0/$REPLICAS}$hint; adapters: ${shown:-none yet}"
+  [[ $ready == "$REPLICAS/$REPLICAS" ]] || return 1
+  for a in "${ADAPTERS[@]}"; do [[ " $adapters" == *" $a=Ready:$REPLICAS/$REPLICAS "* ]] || return 1; done
+  [[ " $adapters" == *" $REFUSED=Failed:0/$REPLICAS "* ]]
 }
 
 completion() { # completion POD_IP MODEL
@@ -82,7 +91,16 @@ completion() { # completion POD_IP MODEL
 }
 
 up() {
-  step "cluster: $(bash "$here/cluster.sh" status >/dev/null && echo up || echo 'not healthy')"
+  bash "$here/cluster.sh" status >/dev/null ||
+    fail "the local cluster is not healthy ($here/cluster.sh status says which part): make demo starts it, or make cluster-up"
+  step "cluster: up"
+  local a
+  [[ -f $home/models/tiny-llama/config.json ]] ||
+    fail "no tiny model in $home/models: make demo builds it (make demo-fixtures alone)"
+  for a in $(grep -o '/adapter-sources/[a-z0-9-]*' "$repo/examples/tiny/adapters.yaml"); do
+    [[ -d $home/adapters/${a##*/} ]] ||
+      fail "no adapter ${a##*/} in $home/adapters: make demo builds it (make demo-fixtures alone)"
+  done
   if [[ -z $(jp get crd "${CRDS[0]}" -o name) ]]; then touch "$state/made-crds"; fi
   adopt_crds
   step "helm upgrade --install $RELEASE charts/loraplane -n $OPERATOR_NS (operator image ghcr.io/loraplane/loraplane: this checkout, on the process node)"
@@ -94,19 +112,20 @@ up() {
   for f in "$repo"/examples/tiny/*.yaml; do
     sed "s|/root/.cache/loraplane|$home|g" "$f" | kubectl apply -n "$DEMO_NS" -f - >/dev/null
   done
-  wait_until "3 adapters Ready on 2 vLLM servers, $REFUSED refused" served
+  REPLICAS=$(kubectl get bmd "$BASE" -n "$DEMO_NS" -o 'jsonpath={.spec.replicas}')
+  wait_until "${#ADAPTERS[@]} adapters Ready on $REPLICAS vLLM servers, $REFUSED refused" served
   echo
   kubectl get bmd,lora -n "$DEMO_NS"
   echo
   kubectl get lora "$REFUSED" -n "$DEMO_NS" \
     -o 'jsonpath={range .status.conditions[?(@.type=="Validated")]}'"$REFUSED"': Validated={.status} {.reason}: {.message}{"\n"}{end}'
   local ips ip
-  ips=$(kubectl get pods -n "$DEMO_NS" -l loraplane.dev/base-model=tiny -o 'jsonpath={.items[*].status.podIP}')
+  ips=$(kubectl get pods -n "$DEMO_NS" -l loraplane.dev/base-model="$BASE" -o 'jsonpath={.items[*].status.podIP}')
   ip=${ips%% *}
   echo
   echo "Completions (greedy, 8 tokens) from vLLM pod $ip:"
   local model
-  for model in tiny "${ADAPTERS[@]}"; do
+  for model in "$BASE" "${ADAPTERS[@]}"; do
     printf '  %-16s %s\n' "$model" "$(completion "$ip" "$model")"
   done
   local op

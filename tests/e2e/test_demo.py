@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tests.conftest import REPO
 from tests.integration.cluster import Cluster
+from tests.support.adapters import DEMO as DEMO_ADAPTERS
+from tests.support.adapters import ensure_adapter
 
 DEMO = REPO / "hack" / "demo.sh"
 ADAPTERS = ("tiny-chat", "tiny-sql", "tiny-summarize")
@@ -27,11 +29,17 @@ def demo(action: str, timeout: float) -> str:
 
 
 def test_make_demo_serves_the_tiny_example_and_demo_down_removes_it(
-    cluster: Cluster, tiny_model: Path
+    cluster: Cluster, tiny_model: Path, loraplane_home: Path
 ) -> None:
+    for name in DEMO_ADAPTERS:  # what `make demo-fixtures` builds
+        ensure_adapter(name, loraplane_home)
     out = demo("up", timeout=600)
     # Progress is shown while it waits, then what a user came to see.
     assert re.search(r"\[demo \d+s\] waiting for ", out), out
+    # The line that ends the wait agrees with `kubectl get bmd,lora` below it.
+    done = r"\[demo \d+s\] 3 adapters Ready on 2 vLLM servers, tiny-too-big refused: "
+    assert re.search(done + r"vLLM servers ready 2/2; adapters: .*tiny-chat Ready 2/2", out), out
+    assert re.search(r"basemodeldeployment.loraplane.dev/tiny\s+tiny\s+2/2\s+True", out), out
     for name in ADAPTERS:
         assert re.search(rf"loraadapter.loraplane.dev/{name}\s+tiny\s+Ready\s+2/2", out), out
         assert re.search(rf"^  {name}\s+'.+'$", out, re.M), out
