@@ -41,6 +41,13 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+def _not_into_a_terminating_namespace(record: logging.LogRecord) -> bool:
+    """Drops kopf's lines about an Event refused by a namespace being deleted: the API server
+    refuses every retry the same way (403 NamespaceTerminating), and a deleted namespace with
+    adapters in it made bursts of ERROR lines, nine per Event, about nothing anyone can fix."""
+    return "NamespaceTerminating" not in record.getMessage()
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = load_settings()
@@ -48,6 +55,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.standalone = True
     # Only our own events become Kubernetes Events, not every handler log line.
     settings.posting.level = logging.WARNING
+    logging.getLogger("kopf._core.engines.posting").addFilter(_not_into_a_terminating_namespace)
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraplane.dev")
     settings.persistence.diffbase_storage = NoDiffBase()
