@@ -20,9 +20,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.gpu.pod import Command
+if TYPE_CHECKING:  # pod imports loraplane, which the kit puts on sys.path at start
+    from bench.gpu.pod import Command
 
 _STARTED: list[subprocess.Popen[bytes]] = []
 _LOCK = threading.Lock()
