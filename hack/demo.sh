@@ -66,9 +66,14 @@ operator_ready() {
 
 # What `kubectl get bmd,lora` shows next, read from the same place: the operator's status of the
 # base model (READY: its ready replicas) and of each adapter (PHASE, READY: registered/pods). The
-# base model's readyReplicas follows its Deployment's a moment after the pods, so wait for both.
+# base model's readyReplicas follows its Deployment's a moment after the pods, and an adapter's
+# pod count includes a pod a rollout adds, so wait until the rollout is over (every pod updated
+# and ready, none extra) and it all agrees at two polls in a row (wait_until runs this in a
+# subshell: the count of agreeing polls is kept in a file).
 served() {
-  local ready adapters a phase shown=
+  local counts ready adapters a phase shown=
+  counts=$(jp -n "$DEMO_NS" get bmd "$BASE" \
+    -o 'jsonpath={.status.replicas}/{.status.updatedReplicas}/{.status.readyReplicas}')
   ready=$(jp -n "$DEMO_NS" get bmd "$BASE" -o 'jsonpath={.status.ready}')
   adapters=$(jp -n "$DEMO_NS" get lora \
     -o 'jsonpath={range .items[*]}{.metadata.name}={.status.phase}:{.status.ready} {end}')
@@ -79,9 +84,27 @@ served() {
   local hint=" (CPU vLLM starts in about a minute)"
   [[ $ready != "$REPLICAS/$REPLICAS" ]] || hint=
   echo "vLLM servers ready ${ready:-0/$REPLICAS}$hint; adapters: ${shown:-none yet}"
-  [[ $ready == "$REPLICAS/$REPLICAS" ]] || return 1
-  for a in "${ADAPTERS[@]}"; do [[ " $adapters" == *" $a=Ready:$REPLICAS/$REPLICAS "* ]] || return 1; done
-  [[ " $adapters" == *" $REFUSED=Failed:0/$REPLICAS "* ]]
+  local ok=true
+  [[ $counts == "$REPLICAS/$REPLICAS/$REPLICAS" && $ready == "$REPLICAS/$REPLICAS" ]] || ok=false
+  for a in "${ADAPTERS[@]}"; do [[ " $adapters" == *" $a=Ready:$REPLICAS/$REPLICAS "* ]] || ok=false; done
+  [[ " $adapters" == *" $REFUSED=Failed:0/$REPLICAS "* ]] || ok=false
+  local agreed=0
+  if $ok; then agreed=$(($(cat "$state/agreed" 2>/dev/null || echo 0) + 1)); fi
+  echo "$agreed" >"$state/agreed"
+  ((agreed >= 2)) && return 0
+  # One operator changes the Deployment a few times at most; two that disagree (a second
+  # loraplane operator left running against this cluster) rewrite it every second, for ever.
+  local gen first
+  gen=$(jp -n "$DEMO_NS" get deploy "$BASE" -o 'jsonpath={.metadata.generation}')
+  [[ -s $state/generation || -z $gen ]] || echo "$gen" >"$state/generation"
+  first=$(cat "$state/generation" 2>/dev/null || true)
+  if [[ -n $gen && -n $first ]] && ((gen - first > 10)); then
+    echo "Deployment $BASE was rewritten $((gen - first)) times while waiting: another controller is" \
+      "changing it too, most likely a second loraplane operator running against this cluster" \
+      "(pgrep -af 'loraplane.main|loraplane-operator'; kubectl get rs -n $DEMO_NS shows the templates)"
+    return 2
+  fi
+  return 1
 }
 
 completion() { # completion POD_IP MODEL
@@ -113,6 +136,7 @@ up() {
     sed "s|/root/.cache/loraplane|$home|g" "$f" | kubectl apply -n "$DEMO_NS" -f - >/dev/null
   done
   REPLICAS=$(kubectl get bmd "$BASE" -n "$DEMO_NS" -o 'jsonpath={.spec.replicas}')
+  rm -f "$state/agreed" "$state/generation"
   wait_until "${#ADAPTERS[@]} adapters Ready on $REPLICAS vLLM servers, $REFUSED refused" served
   echo
   kubectl get bmd,lora -n "$DEMO_NS"
