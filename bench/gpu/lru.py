@@ -1,6 +1,6 @@
 """vLLM's two LoRA caches as its source says they behave, and the agent's metrics they imply.
 
-The same model as tests/integration/test_residency.py (which checks it on CPU vLLM 0.32), with the
+The model tests/integration/test_residency.py checks on CPU vLLM 0.32 too, with the
 slot counts as arguments: every use of an adapter (its registration, each request) loads it from
 disk if the CPU cache lacks it, evicting the CPU cache's least recently used one (which leaves its
 GPU slot too), then activates it in a GPU slot, evicting the GPU slots' least recently used one.

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.gpu.lru import Caches
 from loraplane.config import env_name
 from loraplane.plugin import snapshot
 from tests.support import VllmServer, ensure_adapters, start_vllm
@@ -57,55 +57,6 @@ OFF_LINE = "loraplane residency off"
 
 
 @dataclass
-class Expected:
-    """vLLM's two LRU caches, as its source says they behave (lora/worker_manager.py and
-    lora/model_manager.py of 0.32): every use of an adapter (its registration, each request)
-    loads it from disk if the CPU cache lacks it, evicting the CPU cache's least recently used
-    one (which leaves its GPU slot too), then activates it, evicting the GPU slots' LRU."""
-
-    cpu: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    gpu: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def count(self, name: str, what: str) -> None:
-        c = self.counts.setdefault(name, {"activations": 0, "gpu": 0, "cpu": 0, "disk_loads": 0})
-        c[what] += 1
-
-    def use(self, name: str) -> None:
-        if name in self.cpu:
-            self.cpu.move_to_end(name)
-        else:
-            self.count(name, "disk_loads")
-            if len(self.cpu) + 1 > CPU_SLOTS:
-                oldest, _ = self.cpu.popitem(last=False)
-                self.count(oldest, "cpu")
-                if self.gpu.pop(oldest, "absent") is None:
-                    self.count(oldest, "gpu")
-            self.cpu[name] = None
-        if name in self.gpu:
-            self.gpu.move_to_end(name)
-            return
-        if len(self.gpu) >= GPU_SLOTS:
-            oldest, _ = self.gpu.popitem(last=False)
-            self.count(oldest, "gpu")
-        self.gpu[name] = None
-        self.count(name, "activations")
-
-    def metrics(self) -> dict[tuple[str, ...], float]:
-        """What the agent should export, by (family, adapter[, tier])."""
-        out: dict[tuple[str, ...], float] = {}
-        for name, c in self.counts.items():
-            tier = "gpu" if name in self.gpu else "cpu" if name in self.cpu else "disk"
-            out[("loraplane_adapter_resident", name, "gpu")] = float(tier == "gpu")
-            out[("loraplane_adapter_resident", name, "cpu")] = float(tier == "cpu")
-            out[("loraplane_adapter_activations_total", name)] = c["activations"]
-            out[("loraplane_adapter_evictions_total", name, "gpu")] = c["gpu"]
-            out[("loraplane_adapter_evictions_total", name, "cpu")] = c["cpu"]
-            out[("loraplane_adapter_disk_loads_total", name)] = c["disk_loads"]
-        return out
-
-
-@dataclass
 class Engines:
     on: VllmServer
     off: VllmServer
@@ -114,7 +65,9 @@ class Engines:
     agent_metrics: str
     store: dict[str, Path]
     changed_run: Path
-    expected: Expected = field(default_factory=Expected)
+    # vLLM's two LRU caches, modelled as its source says they behave (the GPU kit checks the
+    # same model on CUDA vLLM)
+    expected: Caches = field(default_factory=lambda: Caches(GPU_SLOTS, CPU_SLOTS))
     loaded: bool = False
 
     def use(self, name: str, prompt: str = "The operator pushes") -> str:
