@@ -332,16 +332,19 @@ def _quiet_libraries() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
-def build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
-    """Write one adapter with peft's own save_pretrained into `out`."""
+def build_adapter(
+    out: Path, spec: AdapterSpec, model_dir: Path, *, safe_serialization: bool = True
+) -> None:
+    """Write one adapter with peft's own save_pretrained into `out` (safe_serialization=False:
+    adapter_model.bin, a torch pickle, as older peft versions saved)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     with _quiet_libraries():
-        _build_adapter(out, spec, model_dir)
+        _build_adapter(out, spec, model_dir, safe_serialization)
 
 
-def _build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
+def _build_adapter(out: Path, spec: AdapterSpec, model_dir: Path, safe_serialization: bool) -> None:
     from peft import LoraConfig, get_peft_model
 
     base = _base_model(model_dir, spec.shape)
@@ -357,7 +360,11 @@ def _build_adapter(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
     )
     peft_model = get_peft_model(base, config)
     _randomize_lora(peft_model, spec.seed)
-    peft_model.save_pretrained(str(out), save_embedding_layers=spec.save_embedding_layers)
+    peft_model.save_pretrained(
+        str(out),
+        save_embedding_layers=spec.save_embedding_layers,
+        safe_serialization=safe_serialization,
+    )
 
     config_path = out / CONFIG_NAME
     data = json.loads(config_path.read_text())

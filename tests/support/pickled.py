@@ -9,20 +9,12 @@ pickled adapter and its safetensors twin hold the same tensors.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from .adapters import (
-    CONFIG_NAME,
-    RECIPE_VERSION,
-    SPECS,
-    AdapterSpec,
-    _base_model,
-    _randomize_lora,
-)
+from .adapters import RECIPE_VERSION, SPECS, build_adapter
 from .cache import build_once, loraplane_home
 from .tinymodel import RECIPE_VERSION as MODEL_RECIPE
 from .tinymodel import ensure_tiny_model
@@ -36,32 +28,6 @@ PICKLED: dict[str, str] = {
 }
 
 
-def build_pickled(out: Path, spec: AdapterSpec, model_dir: Path) -> None:
-    """peft's save_pretrained with safe_serialization=False: adapter_model.bin by torch.save."""
-    from peft import LoraConfig, get_peft_model
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    base = _base_model(model_dir, spec.shape)
-    config = LoraConfig(
-        r=spec.r,
-        lora_alpha=2 * spec.r,
-        target_modules=spec.target_modules,
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-        **spec.lora_kwargs,
-    )
-    peft_model = get_peft_model(base, config)
-    _randomize_lora(peft_model, spec.seed)
-    peft_model.save_pretrained(str(out), safe_serialization=False)
-    config_path = out / CONFIG_NAME
-    data = json.loads(config_path.read_text())
-    data["base_model_name_or_path"] = spec.base_name or str(model_dir)
-    data["target_modules"] = sorted(data["target_modules"])
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (out / "README.md").unlink(missing_ok=True)
-
-
 def ensure_pickled_adapter(name: str, home: Path | None = None) -> Path:
     """One pickled fixture adapter by name (see PICKLED), built on first use."""
     home = home or loraplane_home()
@@ -72,7 +38,7 @@ def ensure_pickled_adapter(name: str, home: Path | None = None) -> Path:
     return build_once(
         target,
         f"{PICKLED_RECIPE}+{RECIPE_VERSION}+{MODEL_RECIPE}",
-        lambda out: build_pickled(out, spec, model_dir),
+        lambda out: build_adapter(out, spec, model_dir, safe_serialization=False),
         extra_stamp={"description": f"{spec.description}, saved as {PICKLE_NAME}"},
     )
 
