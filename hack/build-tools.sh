@@ -7,11 +7,13 @@
 #   bin/controller-gen-<v>/controller-gen                        sigs.k8s.io/controller-tools
 #   crds/prometheus-operator-<v>/*.yaml                          Prometheus Operator CRDs
 #   bin/prometheus-operator-<v>/prometheus-operator              only with --operator
+#   bin/epp-<v>/epp                                              the router's Endpoint Picker (GIE)
 #   bin/registry-<v>/registry, bin/oras-<v>/oras, bin/versitygw-<v>/versitygw, olah-<v>/ (a venv)
 #                                     the servers (and OCI client) of the adapter-source tests
 # Idempotent: what exists is not rebuilt, so a warm cache takes well under a second.
 #   hack/build-tools.sh [--operator]   build whatever is missing
 #   hack/build-tools.sh --sources      build only the adapter-source test servers
+#   hack/build-tools.sh --epp          build only the router's Endpoint Picker
 #   hack/build-tools.sh --print-env    print NAME=path lines for tests; builds and checks nothing
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +29,7 @@ fail() { echo "[tools-build] FAILED at step: $1" >&2; echo "[tools-build] see $2
 
 operator=false
 only_sources=false
+build_only_epp=false
 case ${1:-} in
   "") ;;
   --operator) operator=true ;;
@@ -41,12 +44,14 @@ case ${1:-} in
     echo "CONTROLLER_GEN=$home/bin/controller-gen-$CONTROLLER_TOOLS_VERSION/controller-gen"
     echo "PROMETHEUS_OPERATOR_CRDS=$home/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
     echo "PROMETHEUS_OPERATOR=$home/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/prometheus-operator"
+    echo "EPP=$home/bin/epp-$GIE_VERSION/epp"
     echo "REGISTRY=$home/bin/registry-$DISTRIBUTION_VERSION/registry"
     echo "ORAS=$home/bin/oras-$ORAS_VERSION/oras"
     echo "VERSITYGW=$home/bin/versitygw-$VERSITYGW_VERSION/versitygw"
     echo "OLAH=$home/olah-$OLAH_VERSION/bin/olah-cli"
     exit 0 ;;
-  *) echo "usage: $0 [--operator | --sources | --print-env]" >&2; exit 2 ;;
+  --epp) build_only_epp=true ;;
+  *) echo "usage: $0 [--operator | --sources | --epp | --print-env]" >&2; exit 2 ;;
 esac
 mkdir -p "$work"
 
@@ -175,6 +180,14 @@ build_prometheus_operator() {
     github.com/prometheus-operator/prometheus-operator/cmd/operator
 }
 
+# The Endpoint Picker of the router (spec.router), from the Gateway API Inference Extension module
+# as upstream's Dockerfile builds it (CGO off, cmd/epp). Its version is read from the module's
+# build info at run time, so no ldflags are needed.
+build_epp() {
+  gobuild epp sigs.k8s.io/gateway-api-inference-extension "$GIE_VERSION" \
+    sigs.k8s.io/gateway-api-inference-extension/cmd/epp
+}
+
 # The adapter-source tests' servers: the CNCF distribution registry, oras to push OCI artifacts
 # the way users do, and versitygw (an S3 gateway; its posix backend serves a local directory).
 build_source_servers() {
@@ -200,6 +213,11 @@ build_olah() {
 }
 
 start=$SECONDS
+if $build_only_epp; then
+  build_epp
+  step "epp present ($((SECONDS - start)) s)"
+  exit 0
+fi
 if $only_sources; then
   build_source_servers
   step "adapter-source servers present ($((SECONDS - start)) s)"
@@ -209,6 +227,7 @@ build_prometheus
 build_helm_unittest
 build_controller_gen
 build_operator_crds
+build_epp
 build_source_servers
 if $operator; then build_prometheus_operator; fi
 step "all tools present ($((SECONDS - start)) s)"
