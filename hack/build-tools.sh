@@ -7,7 +7,8 @@
 #   bin/controller-gen-<v>/controller-gen                        sigs.k8s.io/controller-tools
 #   crds/prometheus-operator-<v>/*.yaml                          Prometheus Operator CRDs
 #   bin/prometheus-operator-<v>/prometheus-operator              only with --operator
-#   bin/epp-<v>/epp                                              the router's Endpoint Picker (GIE)
+#   bin/epp-<v>/epp, crds/gie-<v>/*.yaml                         the router's Endpoint Picker (GIE)
+#                                                                and its InferencePool CRD
 #   bin/registry-<v>/registry, bin/oras-<v>/oras, bin/versitygw-<v>/versitygw, olah-<v>/ (a venv)
 #                                     the servers (and OCI client) of the adapter-source tests
 # Idempotent: what exists is not rebuilt, so a warm cache takes well under a second.
@@ -45,6 +46,7 @@ case ${1:-} in
     echo "PROMETHEUS_OPERATOR_CRDS=$home/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
     echo "PROMETHEUS_OPERATOR=$home/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/prometheus-operator"
     echo "EPP=$home/bin/epp-$GIE_VERSION/epp"
+    echo "GIE_CRDS=$home/crds/gie-$GIE_VERSION"
     echo "REGISTRY=$home/bin/registry-$DISTRIBUTION_VERSION/registry"
     echo "ORAS=$home/bin/oras-$ORAS_VERSION/oras"
     echo "VERSITYGW=$home/bin/versitygw-$VERSITYGW_VERSION/versitygw"
@@ -181,11 +183,28 @@ build_prometheus_operator() {
 }
 
 # The Endpoint Picker of the router (spec.router), from the Gateway API Inference Extension module
-# as upstream's Dockerfile builds it (CGO off, cmd/epp). Its version is read from the module's
-# build info at run time, so no ldflags are needed.
+# as upstream's Dockerfile builds it: CGO off, cmd/epp, and its version.BuildRef set (the module zip
+# has no git, so CommitSHA stays empty), which the EPP logs at start and exports in
+# inference_extension_info. Beside it the InferencePool CRD of the same module: v1.5.0's
+# --endpoint-selector mode (no CRD) does not start (its runner passes the empty --pool-name and
+# --pool-namespace to the endpoint pool: "name must not be empty"), so the router runs the EPP with
+# --pool-name against an InferencePool, and the tests install this CRD. Only InferencePool: with
+# the x-k8s CRDs present the EPP would also watch InferenceObjectives and InferenceModelRewrites.
 build_epp() {
-  gobuild epp sigs.k8s.io/gateway-api-inference-extension "$GIE_VERSION" \
+  gobuild --ldflags "-X sigs.k8s.io/gateway-api-inference-extension/version.BuildRef=$GIE_VERSION" \
+    epp sigs.k8s.io/gateway-api-inference-extension "$GIE_VERSION" \
     sigs.k8s.io/gateway-api-inference-extension/cmd/epp
+  local out=$home/crds/gie-$GIE_VERSION log=$work/epp-$GIE_VERSION.log src
+  [[ -f $out/.complete ]] && return 0
+  src=$(cd "$work/epp-$GIE_VERSION" && go mod download -json "sigs.k8s.io/gateway-api-inference-extension@$GIE_VERSION" 2>>"$log" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') || fail "download the GIE module" "$log"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  cp "$src/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "$out.tmp/" \
+    || fail "copy the InferencePool CRD" "$log"
+  chmod u+w "$out.tmp"/*.yaml  # the module cache is read-only
+  touch "$out.tmp/.complete"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  step "copied the InferencePool CRD to $out"
 }
 
 # The adapter-source tests' servers: the CNCF distribution registry, oras to push OCI artifacts
