@@ -24,7 +24,8 @@ What it follows: the contract in DESIGN.md section 4, as measured on vLLM 0.32 C
 - ``--api-key`` (or env VLLM_API_KEY when no --api-key) guards /v1, /v2, /inference and /cohere
   with 401 ``{"error":"Unauthorized"}``; /health, /version, /metrics are open.
 - ``POST /v1/completions`` answers a tiny completion whose text says it comes from fakevllm (404
-  NotFoundError for an unknown model). ``GET /metrics`` has only ``vllm:lora_requests_info``.
+  NotFoundError for an unknown model). ``GET /metrics`` has only ``vllm:lora_requests_info``
+  until a test scripts it (below).
 - A load holds one lock while it "runs" for a latency drawn uniformly from 10-20 ms (what real CPU
   vLLM showed here; env FAKEVLLM_LOAD_SECONDS="min,max" overrides): vLLM's engine core runs one
   add_lora at a time. An unload takes about 1 ms (env FAKEVLLM_UNLOAD_SECONDS).
@@ -32,6 +33,18 @@ What it follows: the contract in DESIGN.md section 4, as measured on vLLM 0.32 C
 
 Fake-only: ``GET /fakevllm/stats`` -> ``{"requests": {"GET /v1/models": n, ...}, "adapters": n}``
 counts requests per route so that a benchmark can check the calls per minute from the server side.
+``POST /fakevllm/metrics`` scripts what ``/metrics`` reports, so that a router test can say what
+each pod's scheduler signals are: a JSON object with any of ``num_requests_waiting``,
+``num_requests_running``, ``kv_cache_usage_perc`` (numbers: ``vllm:<key>{engine="0",
+model_name=<served name>}``), ``lora_requests_info`` (replaces the default line) and
+``lora_residency_info`` (loraplane's gauge, ``loraplane:lora_residency_info``), each of the last
+two ``{"running": [names], "waiting": [names], "max_lora": n}`` (``max_lora`` defaults to
+--max-loras); ``null`` removes a key's series; keys not given keep their values; the answer is the
+whole script. The two info gauges behave as vLLM's: the value is the time of the scrape for the
+current label set, and every earlier label set stays listed with the time it was replaced, so a
+reader must take the largest value. Every completion names the server that answered in headers
+``x-fakevllm-pod`` (the host name: the pod's name on the process node) and
+``x-fakevllm-address`` (the local address and port the request came in on).
 
 What it does not do: no inference, no engine, no weights are read (an adapter with a config but
 bad or no weights loads here and would fail on vLLM), no LRU or GPU/CPU residency (--max-loras and
@@ -78,6 +91,20 @@ DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 DEFAULT_MAX_MODEL_LEN = 2048
 # uvicorn's default keep-alive timeout.
 KEEP_ALIVE_SECONDS = 5.0
+# Scriptable /metrics (POST /fakevllm/metrics): the gauges vLLM exports per engine, by script key.
+SCRIPTED_GAUGES = {
+    "num_requests_waiting": "Number of requests waiting to be processed.",
+    "num_requests_running": "Number of requests in model execution batches.",
+    "kv_cache_usage_perc": "KV-cache usage. 1 means 100 percent usage.",
+}
+# The timestamp "info" gauges: script key -> (metric, HELP).
+SCRIPTED_INFO = {
+    "lora_requests_info": ("vllm:lora_requests_info", "Running stats on lora requests."),
+    "lora_residency_info": (
+        "loraplane:lora_residency_info",
+        "LoRA adapters resident in GPU slots (running) and the CPU cache (waiting).",
+    ),
+}
 
 
 def _log(message: str) -> None:
@@ -494,6 +521,12 @@ class FakeVLLM:
         self.counts: dict[str, int] = {}
         self.local_counts: dict[str, int] = {}
         self.remote_counts: dict[str, int] = {}
+        # POST /fakevllm/metrics: gauge key -> value; info key -> current label set; info key ->
+        # {earlier label set: the time it was replaced}.
+        self.gauges: dict[str, float] = {}
+        self.info: dict[str, str | None] = {}
+        self.info_history: dict[str, dict[str, float]] = {}
+        self.pod = socket.gethostname()
         self.routes: dict[str, dict[str, Handler]] = {
             "/health": {"GET": self.health},
             "/version": {"GET": self.version},
@@ -501,6 +534,7 @@ class FakeVLLM:
             "/v1/models": {"GET": self.models},
             "/v1/completions": {"POST": self.completions},
             "/fakevllm/stats": {"GET": self.stats},
+            "/fakevllm/metrics": {"POST": self.script_metrics},
         }
         # Known routes are counted by name even when disabled; the rest share one key.
         self.counted = {*self.routes, "/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
@@ -511,7 +545,13 @@ class FakeVLLM:
     # ----------------------------------------------------------------- dispatch
 
     def dispatch(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, local: bool = False
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        local: bool = False,
+        address: str = "",
     ) -> Response:
         key = f"{method} {path}" if path in self.counted else f"{method} (other)"
         # Callers inside the pod (the agent, on loopback) apart from the rest (the operator,
@@ -536,9 +576,13 @@ class FakeVLLM:
             response.headers.append(("allow", ", ".join(methods)))
             return response
         try:
-            return handler(headers, body)
+            response = handler(headers, body)
         except _Invalid as e:
             return e.response()
+        if path == "/v1/completions":
+            # Which server answered: a router test checks where its request landed.
+            response.headers += [("x-fakevllm-pod", self.pod), ("x-fakevllm-address", address)]
+        return response
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -709,19 +753,106 @@ class FakeVLLM:
             },
         )
 
+    def _info_labels(self, running: Sequence[str], waiting: Sequence[str], max_lora: int) -> str:
+        return (
+            f'max_lora="{max_lora}",waiting_lora_adapters="{",".join(waiting)}",'
+            f'running_lora_adapters="{",".join(running)}"'
+        )
+
     def metrics(self, headers: dict[str, str], body: bytes) -> Response:
+        now = time.time()
         lines = []
-        if self.config.enable_lora:
-            # A timestamp gauge; the adapter lists name in-flight requests (none here).
-            lines += [
-                "# HELP vllm:lora_requests_info Running stats on lora requests.",
-                "# TYPE vllm:lora_requests_info gauge",
-                f'vllm:lora_requests_info{{max_lora="{self.config.max_loras}",'
-                'waiting_lora_adapters="",running_lora_adapters=""} '
-                f"{_go_float(time.time())}",
-            ]
+        with self._state:
+            gauges = dict(self.gauges)
+            info = dict(self.info)
+            history = {k: dict(v) for k, v in self.info_history.items()}
+        model = self.config.served_names[0]
+        for key, help_ in SCRIPTED_GAUGES.items():
+            if key in gauges:
+                name = f"vllm:{key}"
+                lines += [
+                    f"# HELP {name} {help_}",
+                    f"# TYPE {name} gauge",
+                    f'{name}{{engine="0",model_name="{model}"}} {_go_float(gauges[key])}',
+                ]
+        for key, (name, help_) in SCRIPTED_INFO.items():
+            current = info.get(key)
+            if key == "lora_requests_info" and key not in info and self.config.enable_lora:
+                # A timestamp gauge; the adapter lists name in-flight requests (none here).
+                current = self._info_labels([], [], self.config.max_loras)
+            series = dict(history.get(key, {}))
+            if current is not None:
+                series[current] = now  # vLLM sets the live label set to the time at every step
+            if series:
+                lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+                lines += [f"{name}{{{labels}}} {_go_float(t)}" for labels, t in series.items()]
         body_ = ("\n".join(lines) + "\n") if lines else ""
         return Response(200, body_.encode(), "text/plain; version=1.0.0; charset=utf-8")
+
+    def _script_info(self, value: Any) -> str:
+        """The label set of an info gauge from its script; ValueError when malformed."""
+        if not isinstance(value, dict) or set(value) - {"running", "waiting", "max_lora"}:
+            raise ValueError(value)
+        running, waiting = value.get("running", []), value.get("waiting", [])
+        max_lora = value.get("max_lora", self.config.max_loras)
+        for names in (running, waiting):
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(value)
+        if isinstance(max_lora, bool) or not isinstance(max_lora, int):
+            raise ValueError(value)
+        return self._info_labels(running, waiting, max_lora)
+
+    def script_metrics(self, headers: dict[str, str], body: bytes) -> Response:
+        """POST /fakevllm/metrics: set what /metrics reports (see the module docstring)."""
+        try:
+            script = json.loads(body or b"{}")
+        except ValueError:
+            return json_response(400, {"detail": "the body must be a JSON object"})
+        if not isinstance(script, dict):
+            return json_response(400, {"detail": "the body must be a JSON object"})
+        unknown = sorted(set(script) - set(SCRIPTED_GAUGES) - set(SCRIPTED_INFO))
+        if unknown:
+            known = sorted([*SCRIPTED_GAUGES, *SCRIPTED_INFO])
+            return json_response(400, {"detail": f"unknown keys {unknown}; known: {known}"})
+        gauges: dict[str, float | None] = {}
+        info: dict[str, str | None] = {}
+        for key, value in script.items():
+            if key in SCRIPTED_GAUGES:
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))
+                ):
+                    return json_response(400, {"detail": f"{key} must be a number or null"})
+                gauges[key] = None if value is None else float(value)
+                continue
+            try:
+                info[key] = None if value is None else self._script_info(value)
+            except ValueError:
+                shape = '{"running": [names], "waiting": [names], "max_lora": int}'
+                return json_response(400, {"detail": f"{key} must be null or {shape}"})
+        now = time.time()
+        with self._state:
+            for key, gauge in gauges.items():
+                if gauge is None:
+                    self.gauges.pop(key, None)
+                else:
+                    self.gauges[key] = gauge
+            for key, labels in info.items():
+                before = self.info.get(key)
+                if key not in self.info and key == "lora_requests_info" and self.config.enable_lora:
+                    before = self._info_labels([], [], self.config.max_loras)
+                past = self.info_history.setdefault(key, {})
+                if before is not None and before != labels:
+                    past[before] = now
+                if labels is None:
+                    past.clear()  # the metric is gone, as when a server stops exporting it
+                else:
+                    past.pop(labels, None)
+                self.info[key] = labels
+            answer = {
+                **self.gauges,
+                **{k: v for k, v in self.info.items() if v is not None},
+            }
+        return json_response(200, answer)
 
     def stats(self, headers: dict[str, str], body: bytes) -> Response:
         with self._state:
@@ -817,7 +948,9 @@ class _Connection(socketserver.StreamRequestHandler):
             path = "/" + path.split("://", 1)[1].partition("/")[2]
         try:
             local = ipaddress.ip_address(self.client_address[0]).is_loopback
-            response = self.server.app.dispatch(method.upper(), path, headers, body, local)
+            host, port = self.connection.getsockname()[:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            response = self.server.app.dispatch(method.upper(), path, headers, body, local, address)
         except Exception as e:  # a bug here must not look like a dropped connection
             _log(f"error handling {method} {path}: {type(e).__name__}: {e}")
             response = json_response(500, {"detail": "Internal Server Error"})

@@ -387,3 +387,84 @@ def test_unknown_flags_are_ignored() -> None:
     assert config.api_keys == ["k"]
     assert config.runtime_updating
     assert not config.enable_lora
+
+
+def _series(fake: Fake, name: str) -> dict[str, float]:
+    """One metric's series of /metrics: label text -> value."""
+    status, body, _ = fake.get("/metrics")
+    assert status == 200
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def test_completions_name_the_server_that_answered(fake: Fake) -> None:
+    status, _, headers = fake.call("POST", "/v1/completions", {"model": BASE, "prompt": "hi"})
+    assert status == 200
+    assert headers["x-fakevllm-address"] == f"127.0.0.1:{fake.port}"
+    assert headers["x-fakevllm-pod"]  # the host name: the pod's name on the process node
+    _, _, headers = fake.get("/v1/models")
+    assert "x-fakevllm-pod" not in headers
+
+
+def test_metrics_are_scriptable_per_server(fake: Fake) -> None:
+    script = {
+        "num_requests_waiting": 3,
+        "num_requests_running": 1,
+        "kv_cache_usage_perc": 0.25,
+        "lora_residency_info": {"running": ["a", "b"], "waiting": ["c"]},
+        "lora_requests_info": {"running": ["a"], "waiting": [], "max_lora": 4},
+    }
+    before = time.time()
+    status, body, _ = fake.call("POST", "/fakevllm/metrics", script)
+    assert status == 200, body
+    labels = '{engine="0",model_name="tiny"}'
+    assert _series(fake, "vllm:num_requests_waiting") == {labels[1:-1]: 3.0}
+    assert _series(fake, "vllm:num_requests_running") == {labels[1:-1]: 1.0}
+    assert _series(fake, "vllm:kv_cache_usage_perc") == {labels[1:-1]: 0.25}
+    # max_lora defaults to --max-loras (2 in the fixture); the value is the scrape's time.
+    residency = _series(fake, "loraplane:lora_residency_info")
+    (current,) = residency
+    assert current == 'max_lora="2",waiting_lora_adapters="c",running_lora_adapters="a,b"'
+    assert residency[current] >= before
+    # vLLM's gauge keeps the label set it had before (no adapters in flight) at an older time: the
+    # reader takes the largest value.
+    lora = _series(fake, "vllm:lora_requests_info")
+    newest = max(lora, key=lambda k: lora[k])
+    assert newest == 'max_lora="4",waiting_lora_adapters="",running_lora_adapters="a"'
+    assert 'max_lora="2",waiting_lora_adapters="",running_lora_adapters=""' in lora
+    # Keys not given keep their values; a new label set pushes the current one into history.
+    fake.call("POST", "/fakevllm/metrics", {"lora_residency_info": {"running": ["c"]}})
+    residency = _series(fake, "loraplane:lora_residency_info")
+    assert len(residency) == 2
+    newest = max(residency, key=lambda k: residency[k])
+    assert newest == 'max_lora="2",waiting_lora_adapters="",running_lora_adapters="c"'
+    assert _series(fake, "vllm:num_requests_waiting") == {labels[1:-1]: 3.0}
+    # null removes a key's series, history included.
+    status, body, _ = fake.call(
+        "POST", "/fakevllm/metrics", {"lora_residency_info": None, "num_requests_waiting": None}
+    )
+    assert status == 200 and "lora_residency_info" not in json.loads(body)
+    assert _series(fake, "loraplane:lora_residency_info") == {}
+    assert _series(fake, "vllm:num_requests_waiting") == {}
+
+
+def test_metrics_script_refuses_what_it_cannot_render(fake: Fake) -> None:
+    for script in (
+        {"num_requests_waitin": 1},
+        {"num_requests_waiting": "3"},
+        {"num_requests_waiting": True},
+        {"lora_residency_info": {"running": "a"}},
+        {"lora_residency_info": {"running": ["a"], "resident": ["b"]}},
+        {"lora_residency_info": {"max_lora": "2"}},
+        ["num_requests_waiting"],
+    ):
+        status, body, _ = fake.call("POST", "/fakevllm/metrics", script)
+        assert status == 400, (script, body)
+    # Nothing changed: the default line alone.
+    status, body, _ = fake.get("/metrics")
+    lines = [ln for ln in body.decode().splitlines() if not ln.startswith("#")]
+    assert len(lines) == 1 and lines[0].startswith("vllm:lora_requests_info{")
