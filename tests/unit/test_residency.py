@@ -1,8 +1,10 @@
 """Engine residency without vLLM: the snapshot contract, hook detection, the pods' plugin env,
-the agent's metrics and answer, and the per-pod tier in a LoRAAdapter's status."""
+the agent's metrics and answer, the per-pod tier in a LoRAAdapter's status, and the residency
+feed on vLLM's /metrics."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
 import types
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loraplane.agent.engine import Engine
@@ -19,7 +21,7 @@ from loraplane.api.adapter import MAX_STATUS_PODS
 from loraplane.builders.deployment import PodContext as BuildContext
 from loraplane.builders.deployment import deployment
 from loraplane.config import AgentSettings, env_name
-from loraplane.plugin import residency, snapshot
+from loraplane.plugin import feed, residency, snapshot
 from loraplane.status import adapter as adapter_status
 from tests.unit.test_builders import SPECS, owner
 from tests.unit.test_metrics import fetched, fleet_of, load_on
@@ -296,3 +298,125 @@ def test_an_error_of_the_plugin_never_reaches_the_engine(
     assert state.off
     assert len(caplog.records) == 1
     assert "stopped after an unexpected error: AttributeError" in caplog.records[0].getMessage()
+
+
+# -- the residency feed on vLLM's /metrics ----------------------------------------------------
+
+
+def exposed(collector: feed.ResidencyCollector) -> str:
+    registry = CollectorRegistry(auto_describe=True)  # as prometheus_client's REGISTRY
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def feed_samples(text: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == feed.NAME
+    ]
+
+
+def written(tmp_path: Path, **tiers: snapshot.Tier) -> Path:
+    adapters = {
+        n: snapshot.AdapterResidency(path=f"/adapters/{n}/{HEX}", tier=t) for n, t in tiers.items()
+    }
+    snapshot.write(tmp_path, snap(**adapters).model_copy(update={"gpu_slots": 2}))
+    return tmp_path
+
+
+def as_vllm_writes_it(labels: dict[str, str], value: float) -> str:
+    """The line prometheus_client writes for vLLM's own gauge with these labels (loggers.py)."""
+    registry = CollectorRegistry()
+    gauge = Gauge(
+        "vllm:lora_requests_info",
+        "Running stats on lora requests.",
+        labelnames=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+        registry=registry,
+    )
+    gauge.labels(**labels).set(value)
+    lines = generate_latest(registry).decode().splitlines()
+    return next(x for x in lines if x.startswith("vllm:")).replace(
+        "vllm:lora_requests_info", feed.NAME
+    )
+
+
+def test_the_feed_names_gpu_adapters_running_and_cpu_only_ones_waiting(tmp_path: Path) -> None:
+    run = written(tmp_path, sql="gpu", chat="gpu", b="cpu", a="cpu", cold="disk")
+    now = time.time()
+    text = exposed(feed.ResidencyCollector(run, clock=lambda: now))
+    labels = {"max_lora": "2", "waiting_lora_adapters": "a,b", "running_lora_adapters": "chat,sql"}
+    assert feed_samples(text) == [(labels, now)]
+    assert as_vllm_writes_it(labels, now) in text.splitlines()  # byte for byte vLLM's shape
+    assert f"# TYPE {feed.NAME} gauge" in text
+
+
+def test_the_feed_of_an_engine_holding_nothing_still_says_its_slots(tmp_path: Path) -> None:
+    run = written(tmp_path, cold="disk")
+    now = time.time()
+    labels = {"max_lora": "2", "waiting_lora_adapters": "", "running_lora_adapters": ""}
+    text = exposed(feed.ResidencyCollector(run, clock=lambda: now))
+    assert feed_samples(text) == [(labels, now)]
+    assert as_vllm_writes_it(labels, now) in text.splitlines()
+
+
+def test_each_scrape_is_one_series_valued_at_its_own_time(tmp_path: Path) -> None:
+    run = written(tmp_path, sql="gpu")
+    collector = feed.ResidencyCollector(run)
+    first = feed_samples(exposed(collector))
+    snapshot.write(run, snap(sql=snapshot.AdapterResidency(path="/x", tier="cpu")))
+    second = feed_samples(exposed(collector))
+    assert len(first) == len(second) == 1
+    assert first[0][0]["running_lora_adapters"] == "sql"
+    assert second[0][0]["waiting_lora_adapters"] == "sql"
+    assert first[0][1] <= second[0][1] <= time.time()  # the EPP keeps the largest: the latest
+
+
+def test_names_that_need_escaping_read_back_as_they_are(tmp_path: Path) -> None:
+    odd = 'say "hi"\\now'
+    tiers: dict[str, snapshot.Tier] = {odd: "gpu"}
+    run = written(tmp_path, **tiers)
+    text = exposed(feed.ResidencyCollector(run))
+    ((labels, value),) = feed_samples(text)
+    assert labels["running_lora_adapters"] == odd
+    assert as_vllm_writes_it(labels, value) in text.splitlines()
+
+
+def test_no_live_snapshot_no_feed_and_the_scrape_still_answers(tmp_path: Path) -> None:
+    assert feed_samples(exposed(feed.ResidencyCollector(tmp_path))) == []  # none written
+    run = written(tmp_path, sql="gpu")
+    stale = time.time() + snapshot.STALE_SECONDS + 1
+    assert feed_samples(exposed(feed.ResidencyCollector(run, clock=lambda: stale))) == []
+    snapshot.path_in(run).write_text("{")
+    assert feed_samples(exposed(feed.ResidencyCollector(run))) == []
+
+    def broken() -> float:
+        raise RuntimeError("clock")
+
+    assert exposed(feed.ResidencyCollector(written(tmp_path, sql="gpu"), clock=broken)) == ""
+
+
+def registered_in_child(run: str, queue: Any) -> None:
+    queue.put(feed.register(run, CollectorRegistry(auto_describe=True)) is not None)
+
+
+def test_the_feed_is_registered_once_and_only_where_metrics_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(feed.MULTIPROC_ENV, raising=False)
+    monkeypatch.delenv(snapshot.ENV_DIR, raising=False)
+    registry = CollectorRegistry(auto_describe=True)
+    assert feed.register(None, registry) is None  # not a pod of ours
+    assert feed.register(str(tmp_path), registry) is not None  # no snapshot read to register
+    assert feed.register(str(tmp_path), registry) is None  # plugins may load twice
+    monkeypatch.setenv(feed.MULTIPROC_ENV, str(tmp_path))  # /metrics serves another registry
+    assert feed.register(str(tmp_path), CollectorRegistry(auto_describe=True)) is None
+    monkeypatch.delenv(feed.MULTIPROC_ENV)
+    # vLLM's engine core and workers are multiprocessing children of the API server
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=registered_in_child, args=(str(tmp_path), queue))
+    child.start()
+    child.join(30)
+    assert queue.get(timeout=5) is False

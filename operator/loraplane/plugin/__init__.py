@@ -1,6 +1,7 @@
 """loraplane's vLLM general plugin (entry point group `vllm.general_plugins`, name
-`loraplane`): engine residency and evictions per adapter (`loraplane.plugin.residency`), and
-the AMX permission vLLM's CPU kernels need and do not ask for (`loraplane.plugin.amx`).
+`loraplane`): engine residency and evictions per adapter (`loraplane.plugin.residency`), that
+residency on vLLM's own /metrics for the Endpoint Picker (`loraplane.plugin.feed`), and the AMX
+permission vLLM's CPU kernels need and do not ask for (`loraplane.plugin.amx`).
 
 vLLM calls `register` in every process it starts (API server, engine core, workers), and an
 exception there aborts that process's start-up: nothing escapes it.
@@ -37,3 +38,9 @@ def register() -> None:
         residency.install()
     except Exception as exc:  # a plugin must never stop vLLM from serving
         say_off(repr(exc))
+    try:
+        from loraplane.plugin import feed
+
+        feed.register()
+    except Exception as exc:  # as above; the EPP keeps what it last read (docs/metrics.md)
+        log.warning("loraplane residency feed off: %r", exc)
