@@ -1,7 +1,8 @@
 """Engine residency on real CPU vLLM 0.32 with loraplane's plugin: with one GPU slot and a CPU
 cache of two, round-robin greedy completions over three adapters evict and reload them exactly as
-vLLM's LRU order implies, and the agent's metrics say so after every request; outputs are the
-same with the plugin off; a vLLM whose hooks differ serves as before, with one log line.
+vLLM's LRU order implies, and the agent's metrics say so after every request, and so does vLLM's
+own /metrics, in the residency feed the Endpoint Picker reads; outputs are the same with the
+plugin off; a vLLM whose hooks differ serves as before, with one log line and no feed.
 
 Three servers, started together: the plugin on (with an agent beside it, as in a pod), the
 plugin off, and the plugin facing a changed hook.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.lru import Caches
 from loraplane.config import env_name
-from loraplane.plugin import snapshot
+from loraplane.plugin import feed, snapshot
 from tests.support import VllmServer, ensure_adapters, start_vllm
 from tests.support.vllm_server import free_port, http, venv_python
 
@@ -54,6 +56,13 @@ def activate_adapter(self, lora_id, slot=None):
 m.LRUCacheLoRAModelManager.activate_adapter = activate_adapter
 """
 OFF_LINE = "loraplane residency off"
+log = logging.getLogger(__name__)
+
+
+def feed_lines(server: VllmServer) -> list[str]:
+    """vLLM's own /metrics, the lines of the residency feed."""
+    body = server.get("/metrics", timeout=10).body
+    return [line for line in body.splitlines() if line.startswith(feed.NAME + "{")]
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Engines:
     agent: subprocess.Popen[bytes]
     agent_metrics: str
     store: dict[str, Path]
+    run: Path
     changed_run: Path
     # vLLM's two LRU caches, modelled as its source says they behave (the GPU kit checks the
     # same model on CUDA vLLM)
@@ -115,6 +125,30 @@ class Engines:
             k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)
         }
         raise AssertionError(f"after {step}: (agent, LRU order) differ: {diff}")
+
+    def check_feed(self, step: str) -> str:
+        """vLLM's /metrics, scraped as the EPP does, names the tiers the LRU model and the
+        snapshot the agent read name: GPU slots running, CPU cache only waiting; one series,
+        valued at the time of the scrape."""
+        before = time.time()
+        lines = feed_lines(self.on)
+        after = time.time()
+        samples = [s for f in text_string_to_metric_families("\n".join(lines)) for s in f.samples]
+        assert len(samples) == 1, (step, lines)
+        gpu = sorted(n for n in NAMES if self.expected.tier(n) == "gpu")
+        cpu = sorted(n for n in NAMES if self.expected.tier(n) == "cpu")
+        assert samples[0].labels == {
+            "max_lora": str(GPU_SLOTS),
+            "running_lora_adapters": ",".join(gpu),
+            "waiting_lora_adapters": ",".join(cpu),
+        }, (step, lines)
+        assert before - 0.01 <= samples[0].value <= after + 0.01, (step, before, lines, after)
+        live = snapshot.read(self.run)
+        assert live is not None, step
+        tiers = live.tiers()
+        assert sorted(n for n, t in tiers.items() if t == "gpu") == gpu, (step, tiers)
+        assert sorted(n for n, t in tiers.items() if t == "cpu") == cpu, (step, tiers)
+        return lines[0]
 
 
 def stored(adapters: dict[str, Path], root: Path) -> dict[str, Path]:
@@ -202,6 +236,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
         agent,
         f"http://127.0.0.1:{metrics_port}/metrics",
         store,
+        run,
         changed_run,
     )
     try:
@@ -218,10 +253,13 @@ def test_evictions_and_disk_loads_follow_vllms_lru_order_request_by_request(
 ) -> None:
     engines.load_all()
     engines.wait_for_expected("registering the three adapters")
+    engines.check_feed("registering the three adapters")
     for round_ in range(2):
         for name in NAMES:
             engines.use(name)
-            engines.wait_for_expected(f"round {round_ + 1}, a request for {name}")
+            step = f"round {round_ + 1}, a request for {name}"
+            engines.wait_for_expected(step)
+            log.info("vLLM /metrics after %s: %s", step, engines.check_feed(step))
     counts = engines.expected.counts
     # With one slot and a cache of two, every request of a round robin over three misses both.
     assert all(c["disk_loads"] >= 3 and c["cpu"] >= 2 for c in counts.values()), counts
@@ -247,6 +285,7 @@ def test_the_plugin_changes_no_output(engines: Engines) -> None:
             if name is not None:
                 engines.expected.use(name)
     engines.wait_for_expected("the comparison's requests")
+    assert feed_lines(engines.off) == []
 
 
 def test_a_vllm_whose_hooks_differ_serves_with_one_log_line(engines: Engines) -> None:
@@ -260,3 +299,6 @@ def test_a_vllm_whose_hooks_differ_serves_with_one_log_line(engines: Engines) ->
     assert len(lines) == 1, lines
     assert "LRUCacheLoRAModelManager.activate_adapter(self, lora_id, slot)" in lines[0]
     assert not snapshot.path_in(engines.changed_run).exists()
+    # No snapshot, so no feed: /metrics answers without it (the EPP keeps what it last read).
+    assert server.get("/metrics").status == 200
+    assert feed_lines(server) == []
