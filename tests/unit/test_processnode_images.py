@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from processnode.images import ImageNotMapped, resolve
+from processnode.images import BinaryMissing, ImageNotMapped, resolve
+from tests.conftest import REPO
 
 VENV = "/venv"
 CHECKOUT = "/src/loraplane"
@@ -41,5 +44,73 @@ def test_vllm_and_loraplane_rows_are_unchanged() -> None:
     local = resolve("loraplane/loraplane:dev", ["/bin/true"], [], VENV, CHECKOUT)
     assert local.argv == ["/bin/true"]
     assert local.env_prepend == {"PYTHONPATH": f"{CHECKOUT}/operator"}
-    with pytest.raises(ImageNotMapped, match="fakevllm"):
+    with pytest.raises(ImageNotMapped, match="fakevllm") as refused:
         resolve("busybox", [], [], VENV, CHECKOUT)
+    assert "envoyproxy/envoy" in str(refused.value)
+    assert "gateway-api-inference-extension/epp" in str(refused.value)
+
+
+def _version(checkout: Path, key: str) -> str:
+    for line in (checkout / "hack" / "versions.env").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError(f"no {key} in versions.env")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[Path, Path]:
+    """A node's home (HOME/venv the venv) with the EPP and Envoy binaries, and the checkout."""
+    home = tmp_path / "home"
+    epp = home / "bin" / f"epp-{_version(REPO, 'GIE_VERSION')}" / "epp"
+    envoy = home / "venv" / "lib" / "python3.11" / "site-packages" / "envoy" / "_bin" / "envoy"
+    for binary in (epp, envoy):
+        binary.parent.mkdir(parents=True)
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o755)
+    return home, REPO
+
+
+def test_epp_image_runs_the_built_epp_with_the_containers_args(node: tuple[Path, Path]) -> None:
+    home, checkout = node
+    epp = str(home / "bin" / f"epp-{_version(checkout, 'GIE_VERSION')}" / "epp")
+    image = "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
+    args = ["--pool-name", "tiny", "--secure-serving=false"]
+    local = resolve(image, [], args, str(home / "venv"), str(checkout))
+    assert local.argv == [epp, *args]
+    assert local.env_defaults == {} and local.env_prepend == {}
+    # The image's entrypoint named as a command is the same binary; another command is refused.
+    assert resolve(image, ["/epp"], args, str(home / "venv"), str(checkout)).argv == [epp, *args]
+    with pytest.raises(ImageNotMapped, match="/bin/sh"):
+        resolve(image, ["/bin/sh", "-c", "epp"], [], str(home / "venv"), str(checkout))
+    # A node whose venv is elsewhere names its home.
+    moved = resolve(image, [], args, "/elsewhere/venv", str(checkout), home=str(home))
+    assert moved.argv == [epp, *args]
+
+
+def test_envoy_image_runs_the_venvs_envoy(node: tuple[Path, Path]) -> None:
+    home, checkout = node
+    venv = str(home / "venv")
+    envoy = f"{venv}/lib/python3.11/site-packages/envoy/_bin/envoy"
+    for image in ("docker.io/envoyproxy/envoy:distroless-v1.40.0", "envoyproxy/envoy:v1.40-latest"):
+        args = ["-c", "/etc/loraplane-router/envoy.yaml", "--concurrency", "1"]
+        assert resolve(image, [], args, venv, str(checkout)).argv == [envoy, *args]
+        # GIE's chart: command "envoy" plus args.
+        assert resolve(image, ["envoy"], args, venv, str(checkout)).argv == [envoy, *args]
+        # No args: the image's CMD.
+        assert resolve(image, [], [], venv, str(checkout)).argv == [
+            envoy,
+            "-c",
+            "/etc/envoy/envoy.yaml",
+        ]
+
+
+def test_a_missing_binary_says_what_builds_it(tmp_path: Path) -> None:
+    venv = str(tmp_path / "venv")
+    with pytest.raises(BinaryMissing, match=r"hack/build-tools\.sh --epp"):
+        resolve(
+            "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0", [], [], venv, str(REPO)
+        )
+    with pytest.raises(BinaryMissing, match="make venv"):
+        resolve("envoyproxy/envoy:distroless-v1.40.0", [], [], venv, str(REPO))
+    # The runner shows both as ImageNotMapped, retried until the binary is there.
+    assert issubclass(BinaryMissing, ImageNotMapped)
