@@ -115,46 +115,63 @@ def test_envoy_config_golden() -> None:
     check_golden_text("router-envoy-fail-closed.yaml", rc.envoy_config(False, 600))
 
 
-def _routes(text: str) -> list[dict[str, Any]]:
+def _listeners(text: str) -> dict[str, dict[str, Any]]:
     doc = yaml.safe_load(text)
-    (listener,) = doc["static_resources"]["listeners"]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    (host,) = hcm["route_config"]["virtual_hosts"]
+    return {listener["name"]: listener for listener in doc["static_resources"]["listeners"]}
+
+
+def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def _routes(listener: dict[str, Any]) -> list[dict[str, Any]]:
+    (host,) = _hcm(listener)["route_config"]["virtual_hosts"]
     routes: list[dict[str, Any]] = host["routes"]
     return routes
 
 
 def test_envoy_routes_only_inference_models_and_health() -> None:
-    text = rc.envoy_config(True, 600)
-    doc = yaml.safe_load(text)
-    routes = _routes(text)
-    exact = {r["match"]["path"] for r in routes if "path" in r["match"]}
-    assert exact == {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
-    # Everything else is the last route: Envoy's own 404, never a pod.
-    last = routes[-1]
-    assert last["match"] == {"prefix": "/"} and last["direct_response"]["status"] == 404
-    assert all("direct_response" not in r for r in routes[:-1])
-    # The EPP is asked only about inference; the picked cluster is used only with its header.
-    no_ext_proc = {r["name"] for r in routes if "typed_per_filter_config" in r}
-    assert no_ext_proc == {"health", "models", "not-found"}
-    for route in routes:
-        if route.get("route", {}).get("cluster") == "picked":
-            assert route["match"]["headers"] == [
-                {"name": "x-gateway-destination-endpoint", "present_match": True}
-            ]
-    (listener,) = doc["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8081}
-    assert doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    ext_proc = hcm["http_filters"][0]["typed_config"]
-    assert ext_proc["failure_mode_allow"] is True
-    assert ext_proc["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"
-    assert (
-        yaml.safe_load(rc.envoy_config(False, 600))["static_resources"]["listeners"][0][
-            "filter_chains"
-        ][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["failure_mode_allow"]
-        is False
-    )
+    for fail_open, inference in ((True, "inference"), (False, "epp_hop")):
+        text = rc.envoy_config(fail_open, 600)
+        listeners = _listeners(text)
+        assert set(listeners) == {"router", "epp_hop"}
+        client, hop = listeners["router"], listeners["epp_hop"]
+        assert client["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8081}
+        assert hop["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 18081}
+        routes = _routes(client)
+        exact = {r["match"]["path"]: r for r in routes if "path" in r["match"]}
+        assert set(exact) == {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
+        assert exact["/health"]["route"]["cluster"] == "admin"
+        assert exact["/v1/models"]["route"]["cluster"] == "fallback"
+        for path in rc.PICKED_PATHS:
+            assert exact[path]["route"]["cluster"] == inference
+            assert ("retry_policy" in exact[path]["route"]) is fail_open
+        # Everything else is the last route: Envoy's own 404, never a pod.
+        last = routes[-1]
+        assert last["match"] == {"prefix": "/"} and last["direct_response"]["status"] == 404
+        assert all("direct_response" not in r for r in routes[:-1])
+        # The client listener asks no one; the hop asks the EPP and never fails open itself.
+        names = [f["name"] for f in _hcm(client)["http_filters"]]
+        assert names == ["envoy.filters.http.router"]
+        ext_proc, _ = _hcm(hop)["http_filters"]
+        assert ext_proc["typed_config"]["failure_mode_allow"] is False
+        mode = ext_proc["typed_config"]["processing_mode"]
+        assert mode["request_body_mode"] == mode["response_body_mode"] == "FULL_DUPLEX_STREAMED"
+        # The picked cluster is reached only with the EPP's header.
+        picked, unpicked = _routes(hop)
+        assert picked["route"]["cluster"] == "picked"
+        assert picked["match"]["headers"] == [
+            {"name": "x-gateway-destination-endpoint", "present_match": True}
+        ]
+        assert unpicked["direct_response"]["status"] == 503
+        doc = yaml.safe_load(text)
+        assert doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+        clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
+        aggregate = clusters["inference"]["cluster_type"]["typed_config"]["clusters"]
+        assert aggregate == ["epp_hop", "fallback"]
+        (hop_host,) = clusters["epp_hop"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert hop_host["endpoint"]["health_check_config"] == {"port_value": rc.EPP_HEALTH_PORT}
 
 
 def test_endpoints_golden_and_shape() -> None:

@@ -8,7 +8,9 @@ KV cache, prefix, LoRA affinity) and answers with header DESTINATION_HEADER = "<
 Envoy sends the request there through an ORIGINAL_DST cluster. When the EPP does not answer and
 the router fails open, the request goes to any Ready pod of the fallback cluster, whose endpoints
 Envoy reads from ENDPOINTS_DIR/ENDPOINTS_FILE (file-based EDS; the operator rewrites that
-ConfigMap when the Ready pods change).
+ConfigMap when the Ready pods change). Envoy 1.40 cannot fail open itself once ext_proc has
+streamed a body to the EPP (measured: every request answered 503 while the EPP was down), so the
+fallback is a second hop inside Envoy (see envoy_config).
 
 EPP v1.5.0 facts this module is built on (read in its source, checked against the binary):
 
@@ -44,6 +46,8 @@ ENVOY_PORT = 8081  # what clients call (the GIE standalone chart's port)
 # Envoy's admin API, bound to 127.0.0.1: it can stop Envoy and dump its configuration. Only its
 # /ready is reachable from outside, as HEALTH_PATH on ENVOY_PORT.
 ENVOY_ADMIN_PORT = 19000
+# Envoy's second listener, on 127.0.0.1 (see envoy_config): where ext_proc asks the EPP.
+ENVOY_EPP_HOP_PORT = 18081
 HEALTH_PATH = "/health"  # on ENVOY_PORT: Envoy's own readiness (admin /ready), never a pod's
 CONFIG_DIR = "/etc/loraplane-router"  # ConfigMap volume: EPP_CONFIG_FILE and ENVOY_CONFIG_FILE
 ENDPOINTS_DIR = "/etc/loraplane-router-endpoints"  # ConfigMap volume: ENDPOINTS_FILE
@@ -56,6 +60,11 @@ RESIDENCY_METRIC = "loraplane:lora_residency_info"
 VLLM_LORA_METRIC = "vllm:lora_requests_info"
 # The header the EPP answers with (GIE's protocol, pkg/epp/metadata) and Envoy routes on.
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# On every inference answer: ROUTED_BY_EPP when the EPP picked the pod, ROUTED_BY_FALLBACK when it
+# did not answer and the router failed open (for clients, dashboards and tests to tell them apart).
+ROUTED_BY_HEADER = "x-loraplane-routed-by"
+ROUTED_BY_EPP = "epp"
+ROUTED_BY_FALLBACK = "fallback"
 # The only paths clients reach: inference goes through the EPP; /v1/models is the same on every
 # Ready pod (each registers every adapter), so any pod answers it. Everything else is 404 here,
 # vLLM's /v1/load_lora_adapter, /v1/unload_lora_adapter and unguarded POST /adapters above all.
@@ -65,16 +74,18 @@ MODELS_PATH = "/v1/models"
 INFERENCE_POOL_GROUP = "inference.networking.k8s.io"
 
 # Envoy's cluster names (internal to the bootstrap, visible in its stats).
-_EPP_CLUSTER = "epp"
-_PICKED_CLUSTER = "picked"
-_FALLBACK_CLUSTER = "fallback"
+_EPP_CLUSTER = "epp"  # the EPP's ext_proc port
+_EPP_HOP_CLUSTER = "epp_hop"  # Envoy's own second listener, where ext_proc runs
+_PICKED_CLUSTER = "picked"  # the pod the EPP picked (ORIGINAL_DST)
+_FALLBACK_CLUSTER = "fallback"  # every Ready pod (file EDS)
+_INFERENCE_CLUSTER = "inference"  # the hop while it is healthy, else the fallback (aggregate)
 _ADMIN_CLUSTER = "admin"
 # Envoy's default circuit breakers (1024 connections, pending and active requests) would answer
 # 503 to a burst that vLLM can queue itself; GIE's chart raises them the same way.
 _CIRCUIT_BREAKER_LIMIT = 40000
-# Retries of the fallback route, each to another pod: a pod that left between two rewrites of the
-# endpoints ConfigMap refuses the connection, and one more try usually finds a live one.
-_FALLBACK_RETRIES = 2
+# Retries, each to a host not tried yet: a pod that left between two rewrites of the endpoints
+# ConfigMap refuses the connection, and one more try usually finds a live one.
+_RETRIES = 2
 # How long Envoy waits for the EPP's answer to one message. The EPP answers the headers only once
 # the whole body has arrived, so this bounds body upload plus scheduling; a hung EPP then fails
 # the request (open or closed) instead of holding it.
@@ -237,18 +248,24 @@ def _socket(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def _static_cluster(name: str, port: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": _ANY + type_name, **fields}
+
+
+def _endpoint(address: str, port: int, health_port: int | None = None) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": _socket(address, port)}
+    if health_port is not None:
+        endpoint["health_check_config"] = {"port_value": health_port}
+    return {"endpoint": endpoint}
+
+
+def _cluster(name: str, lb_endpoints: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket("127.0.0.1", port)}}]}
-            ],
-        },
-        **extra,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
+        **fields,
     }
 
 
@@ -261,151 +278,232 @@ def _circuit_breakers() -> dict[str, Any]:
     }
 
 
-_NO_EXT_PROC = {
-    "envoy.filters.http.ext_proc": {
-        "@type": _ANY + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-        "disabled": True,
+def _http2() -> dict[str, Any]:
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    return {options: _typed(options, explicit_http_config={"http2_protocol_options": {}})}
+
+
+def _routed_by(value: str, action: str) -> dict[str, Any]:
+    return {"header": {"key": ROUTED_BY_HEADER, "value": value}, "append_action": action}
+
+
+def _retry(retry_on: str, **fields: Any) -> dict[str, Any]:
+    """A retry policy whose retries go to hosts not tried yet."""
+    return {
+        "retry_on": retry_on,
+        "num_retries": _RETRIES,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": _typed(
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                ),
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+        **fields,
     }
-}
+
+
+def _hcm(stat_prefix: str, routes: list[dict[str, Any]], filters: list[dict[str, Any]]) -> Any:
+    return _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix=stat_prefix,
+        route_config={
+            "name": stat_prefix,
+            "virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}],
+        },
+        http_filters=[
+            *filters,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True
+                ),
+            },
+        ],
+    )
+
+
+def _listener(name: str, address: str, port: int, hcm: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": _socket(address, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
 
 
 def envoy_config(
     fail_open: bool, request_timeout_seconds: int, *, endpoints_dir: str = ENDPOINTS_DIR
 ) -> str:
-    """Envoy 1.40's static bootstrap: the client listener, ext_proc to the EPP, the picked and
-    fallback clusters. `fail_open`: requests go to any Ready pod while the EPP does not answer
-    (else 503). `request_timeout_seconds` bounds a request upstream and its silences.
-    `endpoints_dir`: where ENDPOINTS_FILE is (another place only for tests: Envoy refuses to
-    start, or to validate the bootstrap, when the file does not exist)."""
+    """Envoy 1.40's static bootstrap. `fail_open`: while the EPP does not answer, requests go to
+    any Ready pod (else they get 503). `request_timeout_seconds` bounds a request upstream and
+    its silences. `endpoints_dir`: where ENDPOINTS_FILE is (another place only for tests: Envoy
+    refuses a bootstrap whose file does not exist).
+
+    Two hops, because ext_proc cannot fail open once it has streamed the body to the EPP
+    (FULL_DUPLEX_STREAMED: an EPP that dies, or is down and not yet known to be, costs the request
+    a 503). The client listener (ENVOY_PORT) has no ext_proc: it sends inference to an aggregate
+    cluster, the EPP hop first and the fallback pods when the hop is unhealthy (the EPP's gRPC
+    health says not serving, or nothing listens), and retries a 503 or a failed connection there
+    too. The hop (127.0.0.1:ENVOY_EPP_HOP_PORT) runs ext_proc without failing open and sends the
+    request to the pod the EPP picked."""
     if request_timeout_seconds <= 0:
         raise ValueError("request_timeout_seconds must be positive")
     timeout = f"{request_timeout_seconds}s"
+    not_found = {
+        "name": "not-found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": '{"detail":"Not Found"}'}},
+    }
     fallback_route = {
         "cluster": _FALLBACK_CLUSTER,
         "timeout": timeout,
         "idle_timeout": timeout,
-        "retry_policy": {
-            "retry_on": "connect-failure,refused-stream,reset",
-            "num_retries": _FALLBACK_RETRIES,
-            "retry_host_predicate": [
-                {
-                    "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {
-                        "@type": _ANY
-                        + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                    },
-                }
-            ],
-            "host_selection_retry_max_attempts": 5,
-        },
+        "retry_policy": _retry("connect-failure,refused-stream,reset"),
     }
-    routes: list[dict[str, Any]] = [
+    if fail_open:
+        inference_route = {
+            "cluster": _INFERENCE_CLUSTER,
+            "timeout": timeout,
+            "idle_timeout": timeout,
+            # A retry goes to the next priority, the fallback pods: the hop's 503 (the EPP failed
+            # or refused to pick, or the picked pod failed) and a refused connection alike.
+            "retry_policy": _retry(
+                "connect-failure,refused-stream,reset,retriable-status-codes",
+                retriable_status_codes=[503],
+                retry_priority={
+                    "name": "envoy.retry_priorities.previous_priorities",
+                    "typed_config": _typed(
+                        "envoy.extensions.retry.priority.previous_priorities.v3"
+                        ".PreviousPrioritiesConfig",
+                        update_frequency=1,
+                    ),
+                },
+            ),
+        }
+    else:
+        inference_route = {"cluster": _EPP_HOP_CLUSTER, "timeout": timeout, "idle_timeout": timeout}
+    client_routes: list[dict[str, Any]] = [
         {
             "name": "health",
             "match": {"path": HEALTH_PATH},
             "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"},
-            "typed_per_filter_config": _NO_EXT_PROC,
         },
-        {
-            "name": "models",
-            "match": {"path": MODELS_PATH},
-            "route": fallback_route,
-            "typed_per_filter_config": _NO_EXT_PROC,
-        },
-    ]
-    for path in PICKED_PATHS:
-        routes += [
+        {"name": "models", "match": {"path": MODELS_PATH}, "route": fallback_route},
+        *(
             {
-                # Matched only once the EPP answered: its header mutation clears the route cache.
-                "name": f"picked{path}",
-                "match": {
-                    "path": path,
-                    "headers": [{"name": DESTINATION_HEADER, "present_match": True}],
-                },
-                "route": {"cluster": _PICKED_CLUSTER, "timeout": timeout, "idle_timeout": timeout},
-            },
-            {
-                # Where the request stands while the EPP decides, and where it stays when the EPP
-                # failed and the router fails open.
-                "name": f"fallback{path}",
+                "name": f"inference{path}",
                 "match": {"path": path},
-                "route": fallback_route,
-            },
-        ]
-    routes.append(
+                "route": inference_route,
+                # The hop marks what the EPP picked; anything else came from the fallback pods.
+                "response_headers_to_add": [_routed_by(ROUTED_BY_FALLBACK, "ADD_IF_ABSENT")],
+            }
+            for path in PICKED_PATHS
+        ),
+        not_found,
+    ]
+    client = _hcm("router", client_routes, [])
+    client.update(
         {
-            "name": "not-found",
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 404,
-                "body": {"inline_string": '{"detail":"Not Found"}'},
-            },
-            "typed_per_filter_config": _NO_EXT_PROC,
+            "use_remote_address": True,
+            # Paths are compared after normalisation, so /v1/completions/../load_lora_adapter and
+            # //v1/load_lora_adapter cannot slip past the route list; no API path has an escaped
+            # slash (%2F), so a request with one is refused (400).
+            "normalize_path": True,
+            "merge_slashes": True,
+            "path_with_escaped_slashes_action": "REJECT_REQUEST",
+            # A client's own destination header would pick any address the router can reach: it
+            # is dropped before routing, and the EPP's answer on the hop is the only one counted.
+            "early_header_mutation_extensions": [
+                {
+                    "name": "envoy.http.early_header_mutation.header_mutation",
+                    "typed_config": _typed(
+                        _EARLY_HEADER_MUTATION, mutations=[{"remove": DESTINATION_HEADER}]
+                    ),
+                }
+            ],
         }
     )
-    ext_proc = {
-        "@type": _ANY + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-        "grpc_service": {"envoy_grpc": {"cluster_name": _EPP_CLUSTER}},
-        "failure_mode_allow": fail_open,
-        # What the EPP expects (GIE's standalone chart): headers, then the body streamed both ways;
-        # the response too, for its request metrics. FULL_DUPLEX_STREAMED needs the trailers sent.
-        "processing_mode": {
-            "request_header_mode": "SEND",
-            "response_header_mode": "SEND",
-            "request_body_mode": "FULL_DUPLEX_STREAMED",
-            "response_body_mode": "FULL_DUPLEX_STREAMED",
-            "request_trailer_mode": "SEND",
-            "response_trailer_mode": "SEND",
-        },
-        "message_timeout": f"{_EPP_MESSAGE_TIMEOUT_SECONDS}s",
-        # With the EPP down and the router failing closed, 503 tells clients to retry.
-        "status_on_error": {"code": 503},
-    }
-    hcm = {
-        "@type": _ANY
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "router",
-        "use_remote_address": True,
-        # Paths are compared after normalisation, so /v1/completions/../load_lora_adapter and
-        # //v1/load_lora_adapter cannot slip past the route list; an escaped slash is redirected
-        # to its plain form, which then meets the same list.
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
-        # A client's own destination header would pick any address the router can reach: it is
-        # dropped before routing and before the EPP, whose answer is the only one that counts.
-        "early_header_mutation_extensions": [
-            {
-                "name": "envoy.http.early_header_mutation.header_mutation",
-                "typed_config": {
-                    "@type": _ANY + _EARLY_HEADER_MUTATION,
-                    "mutations": [{"remove": DESTINATION_HEADER}],
-                },
-            }
-        ],
-        "route_config": {
-            "name": "router",
-            "virtual_hosts": [{"name": "router", "domains": ["*"], "routes": routes}],
-        },
-        "http_filters": [
-            {"name": "envoy.filters.http.ext_proc", "typed_config": ext_proc},
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": _ANY + "envoy.extensions.filters.http.router.v3.Router",
-                    "suppress_envoy_headers": True,
-                },
+    hop_routes: list[dict[str, Any]] = [
+        {
+            # Matched once the EPP answered: its header mutation clears the route cache.
+            "name": "picked",
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": DESTINATION_HEADER, "present_match": True}],
             },
-        ],
+            "route": {"cluster": _PICKED_CLUSTER, "timeout": timeout, "idle_timeout": timeout},
+            "response_headers_to_add": [_routed_by(ROUTED_BY_EPP, "OVERWRITE_IF_EXISTS_OR_ADD")],
+        },
+        {
+            # Where a request stands while the EPP decides; reached only if it answered with no
+            # pod, which the client listener then retries on the fallback pods.
+            "name": "unpicked",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 503, "body": {"inline_string": "the EPP picked no pod"}},
+        },
+    ]
+    ext_proc: dict[str, Any] = {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            grpc_service={"envoy_grpc": {"cluster_name": _EPP_CLUSTER}},
+            failure_mode_allow=False,
+            # What the EPP expects (GIE's standalone chart): headers, then the body streamed both
+            # ways; the response too, for its request metrics. FULL_DUPLEX_STREAMED needs the
+            # trailers sent.
+            processing_mode={
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "FULL_DUPLEX_STREAMED",
+                "response_body_mode": "FULL_DUPLEX_STREAMED",
+                "request_trailer_mode": "SEND",
+                "response_trailer_mode": "SEND",
+            },
+            message_timeout=f"{_EPP_MESSAGE_TIMEOUT_SECONDS}s",
+            # The status the client listener retries on the fallback pods (when failing open),
+            # and that tells clients to retry (when failing closed).
+            status_on_error={"code": 503},
+        ),
     }
-    http2 = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": _ANY + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }
-    }
+    hop = _hcm("epp_hop", hop_routes, [ext_proc])
+    second = "1s"
     clusters = [
-        _static_cluster(_EPP_CLUSTER, EPP_GRPC_PORT, {"typed_extension_protocol_options": http2}),
+        _cluster(
+            _EPP_CLUSTER,
+            [_endpoint("127.0.0.1", EPP_GRPC_PORT)],
+            typed_extension_protocol_options=_http2(),
+        ),
+        _cluster(
+            _EPP_HOP_CLUSTER,
+            # Checked with the EPP's gRPC health (serving once it has read its pool), on the
+            # EPP's health port: the hop is only as healthy as the EPP behind it.
+            [_endpoint("127.0.0.1", ENVOY_EPP_HOP_PORT, health_port=EPP_HEALTH_PORT)],
+            typed_extension_protocol_options=_http2(),
+            health_checks=[
+                {
+                    "timeout": second,
+                    "interval": second,
+                    # Without traffic (the EPP down, so nothing sent to the hop) Envoy would check
+                    # once a minute, and an EPP back would wait that long.
+                    "no_traffic_interval": second,
+                    "no_traffic_healthy_interval": second,
+                    "unhealthy_threshold": 1,
+                    "healthy_threshold": 1,
+                    "grpc_health_check": {"service_name": EPP_HEALTH_SERVICE},
+                }
+            ],
+            # An unhealthy hop gets no requests at all (no panic routing): they go to the fallback.
+            common_lb_config={"healthy_panic_threshold": {"value": 0}},
+            circuit_breakers=_circuit_breakers(),
+        ),
         {
             "name": _PICKED_CLUSTER,
             "type": "ORIGINAL_DST",
@@ -437,7 +535,19 @@ def envoy_config(
             },
             "circuit_breakers": _circuit_breakers(),
         },
-        _static_cluster(_ADMIN_CLUSTER, ENVOY_ADMIN_PORT, {}),
+        {
+            "name": _INFERENCE_CLUSTER,
+            "connect_timeout": "5s",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "cluster_type": {
+                "name": "envoy.clusters.aggregate",
+                "typed_config": _typed(
+                    "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                    clusters=[_EPP_HOP_CLUSTER, _FALLBACK_CLUSTER],
+                ),
+            },
+        },
+        _cluster(_ADMIN_CLUSTER, [_endpoint("127.0.0.1", ENVOY_ADMIN_PORT)]),
     ]
     doc = {
         # File-based EDS, like any xDS subscription, wants a node identity; nothing reads it.
@@ -445,20 +555,8 @@ def envoy_config(
         "admin": {"address": _socket("127.0.0.1", ENVOY_ADMIN_PORT)},
         "static_resources": {
             "listeners": [
-                {
-                    "name": "router",
-                    "address": _socket("0.0.0.0", ENVOY_PORT),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
+                _listener("router", "0.0.0.0", ENVOY_PORT, client),
+                _listener("epp_hop", "127.0.0.1", ENVOY_EPP_HOP_PORT, hop),
             ],
             "clusters": clusters,
         },
