@@ -14,7 +14,7 @@ TORCH_INDEX_URL ?=
 VENV_STAMP := $(VENV)/.loraplane-$(shell cat pyproject.toml hack/venv.sh hack/venvpip.py 2>/dev/null | sha256sum | cut -c1-12)
 
 .PHONY: .venv help venv lint crds crds-check chart chart-check dashboards dashboards-check test unit integration e2e \
-        bench bench-scale bench-residency demo demo-down \
+        bench bench-scale bench-routing bench-residency demo demo-down \
         sources source-servers tools images cluster-build cluster-up cluster-down cluster-status fixtures demo-fixtures clean
 
 help: ## list the targets
@@ -44,11 +44,16 @@ crds: .venv ## regenerate crds/ from the pydantic models
 crds-check: .venv ## fail with a diff when crds/ is stale
 	$(PY) -m loraplane.api.crd --check crds
 
+# The InferencePool CRD the chart carries comes from the pinned Inference Extension module.
+GIE_CRDS = $(shell bash hack/build-tools.sh --print-env | sed -n 's/^GIE_CRDS=//p')
+
 chart: crds ## regenerate the chart's values.yaml, values.schema.json, README values, CRD templates, env
-	$(PY) -m loraplane.chart --chart charts/loraplane --crds crds
+	bash hack/build-tools.sh --epp
+	$(PY) -m loraplane.chart --chart charts/loraplane --crds crds --gie-crds $(GIE_CRDS)
 
 chart-check: .venv ## fail with a diff when a generated file of the chart is stale
-	$(PY) -m loraplane.chart --chart charts/loraplane --crds crds --check
+	bash hack/build-tools.sh --epp
+	$(PY) -m loraplane.chart --chart charts/loraplane --crds crds --gie-crds $(GIE_CRDS) --check
 
 dashboards: .venv ## regenerate the chart's dashboard.json and alerts.yaml from loraplane.dashboards
 	$(PY) -m loraplane.dashboards --out charts/loraplane/files
@@ -91,6 +96,9 @@ bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run
 
 bench-scale: .venv cluster-up fixtures ## 10 base models x 10 fakevllm pods x 1,000 adapters: the operator at fleet scale (about an hour on 2 cores)
 	$(PY) -m bench.scale
+
+bench-routing: .venv cluster-up fixtures tools ## 8 Zipf adapters on 2 pods: random pod vs the router (no LoRA scorer, vLLM's metric, residency feed); about 10 min
+	$(PY) -m bench.routing
 
 bench-residency: .venv fixtures ## tokens/s of CPU vLLM with loraplane's plugin on and off (no cluster)
 	$(PY) -m bench.residency

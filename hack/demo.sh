@@ -17,7 +17,7 @@ TIMEOUT=${DEMO_TIMEOUT_SECONDS:-600}
 BASE=tiny
 ADAPTERS=(tiny-chat tiny-sql tiny-summarize)
 REFUSED=tiny-too-big
-CRDS=(basemodeldeployments.loraplane.dev loraadapters.loraplane.dev)
+CRDS=(basemodeldeployments.loraplane.dev loraadapters.loraplane.dev inferencepools.inference.networking.k8s.io)
 state=$home/demo
 mkdir -p "$state"
 start=$(date +%s)

@@ -1,5 +1,5 @@
-"""A base model's children (agent token Secret, Service, Deployment, NetworkPolicy), converged
-from the cache.
+"""A base model's children (agent token Secret, Service, Deployment, NetworkPolicy, and the
+router's objects when spec.router asks for one), converged from the cache.
 
 The live children come from the watches (the fleet's `children`), so a reconcile that finds
 nothing drifted makes no API call; a child edited or deleted by hand shows up as a watch event,
@@ -12,10 +12,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
 from loraplane import kube
-from loraplane.api import BaseModelDeploymentSpec
+from loraplane.api import BaseModelDeploymentSpec, RouterSpec
 from loraplane.api.common import plain
-from loraplane.builders import naming
+from loraplane.builders import naming, router
 from loraplane.builders.deployment import PodContext, ResourceError, deployment
 from loraplane.builders.network_policy import network_policy, network_policy_name
 from loraplane.builders.service import agent_token_secret, service
@@ -26,12 +28,44 @@ from loraplane.runtime import Runtime
 SERVICE_KEYS = ("ports", "selector", "type")
 DEPLOYMENT_KEYS = ("replicas", "selector", "strategy", "template")
 NETWORK_POLICY_KEYS = ("podSelector", "policyTypes", "ingress")
-# What the operator creates per base model (the agent Secret aside: it is made once, not watched).
+# What the operator creates per base model and watches (the agent Secret is made once, and the
+# InferencePool is not watched: its CRD may not exist, and only a Gateway writes to it).
 CHILD_KINDS = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "ConfigMap"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
 )
+# The router's objects by slot (naming.child_slot), in the order they are made: what the EPP
+# reads (its account, its rights, its configuration) before the pods that read it.
+ROUTER_SLOTS = (
+    "router/ServiceAccount",
+    "router/Role",
+    "router/RoleBinding",
+    "router/ConfigMap",
+    "router/endpoints",
+    "router/Deployment",
+    "router/Service",
+    "InferencePool",
+)
+
+
+NO_INFERENCE_POOL_API = (
+    "InferencePoolNotInstalled",
+    f"the InferencePool API ({router.INFERENCE_POOL_API}) is not installed in this cluster: "
+    "the router's Endpoint Picker reads its pods from one: install the Gateway API Inference "
+    "Extension's InferencePool CRD (the chart does, with crds.inferencePool)",
+)
+
+
+@dataclass(frozen=True)
+class RouterOutcome:
+    spec: RouterSpec
+    deployment: dict[str, Any] | None  # live, as last seen
+    error: tuple[str, str] | None  # (reason, message) when the router could not be made
 
 
 @dataclass(frozen=True)
@@ -40,6 +74,7 @@ class Outcome:
     spec_error: tuple[str, str] | None  # (reason, message) of a spec the operator refused
     desired: int
     served_name: str
+    router: RouterOutcome | None = None
 
 
 async def _ensure_agent_secret(rt: Runtime, owner: dict[str, Any]) -> None:
@@ -79,6 +114,66 @@ async def _converge_network_policy(rt: Runtime, owner: dict[str, Any]) -> None:
     rt.fleet.observe_child(await kube.converge(rt.api, desired, live, NETWORK_POLICY_KEYS))
 
 
+def _keys(obj: dict[str, Any]) -> tuple[str, ...]:
+    """What a PUT takes back whole when apply cannot: every key of the spec (kinds without a
+    spec, such as a ConfigMap or a Role, are whole after an apply)."""
+    return tuple(obj.get("spec") or ())
+
+
+async def _remove(rt: Runtime, live: dict[str, Any]) -> None:
+    meta = live["metadata"]
+    await kube.delete(rt.api, live["apiVersion"], live["kind"], meta["namespace"], meta["name"])
+    rt.fleet.observe_child(live, deleted=True)
+
+
+def _router_objects(rt: Runtime, owner: dict[str, Any], spec: RouterSpec) -> dict[str, Any]:
+    ctx = router.RouterContext.of(rt.settings)
+    config = router.config_map(owner, spec, ctx)
+    desired = {
+        "router/ServiceAccount": router.service_account(owner),
+        "router/Role": router.role(owner),
+        "router/RoleBinding": router.role_binding(owner),
+        "router/ConfigMap": config,
+        "router/Deployment": router.deployment(owner, spec, ctx, config),
+        "router/Service": router.service(owner, spec),
+    }
+    meta = owner["metadata"]
+    if spec.mode == "Envoy":
+        ready = [
+            p.ip
+            for p in rt.fleet.pods_of(meta["namespace"], meta["name"])
+            if p.ip and p.vllm_ready and p.gate
+        ]
+        desired["router/endpoints"] = router.endpoints_config_map(owner, ready, ctx)
+    desired["InferencePool"] = router.inference_pool(owner, spec, ctx.vllm_port)
+    return desired
+
+
+async def _converge_router(
+    rt: Runtime, owner: dict[str, Any], spec: RouterSpec | None
+) -> RouterOutcome | None:
+    """Present exactly while spec.router is set; a mode change removes the other mode's."""
+    meta = owner["metadata"]
+    key = (meta["namespace"], meta["name"])
+    desired = _router_objects(rt, owner, spec) if spec is not None else {}
+    for slot in ROUTER_SLOTS:
+        live = rt.fleet.child(key, slot)
+        if slot not in desired:
+            if live is not None:
+                await _remove(rt, live)
+            continue
+        obj = desired[slot]
+        try:
+            rt.fleet.observe_child(await kube.converge(rt.api, obj, live, _keys(obj)))
+        except ApiException as exc:
+            if slot == "InferencePool" and exc.status == 404 and spec is not None:
+                return RouterOutcome(spec, None, NO_INFERENCE_POOL_API)
+            raise
+    if spec is None:
+        return None
+    return RouterOutcome(spec, rt.fleet.child(key, "router/Deployment"), None)
+
+
 async def converge(rt: Runtime, body: Any) -> Outcome:
     owner = plain(body)
     meta = owner["metadata"]
@@ -103,4 +198,5 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
         return Outcome(live, ("InsufficientResources", str(exc)), spec.replicas, served)
     live = await kube.converge(rt.api, desired, live, DEPLOYMENT_KEYS)
     rt.fleet.observe_child(live)
-    return Outcome(live, None, spec.replicas, served)
+    routed = await _converge_router(rt, owner, spec.router)
+    return Outcome(live, None, spec.replicas, served, routed)

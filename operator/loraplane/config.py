@@ -246,6 +246,49 @@ class Settings(_FromEnv):
         ),
     )
 
+    router_epp_image: str = Field(
+        "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0",
+        description=(
+            "Image of the router's Endpoint Picker (spec.router): the Gateway API Inference "
+            "Extension's EPP v1.5.0, or a build with the same flags and configuration (such as "
+            "llm-d-router's)."
+        ),
+    )
+    router_envoy_image: str = Field(
+        "docker.io/envoyproxy/envoy:distroless-v1.40.0",
+        description="Image of the router's Envoy (spec.router, mode Envoy).",
+    )
+    router_queue_weight: int = Field(
+        2, ge=0, le=100, description="Default weight of the router's queue scorer."
+    )
+    router_kv_cache_weight: int = Field(
+        2, ge=0, le=100, description="Default weight of the router's KV-cache scorer."
+    )
+    router_prefix_weight: int = Field(
+        3, ge=0, le=100, description="Default weight of the router's prefix-cache scorer."
+    )
+    router_lora_affinity_weight: int = Field(
+        4, ge=0, le=100, description="Default weight of the router's LoRA affinity scorer."
+    )
+    router_refresh_metrics_ms: int = Field(
+        200,
+        ge=10,
+        le=60000,
+        description=(
+            "How often the router's Endpoint Picker scrapes each pod's /metrics (queue, KV "
+            "cache, adapter residency), in milliseconds. The EPP's own default, 50, costs a "
+            "vLLM API server a scrape 20 times a second."
+        ),
+    )
+    router_envoy_concurrency: int = Field(
+        2, ge=1, le=64, description="Worker threads of the router's Envoy (--concurrency)."
+    )
+    router_request_timeout_seconds: int = Field(
+        600,
+        ge=1,
+        description="How long the router's Envoy waits for one request's whole answer.",
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -274,6 +317,15 @@ class Settings(_FromEnv):
         }
         return {env_name(k): str(v) for k, v in values.items() if v is not None}
 
+    def router_weights(self) -> dict[str, int]:
+        """The default scorer weights, by the fields of api.RouterScorers."""
+        return {
+            "queue": self.router_queue_weight,
+            "kv_cache": self.router_kv_cache_weight,
+            "prefix": self.router_prefix_weight,
+            "lora_affinity": self.router_lora_affinity_weight,
+        }
+
     def agent_resources(self) -> dict[str, Any]:
         return {
             "requests": {"cpu": self.agent_cpu_request, "memory": self.agent_memory_request},
@@ -284,6 +336,8 @@ class Settings(_FromEnv):
     def _backoff(self) -> Self:
         if self.backoff_max_seconds < self.backoff_initial_seconds:
             raise ValueError("backoff_max_seconds must be at least backoff_initial_seconds")
+        if not any(self.router_weights().values()):
+            raise ValueError("at least one router_*_weight must be above 0")
         return self
 
 

@@ -211,7 +211,7 @@ class Fleet:
     residency_read: dict[Key, float] = field(default_factory=dict)
     # uids of base models whose agent token Secret exists
     agent_secrets: set[str] = field(default_factory=set)
-    # base key -> kind -> the live child object, as the watches last showed it
+    # base key -> slot (naming.child_slot) -> the live child object, as the watches last showed it
     children: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _versions: dict[Key, Version] = field(default_factory=dict)
     _failures: dict[Key, Failure] = field(default_factory=dict)
@@ -676,27 +676,32 @@ class Fleet:
             self._lost[held] = self._lost.get(held, 0) + 1
 
     def observe_child(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
-        """A Deployment, Service or NetworkPolicy as a watch (or our own write) shows it.
+        """A child of a base model as a watch (or our own write) shows it.
 
-        Children are found by name, which they share with their base model, not by labels: a
-        label edited by hand must not hide the edit from the reconcile that puts it back.
+        Children are found by name (and the router's by their owner), not by labels: a label
+        edited by hand must not hide the edit from the reconcile that puts it back.
         """
         meta = obj["metadata"]
-        key = (meta["namespace"], naming.base_model_of_child(meta["name"]))
+        found = naming.child_slot(obj)
+        if found is None:
+            return
+        base_model, slot = found
+        key = (meta["namespace"], base_model)
         ours = (meta.get("labels") or {}).get(naming.LABEL_BASE_MODEL) == key[1]
         if key not in self.bases and not ours and key not in self.children:
             return
-        kinds = self.children.setdefault(key, {})
+        slots = self.children.setdefault(key, {})
         if deleted:
-            kinds.pop(obj["kind"], None)
-        elif _newer(obj, kinds.get(obj["kind"])):
-            kinds[obj["kind"]] = dict(obj)
+            slots.pop(slot, None)
+        elif _newer(obj, slots.get(slot)):
+            slots[slot] = dict(obj)
         else:
             return
         self.base_changed(key).set()
 
-    def child(self, key: Key, kind: str) -> dict[str, Any] | None:
-        return self.children.get(key, {}).get(kind)
+    def child(self, key: Key, slot: str) -> dict[str, Any] | None:
+        """A live child by its slot (naming.child_slot): its kind, or router/<kind>."""
+        return self.children.get(key, {}).get(slot)
 
     # -- what the per-pod sync found -----------------------------------------------------------
 

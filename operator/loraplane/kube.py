@@ -25,6 +25,11 @@ _COLLECTIONS: dict[tuple[str, str], str] = {
     ("v1", "Pod"): "pods",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("v1", "Event"): "events",
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
     ("loraplane.dev/v1alpha1", "BaseModelDeployment"): "basemodeldeployments",
     ("loraplane.dev/v1alpha1", "LoRAAdapter"): "loraadapters",
 }
@@ -167,7 +172,7 @@ async def converge(
         if exc.status != 422 or live is None:
             raise
         applied = dict(live)
-    if is_subset(desired, applied):
+    if is_subset(desired, applied) or not keys:
         return applied
     repaired = {**applied, "spec": {**applied["spec"]}}
     for key in keys:

@@ -49,7 +49,11 @@ def monitoring_crds(cluster: Cluster) -> Cluster:  # noqa: F811
     return cluster
 
 
-CRDS = ("basemodeldeployments.loraplane.dev", "loraadapters.loraplane.dev")
+CRDS = (
+    "basemodeldeployments.loraplane.dev",
+    "loraadapters.loraplane.dev",
+    "inferencepools.inference.networking.k8s.io",
+)
 
 
 def adopt_crds(c: Cluster, release: str, release_ns: str) -> None:

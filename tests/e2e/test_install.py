@@ -137,6 +137,38 @@ def test_the_operator_made_the_base_models_network_policy(release: Cluster) -> N
     assert OPERATOR_POD_LABELS.items() <= pod["metadata"]["labels"].items()
 
 
+def test_the_operator_makes_a_router_under_the_charts_rbac(release: Cluster) -> None:
+    """The router's Role grants the Endpoint Picker what the operator holds itself (Kubernetes
+    refuses to let it grant more): made here under the chart's least-privilege Role."""
+    assert release.get("crd", "inferencepools.inference.networking.k8s.io", "")  # the chart's
+    ns = WATCHED[0]
+    release.kubectl(
+        "patch", "bmd", "tiny", "-n", ns, "--type=merge", "-p", '{"spec":{"router":{}}}'
+    )
+
+    def routed() -> dict[str, Any] | None:
+        bmd = release.get("bmd", "tiny", ns)
+        return bmd if (condition(bmd, "Routed") or {}).get("status") == "True" else None
+
+    wait_for("Routed True under the chart's RBAC", routed, timeout=180, interval=2)
+    (router_pod,) = release.list("pods", ns, "loraplane.dev/router=tiny")
+    req = urllib.request.Request(
+        f"http://{router_pod['status']['podIP']}:8081/v1/completions",
+        data=json.dumps({"model": "chat", "prompt": "hi", "max_tokens": 4}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 200
+        assert resp.headers["x-loraplane-routed-by"] == "epp"
+    release.kubectl("patch", "bmd", "tiny", "-n", ns, "--type=json", "-p",
+                    '[{"op":"remove","path":"/spec/router"}]')  # fmt: skip
+    wait_for(
+        "the router gone with spec.router",
+        lambda: release.get("deployment", "tiny-router", ns) is None,
+        timeout=60,
+    )
+
+
 def test_an_unwatched_namespace_is_left_alone(release: Cluster, loraplane_home: Path) -> None:
     # Applied after the watched adapter became Ready: the operator had every chance to act.
     release.apply(tiny_base_model("ignored", loraplane_home, replicas=1), UNWATCHED)

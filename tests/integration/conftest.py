@@ -73,6 +73,17 @@ def crds(cluster: Cluster) -> Cluster:
         "crd/basemodeldeployments.loraplane.dev",
         "crd/loraadapters.loraplane.dev",
     )
+    # The router's Endpoint Picker reads its pods from an InferencePool (builders/router_config).
+    from tests.support.tools import gie_crds
+
+    pool = gie_crds() / "inference.networking.k8s.io_inferencepools.yaml"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(pool))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/inferencepools.inference.networking.k8s.io",
+    )
     return cluster
 
 

@@ -105,6 +105,11 @@ def prometheus_operator_crds() -> Path:
     return _require("PROMETHEUS_OPERATOR_CRDS", ".complete")
 
 
+def gie_crds() -> Path:
+    """The Gateway API Inference Extension's CRD files (the router's InferencePool among them)."""
+    return _require("GIE_CRDS", "inference.networking.k8s.io_inferencepools.yaml")
+
+
 def prometheus_operator() -> Path:
     """The Prometheus Operator binary: opt-in, built by `hack/build-tools.sh --operator`."""
     return _require("PROMETHEUS_OPERATOR", build="hack/build-tools.sh --operator")

@@ -26,6 +26,8 @@ PRESERVE_UNKNOWN_FIELDS = {
     "BaseModelDeployment.spec.template.affinity",
     "BaseModelDeployment.spec.template.volumes[]",
     "BaseModelDeployment.spec.template.volumeMounts[]",
+    "BaseModelDeployment.spec.router.eppResources",
+    "BaseModelDeployment.spec.router.envoyResources",
 }
 ALLOWED_KEYWORDS = {
     "description",
@@ -260,7 +262,7 @@ def _resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("kind", "columns"),
     [
-        ("BaseModelDeployment", ["Model", "Ready", "Available", "MaxRank", "Age"]),
+        ("BaseModelDeployment", ["Model", "Ready", "Available", "MaxRank", "Routed", "Age"]),
         ("LoRAAdapter", ["Base", "Phase", "Ready", "Rank", "Age"]),
     ],
 )

@@ -318,6 +318,24 @@ BAD_OBJECTS: list[Bad] = [
         server_message="should be less than or equal to 1000",
     ),
     Bad(
+        "router-all-scorers-off",
+        bmd({"router": {"scorers": {"queue": 0, "kvCache": 0, "prefix": 0, "loraAffinity": 0}}}),
+        base_model.ROUTER_SOME_SCORER.message,
+        rule=base_model.ROUTER_SOME_SCORER,
+    ),
+    Bad(
+        "router-unknown-mode",
+        bmd({"router": {"mode": "Nginx"}}),
+        "Input should be 'Envoy' or 'InferencePool'",
+        server_message='spec.router.mode: Unsupported value: "Nginx"',
+    ),
+    Bad(
+        "router-weight-too-high",
+        bmd({"router": {"scorers": {"loraAffinity": 101}}}),
+        "less than or equal to 100",
+        server_message="should be less than or equal to 100",
+    ),
+    Bad(
         "lora-without-base-model",
         {**lora(), "spec": {"source": {"path": "/a"}}},
         "spec.baseModel\n  Field required",
@@ -373,6 +391,15 @@ GOOD_EDGE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("rank-320", bmd({"lora": {"maxLoraRank": 320}})),
     ("tp-64", bmd({"engine": {"tensorParallelSize": 64}})),
     ("replicas-0", bmd({"replicas": 0})),
+    ("router-defaults", bmd({"router": {}})),
+    (
+        "router-affinity-only",
+        bmd({"router": {"scorers": {"queue": 0, "kvCache": 0, "prefix": 0, "loraAffinity": 1}}}),
+    ),
+    (
+        "router-pool-one-weight-set",
+        bmd({"router": {"mode": "InferencePool", "scorers": {"prefix": 0}}}),
+    ),
     ("size-limit-decimal", bmd({"adapterStore": {"emptyDir": {"sizeLimit": "1.5Gi"}}})),
     ("size-limit-bytes", bmd({"adapterStore": {"emptyDir": {"sizeLimit": "1000000"}}})),
     ("size-limit-exponent", bmd({"adapterStore": {"emptyDir": {"sizeLimit": "1e9"}}})),

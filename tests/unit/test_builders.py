@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from loraplane.api import BaseModelDeploymentSpec
+from loraplane.api import BaseModelDeploymentSpec, RouterSpec
+from loraplane.builders import naming, router, router_config
 from loraplane.builders.deployment import PodContext, ResourceError, deployment
 from loraplane.builders.network_policy import OPERATOR_POD_LABELS, network_policy
+from loraplane.builders.router import RouterContext
 from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError, check_extra_args, vllm_args
+from loraplane.config import Settings
 
 GOLDEN = Path(__file__).parent / "golden"
 CTX = PodContext(agent_image="ghcr.io/loraplane/loraplane:0.1.0")
@@ -180,3 +183,97 @@ def test_accepted_extra_args_come_last_and_data_parallel_pins_one_api_server() -
     args = vllm_args(spec, "tiny", 8000)
     assert args[-2:] == ["--data-parallel-size", "2"]
     assert args[args.index("--api-server-count") + 1] == "1"
+
+
+ROUTER_CTX = RouterContext.of(Settings())
+ROUTERS: dict[str, dict[str, Any]] = {
+    "envoy": {},
+    "pool": {
+        "mode": "InferencePool",
+        "replicas": 2,
+        "failOpen": False,
+        "loraSignal": "vLLM",
+        "scorers": {"prefix": 0, "loraAffinity": 6},
+        "eppResources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
+    },
+}
+
+
+def _router_objects(mode: str) -> list[dict[str, Any]]:
+    spec = RouterSpec.from_k8s(ROUTERS[mode])
+    bmd = owner("tiny-cpu")
+    config = router.config_map(bmd, spec, ROUTER_CTX)
+    objects = [
+        router.service_account(bmd),
+        router.role(bmd),
+        router.role_binding(bmd),
+        config,
+        router.deployment(bmd, spec, ROUTER_CTX, config),
+        router.service(bmd, spec),
+        router.inference_pool(bmd, spec, ROUTER_CTX.vllm_port),
+    ]
+    if spec.mode == "Envoy":
+        objects.append(router.endpoints_config_map(bmd, ["10.0.0.7", "10.0.0.5"], ROUTER_CTX))
+    return objects
+
+
+@pytest.mark.parametrize("mode", sorted(ROUTERS))
+def test_router_golden(mode: str) -> None:
+    check_golden(f"router-objects-{mode}", _router_objects(mode))
+
+
+def test_router_pods_are_not_the_base_models() -> None:
+    """Neither the base model's Service nor the EPP may ever pick a router pod."""
+    dep = router.deployment(
+        owner("m"),
+        RouterSpec(),
+        ROUTER_CTX,
+        router.config_map(owner("m"), RouterSpec(), ROUTER_CTX),
+    )
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert naming.LABEL_BASE_MODEL not in labels
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_router_weights_take_the_spec_over_the_defaults() -> None:
+    spec = RouterSpec.from_k8s({"scorers": {"queue": 0, "loraAffinity": 9}})
+    assert router.weights(spec, ROUTER_CTX) == router_config.ScorerWeights(
+        queue=0, kv_cache=2, prefix=3, lora=9
+    )
+
+
+def test_a_config_change_rolls_the_router() -> None:
+    bmd = owner("m")
+    one = router.config_map(bmd, RouterSpec(), ROUTER_CTX)
+    two = router.config_map(bmd, RouterSpec.from_k8s({"loraSignal": "vLLM"}), ROUTER_CTX)
+    hashes = {
+        router.deployment(bmd, RouterSpec(), ROUTER_CTX, c)["spec"]["template"]["metadata"][
+            "annotations"
+        ][router.CONFIG_HASH]
+        for c in (one, two)
+    }
+    assert len(hashes) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "owner_name", "slot"),
+    [
+        ("m", "Deployment", None, ("m", "Deployment")),
+        ("m-router", "Deployment", "m", ("m", "router/Deployment")),
+        # A base model named m-router has its own Deployment of that name, not m's router.
+        ("m-router", "Deployment", "m-router", ("m-router", "Deployment")),
+        ("m-router-endpoints", "ConfigMap", "m", ("m", "router/endpoints")),
+        ("m", "ConfigMap", "m", None),
+        ("m", "InferencePool", "m", ("m", "InferencePool")),
+    ],
+)
+def test_child_slot(
+    name: str, kind: str, owner_name: str | None, slot: tuple[str, str] | None
+) -> None:
+    refs = (
+        [{"kind": "BaseModelDeployment", "name": owner_name, "controller": True}]
+        if owner_name
+        else []
+    )
+    obj = {"kind": kind, "metadata": {"name": name, "ownerReferences": refs}}
+    assert naming.child_slot(obj) == slot

@@ -143,8 +143,7 @@ def test_envoy_routes_only_inference_models_and_health() -> None:
         exact = {r["match"]["path"]: r for r in routes if "path" in r["match"]}
         assert set(exact) == {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
         assert exact["/health"]["route"]["cluster"] == "admin"
-        assert exact["/v1/models"]["route"]["cluster"] == "fallback"
-        for path in rc.PICKED_PATHS:
+        for path in (rc.MODELS_PATH, *rc.PICKED_PATHS):
             assert exact[path]["route"]["cluster"] == inference
             assert ("retry_policy" in exact[path]["route"]) is fail_open
         # Everything else is the last route: Envoy's own 404, never a pod.

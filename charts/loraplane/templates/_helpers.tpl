@@ -67,17 +67,36 @@ app.kubernetes.io/part-of: loraplane
 # A base model's children: watched, and converged by server-side apply (a PUT takes keys back).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, update]
+  verbs: [list, watch, create, patch, update, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch, update]
+  verbs: [list, watch, create, patch, update, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch, update, delete]
-# The vLLM pods: watched; the agent-ready readiness gate is a condition in their status.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [list, watch, create, patch, update, delete]
+# The router (spec.router): its account, and the Role it binds. Kubernetes lets the operator
+# grant only what it holds itself: pods get/list/watch, and read on the Inference Extension's
+# kinds (the Endpoint Picker reads rewrites and objectives, and in InferencePool mode the pool).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [list, watch, create, patch, update, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, watch, create, patch, update, delete]
+- apiGroups: [inference.networking.x-k8s.io]
+  resources: [inferenceobjectives, inferencemodelrewrites]
+  verbs: [get, list, watch]
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, list, watch, create, patch, update, delete]
+# The vLLM pods: watched; the agent-ready readiness gate is a condition in their status. get is
+# held for the router's Role, which grants it to the Endpoint Picker.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [patch]

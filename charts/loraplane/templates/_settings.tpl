@@ -76,4 +76,22 @@
   value: {{ (toString (.Values.settings.huggingfaceEndpoint | default "")) | quote }}
 - name: LORAPLANE_PICKLED_ADAPTERS
   value: {{ (toString .Values.settings.pickledAdapters) | quote }}
+- name: LORAPLANE_ROUTER_EPP_IMAGE
+  value: {{ (toString .Values.settings.routerEppImage) | quote }}
+- name: LORAPLANE_ROUTER_ENVOY_IMAGE
+  value: {{ (toString .Values.settings.routerEnvoyImage) | quote }}
+- name: LORAPLANE_ROUTER_QUEUE_WEIGHT
+  value: {{ (toString .Values.settings.routerQueueWeight) | quote }}
+- name: LORAPLANE_ROUTER_KV_CACHE_WEIGHT
+  value: {{ (toString .Values.settings.routerKvCacheWeight) | quote }}
+- name: LORAPLANE_ROUTER_PREFIX_WEIGHT
+  value: {{ (toString .Values.settings.routerPrefixWeight) | quote }}
+- name: LORAPLANE_ROUTER_LORA_AFFINITY_WEIGHT
+  value: {{ (toString .Values.settings.routerLoraAffinityWeight) | quote }}
+- name: LORAPLANE_ROUTER_REFRESH_METRICS_MS
+  value: {{ (toString .Values.settings.routerRefreshMetricsMs) | quote }}
+- name: LORAPLANE_ROUTER_ENVOY_CONCURRENCY
+  value: {{ (toString .Values.settings.routerEnvoyConcurrency) | quote }}
+- name: LORAPLANE_ROUTER_REQUEST_TIMEOUT_SECONDS
+  value: {{ (toString .Values.settings.routerRequestTimeoutSeconds) | quote }}
 {{- end }}

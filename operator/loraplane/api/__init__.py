@@ -37,6 +37,10 @@ from loraplane.api.base_model import (
     PodTemplateSpec,
     PullPolicy,
     Quantization,
+    RouterMode,
+    RouterScorers,
+    RouterSpec,
+    RouterStatus,
 )
 from loraplane.api.cel import LORA_RANKS, CelRule, ValidationRuleError
 from loraplane.api.common import (
@@ -116,6 +120,10 @@ __all__ = [
     "PullPolicy",
     "Quantization",
     "ReplicaCounts",
+    "RouterMode",
+    "RouterScorers",
+    "RouterSpec",
+    "RouterStatus",
     "S3Source",
     "SecretKeyRef",
     "SecretRef",

@@ -62,7 +62,11 @@ Quantization = Literal[
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LoRADType = Literal["auto", "float16", "bfloat16", "float32"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
-BaseModelConditionType = Literal["Available", "Progressing", "Degraded"]
+BaseModelConditionType = Literal["Available", "Progressing", "Degraded", "Routed"]
+RouterMode = Literal["Envoy", "InferencePool"]
+LoRASignal = Literal["Residency", "vLLM"]
+# The scorers of the router's Endpoint Picker, by the name the spec and the chart use.
+SCORERS: Final = ("queue", "kvCache", "prefix", "loraAffinity")
 
 SERVED_NAME_FORMAT = CelRule(
     name="bmd-served-name-format",
@@ -422,6 +426,100 @@ def _default_store() -> AdapterStoreSpec:
     return AdapterStoreSpec(empty_dir=EmptyDirStore())
 
 
+ROUTER_SOME_SCORER = CelRule(
+    name="router-some-scorer",
+    # An unset weight takes the operator's default: only all four set to 0 is sure to be empty.
+    rule="!(" + " && ".join(f"has(self.{k}) && self.{k} == 0" for k in SCORERS) + ")",
+    message=(
+        "router.scorers must leave at least one scorer a weight above 0 (all 0 leaves the "
+        "Endpoint Picker nothing to choose a pod by)"
+    ),
+)
+
+
+class RouterScorers(K8sModel):
+    """Weights of the Endpoint Picker's scorers; an unset weight takes the operator's default
+    (the chart's router.scorers values). 0 turns a scorer off."""
+
+    model_config = ConfigDict(json_schema_extra=validations(ROUTER_SOME_SCORER))
+
+    queue: int | None = Field(
+        default=None, ge=0, le=100, description="Prefer pods with fewer requests waiting."
+    )
+    kv_cache: int | None = Field(
+        default=None, ge=0, le=100, description="Prefer pods with more free KV cache."
+    )
+    prefix: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Prefer pods that likely hold the prompt's prefix (and adapter) in cache.",
+    )
+    lora_affinity: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description=(
+            "Prefer pods where the request's adapter sits in a GPU slot, then in the CPU cache."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> Self:
+        weights = [getattr(self, f) for f in type(self).model_fields]
+        ROUTER_SOME_SCORER.require(any(w != 0 for w in weights))
+        return self
+
+
+class RouterSpec(K8sModel):
+    """A router in front of the base model's pods that sends each request to the pod best placed
+    to serve its adapter: the Gateway API Inference Extension's Endpoint Picker, fed by where
+    each adapter really sits in each engine."""
+
+    mode: RouterMode = Field(
+        default="Envoy",
+        description=(
+            "Envoy: the operator runs <name>-router, a Deployment of the Endpoint Picker with "
+            "Envoy in front of it, and its Service (clients call it instead of <name>). "
+            "InferencePool: for clusters with a Gateway that implements the Inference Extension "
+            "(Istio, kgateway, NGINX Gateway Fabric, agentgateway): the operator runs the "
+            "Endpoint Picker and an InferencePool pointing at it; your HTTPRoute sends traffic "
+            "to the pool."
+        ),
+    )
+    replicas: int = Field(default=1, ge=1, le=16, description="Router pods.")
+    fail_open: bool = Field(
+        default=True,
+        description=(
+            "When the Endpoint Picker does not answer, send requests to any Ready pod (true) "
+            "or answer 503 (false)."
+        ),
+    )
+    lora_signal: LoRASignal = Field(
+        default="Residency",
+        description=(
+            "What the LoRA affinity scorer reads from each pod: Residency, loraplane's gauge "
+            "of the adapters in GPU slots and in the CPU cache (needs the operator's engine "
+            "plugin; without it the pods publish nothing and the scorer scores every pod "
+            "alike); vLLM, vLLM's own vllm:lora_requests_info, which lists only adapters with "
+            "requests in flight."
+        ),
+    )
+    scorers: RouterScorers = Field(
+        default_factory=RouterScorers,
+        description="Scorer weights of the Endpoint Picker.",
+        json_schema_extra={"default": {}},
+    )
+    epp_resources: K8sObject | None = Field(
+        default=None,
+        description="Resources of the Endpoint Picker container (Kubernetes ResourceRequirements).",
+    )
+    envoy_resources: K8sObject | None = Field(
+        default=None,
+        description="Resources of the Envoy container (Kubernetes ResourceRequirements).",
+    )
+
+
 class BaseModelDeploymentSpec(K8sModel):
     """Desired state of a BaseModelDeployment."""
 
@@ -447,6 +545,14 @@ class BaseModelDeploymentSpec(K8sModel):
         description="Volume holding adapter files in each pod. Default: an emptyDir of 10Gi.",
         json_schema_extra={"default": {"emptyDir": {}}},
     )
+    router: RouterSpec | None = Field(
+        default=None,
+        description=(
+            "Route requests by adapter: a router per base model that sends each request to the "
+            "pod where its adapter already sits (opt-in; without it clients call the Service, "
+            "which spreads requests at random)."
+        ),
+    )
 
 
 class AdapterCounts(StatusModel):
@@ -454,6 +560,20 @@ class AdapterCounts(StatusModel):
 
     desired: int = Field(default=0, ge=0, description="LoRAAdapters bound to this base model.")
     ready: int = Field(default=0, ge=0, description="Of those, adapters in phase Ready.")
+
+
+class RouterStatus(StatusModel):
+    """The router of this base model, as the operator last saw it."""
+
+    mode: RouterMode | None = Field(default=None, description="Envoy or InferencePool.")
+    endpoint: str | None = Field(
+        default=None,
+        description=(
+            "OpenAI-compatible base URL of the router's Service (Envoy mode), e.g. "
+            "http://NAME-router.NS.svc:8000/v1; in InferencePool mode, the pool's name."
+        ),
+    )
+    ready: str | None = Field(default=None, description="Ready router pods over desired.")
 
 
 class BaseModelDeploymentStatus(StatusModel):
@@ -478,8 +598,11 @@ class BaseModelDeploymentStatus(StatusModel):
     served_name: str | None = Field(
         default=None, description="Model name of the base model in the OpenAI API."
     )
-    conditions: list[Condition] = conditions_field("Available, Progressing, Degraded")
+    conditions: list[Condition] = conditions_field("Available, Progressing, Degraded, Routed")
     adapters: AdapterCounts | None = Field(default=None, description="LoRAAdapter counts.")
+    router: RouterStatus | None = Field(
+        default=None, description="The router (spec.router); absent without one."
+    )
 
 
 class BaseModelDeployment(K8sModel):

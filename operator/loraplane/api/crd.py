@@ -187,6 +187,11 @@ KINDS = (
                 "jsonPath": '.status.conditions[?(@.type=="Available")].status',
             },
             {"name": "MaxRank", "type": "integer", "jsonPath": ".spec.lora.maxLoraRank"},
+            {
+                "name": "Routed",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Routed")].status',
+            },
             _AGE,
             {
                 "name": "Adapters",
@@ -195,6 +200,12 @@ KINDS = (
                 "priority": 1,
             },
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+            {
+                "name": "Router",
+                "type": "string",
+                "jsonPath": ".status.router.endpoint",
+                "priority": 1,
+            },
         ),
         scale=True,
     ),

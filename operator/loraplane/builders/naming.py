@@ -59,6 +59,64 @@ def base_model_of_child(child_name: str) -> str:
     return child_name
 
 
+# The router of a base model (spec.router): its pods carry LABEL_ROUTER, never LABEL_BASE_MODEL,
+# which would put them behind the base model's Service and among the pods the router picks from.
+LABEL_ROUTER = f"{GROUP}/router"
+ROUTER_COMPONENT = "router"
+ROUTER_CONFIG_VOLUME = "loraplane-router-config"
+ROUTER_ENDPOINTS_VOLUME = "loraplane-router-endpoints"
+
+
+def router_name(base_model: str) -> str:
+    """The router's Deployment, Service, ServiceAccount, Role, RoleBinding and configuration."""
+    return f"{base_model}-router"
+
+
+def router_endpoints_name(base_model: str) -> str:
+    """The ConfigMap listing the base model's Ready pods: Envoy's fallback when the EPP is down."""
+    return f"{base_model}-router-endpoints"
+
+
+def router_selector_labels(base_model: str) -> dict[str, str]:
+    return {LABEL_ROUTER: base_model}
+
+
+def router_pod_labels(base_model: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "loraplane-router",
+        "app.kubernetes.io/instance": base_model,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_COMPONENT: ROUTER_COMPONENT,
+        **router_selector_labels(base_model),
+    }
+
+
+# The kinds of a base model's own children, which share its name.
+NAMED_CHILD_KINDS = frozenset({"Deployment", "Service", "NetworkPolicy", "InferencePool"})
+
+
+def child_slot(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(base model, slot) of an object loraplane may have made for a base model; None for an
+    object of a kind only the router has that is not the router's.
+
+    The base model's own children share its name, and their slot is their kind. The router's
+    are named after it with a suffix, which a base model's own name could also end with, so
+    they are told apart by their controller, the base model that owns them.
+    """
+    meta = obj["metadata"]
+    name, kind = meta["name"], obj["kind"]
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == "BaseModelDeployment":
+            owner = ref["name"]
+            if name == router_name(owner):
+                return owner, f"router/{kind}"
+            if name == router_endpoints_name(owner):
+                return owner, "router/endpoints"
+    if kind not in NAMED_CHILD_KINDS:
+        return None
+    return base_model_of_child(name), kind
+
+
 def agent_secret_name(base_model: str) -> str:
     return f"{base_model}-agent-token"
 

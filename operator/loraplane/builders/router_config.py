@@ -65,6 +65,8 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 ROUTED_BY_HEADER = "x-loraplane-routed-by"
 ROUTED_BY_EPP = "epp"
 ROUTED_BY_FALLBACK = "fallback"
+# And the pod that answered, as "<IP>:<port>": where a request landed, for users and the demo.
+SERVED_BY_HEADER = "x-loraplane-pod"
 # The only paths clients reach: inference goes through the EPP; /v1/models is the same on every
 # Ready pod (each registers every adapter), so any pod answers it. Everything else is 404 here,
 # vLLM's /v1/load_lora_adapter, /v1/unload_lora_adapter and unguarded POST /adapters above all.
@@ -283,8 +285,13 @@ def _http2() -> dict[str, Any]:
     return {options: _typed(options, explicit_http_config={"http2_protocol_options": {}})}
 
 
-def _routed_by(value: str, action: str) -> dict[str, Any]:
-    return {"header": {"key": ROUTED_BY_HEADER, "value": value}, "append_action": action}
+def _routed_by(value: str, action: str) -> list[dict[str, Any]]:
+    """The answer's headers saying how it was routed and which pod gave it (on the hop, the
+    picked pod; on the client listener, a fallback pod unless the hop said already)."""
+    return [
+        {"header": {"key": ROUTED_BY_HEADER, "value": value}, "append_action": action},
+        {"header": {"key": SERVED_BY_HEADER, "value": "%UPSTREAM_HOST%"}, "append_action": action},
+    ]
 
 
 def _retry(retry_on: str, **fields: Any) -> dict[str, Any]:
@@ -362,12 +369,6 @@ def envoy_config(
         "match": {"prefix": "/"},
         "direct_response": {"status": 404, "body": {"inline_string": '{"detail":"Not Found"}'}},
     }
-    fallback_route = {
-        "cluster": _FALLBACK_CLUSTER,
-        "timeout": timeout,
-        "idle_timeout": timeout,
-        "retry_policy": _retry("connect-failure,refused-stream,reset"),
-    }
     if fail_open:
         inference_route = {
             "cluster": _INFERENCE_CLUSTER,
@@ -396,16 +397,18 @@ def envoy_config(
             "match": {"path": HEALTH_PATH},
             "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"},
         },
-        {"name": "models", "match": {"path": MODELS_PATH}, "route": fallback_route},
+        # /v1/models too goes the EPP's way first (a GET: the EPP picks any Ready pod), so that
+        # it answers as soon as the pods are Ready; the fallback list reaches Envoy only with
+        # the kubelet's next sync of its ConfigMap volume (up to a minute or so).
         *(
             {
                 "name": f"inference{path}",
                 "match": {"path": path},
                 "route": inference_route,
                 # The hop marks what the EPP picked; anything else came from the fallback pods.
-                "response_headers_to_add": [_routed_by(ROUTED_BY_FALLBACK, "ADD_IF_ABSENT")],
+                "response_headers_to_add": _routed_by(ROUTED_BY_FALLBACK, "ADD_IF_ABSENT"),
             }
-            for path in PICKED_PATHS
+            for path in (MODELS_PATH, *PICKED_PATHS)
         ),
         not_found,
     ]
@@ -440,7 +443,7 @@ def envoy_config(
                 "headers": [{"name": DESTINATION_HEADER, "present_match": True}],
             },
             "route": {"cluster": _PICKED_CLUSTER, "timeout": timeout, "idle_timeout": timeout},
-            "response_headers_to_add": [_routed_by(ROUTED_BY_EPP, "OVERWRITE_IF_EXISTS_OR_ADD")],
+            "response_headers_to_add": _routed_by(ROUTED_BY_EPP, "OVERWRITE_IF_EXISTS_OR_ADD"),
         },
         {
             # Where a request stands while the EPP decides; reached only if it answered with no

@@ -14,9 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loraplane.chart", description=__doc__)
     parser.add_argument("--chart", type=Path, default=Path("charts/loraplane"))
     parser.add_argument("--crds", type=Path, default=Path("crds"))
+    parser.add_argument(
+        "--gie-crds",
+        type=Path,
+        required=True,
+        help="the Inference Extension's CRDs (GIE_CRDS of hack/build-tools.sh --print-env)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 with a diff when stale")
     args = parser.parse_args(argv)
-    files = generated(args.chart, args.crds)
+    files = generated(args.chart, args.crds, args.gie_crds)
     if not args.check:
         for path in write(files):
             print(f"wrote {path}")

@@ -159,9 +159,13 @@ def settings_env() -> str:
 # -- CRD templates ----------------------------------------------------------------------------
 
 
-def crd_template(crd: dict[str, Any]) -> str:
-    """A CRD as a template: behind crds.enabled, kept on uninstall when crds.keep."""
+def crd_template(
+    crd: dict[str, Any], source: str | None = None, condition: str = ".Values.crds.enabled"
+) -> str:
+    """A CRD as a template: behind `condition` (crds.enabled), kept on uninstall when
+    crds.keep."""
     crd = copy.deepcopy(crd)
+    crd.pop("status", None)  # controller-gen's empty placeholder: the API server writes it
     meta = crd.pop("metadata")
     annotations = meta.pop("annotations", {}) or {}
     meta.pop("labels", None)
@@ -169,8 +173,8 @@ def crd_template(crd: dict[str, Any]) -> str:
     if "{{" in body:
         raise ValueError(f"{meta['name']}: a schema text holds '{{{{', which Helm would render")
     head = [
-        f"{{{{/* {HEADER} From crds/{meta['name']}. */}}}}",
-        "{{- if .Values.crds.enabled }}",
+        f"{{{{/* {HEADER} From {source or 'crds/' + meta['name']}. */}}}}",
+        f"{{{{- if {condition} }}}}",
         f"apiVersion: {crd.pop('apiVersion')}",
         f"kind: {crd.pop('kind')}",
         "metadata:",
@@ -188,7 +192,13 @@ def crd_template(crd: dict[str, Any]) -> str:
     return "\n".join(head) + "\n" + body + "{{- end }}\n"
 
 
-def generated(chart: Path, crds: Path) -> dict[Path, str]:
+# The Gateway API Inference Extension's InferencePool CRD, which the router's Endpoint Picker
+# reads its pods from (builders/router_config): as hack/build-tools.sh --epp takes it from the
+# pinned module (GIE_CRDS of its --print-env).
+INFERENCE_POOL_CRD = "inference.networking.k8s.io_inferencepools.yaml"
+
+
+def generated(chart: Path, crds: Path, gie_crds: Path) -> dict[Path, str]:
     """Every generated file of the chart and its content."""
     files = {
         chart / "values.yaml": values_yaml(),
@@ -202,4 +212,11 @@ def generated(chart: Path, crds: Path) -> dict[Path, str]:
             if doc:
                 plural = doc["spec"]["names"]["plural"]
                 files[chart / "templates" / "crds" / f"{plural}.yaml"] = crd_template(doc)
+    pool = yaml.safe_load((gie_crds / INFERENCE_POOL_CRD).read_text())
+    files[chart / "templates" / "crds" / "inferencepools.yaml"] = crd_template(
+        pool,
+        source=f"the Gateway API Inference Extension module ({gie_crds.name}), "
+        f"{INFERENCE_POOL_CRD}",
+        condition="and .Values.crds.enabled .Values.crds.inferencePool",
+    )
     return files

@@ -76,6 +76,14 @@ class Crds(K8sModel):
             "and every BaseModelDeployment and LoRAAdapter in place."
         ),
     )
+    inference_pool: bool = Field(
+        True,
+        description=(
+            "Install the Gateway API Inference Extension's InferencePool CRD (v1.5.0), which "
+            "the router of a base model (spec.router) needs; turn off where a Gateway's own "
+            "installation of the Inference Extension already provides it."
+        ),
+    )
 
 
 class ServiceAccount(K8sModel):

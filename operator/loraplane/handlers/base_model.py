@@ -32,6 +32,10 @@ async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.event("apps", "v1", "deployments")
 @kopf.on.event("", "v1", "services")
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
+@kopf.on.event("", "v1", "configmaps")
+@kopf.on.event("", "v1", "serviceaccounts")
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles")
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings")
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.fleet.observe_child(event["object"], deleted=event["type"] == "DELETED")
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplane.agent.protocol import SOURCE_CHANGED, SOURCE_UNAVAILABLE
-from loraplane.api import AdapterCounts, BaseModelDeploymentStatus, Condition
-from loraplane.builders import naming
+from loraplane.api import AdapterCounts, BaseModelDeploymentStatus, Condition, RouterStatus
+from loraplane.builders import naming, router
 from loraplane.builders.service import service_endpoint
-from loraplane.children import Outcome
+from loraplane.children import Outcome, RouterOutcome
 from loraplane.fleet import Fleet
 from loraplane.pod_health import PodProblem
 from loraplane.status import Event
@@ -95,6 +95,39 @@ def conditions(observed: Observed) -> list[Cond]:
     return [available, progressing, degraded]
 
 
+def router_status(routed: RouterOutcome | None, owner: Mapping[str, Any]) -> RouterStatus | None:
+    if routed is None:
+        return None
+    status = (routed.deployment or {}).get("status") or {}
+    return RouterStatus(
+        mode=routed.spec.mode,
+        endpoint=router.endpoint(owner, routed.spec),
+        ready=f"{int(status.get('readyReplicas') or 0)}/{routed.spec.replicas}",
+    )
+
+
+def routed_condition(routed: RouterOutcome | None) -> Cond | None:
+    """Whether requests go through the router: absent without spec.router."""
+    if routed is None:
+        return None
+    if routed.error is not None:
+        return Cond("Routed", False, *routed.error)
+    status = (routed.deployment or {}).get("status") or {}
+    ready, desired = int(status.get("readyReplicas") or 0), routed.spec.replicas
+    if routed.deployment is None:
+        return Cond("Routed", False, "RouterCreating", "creating the router")
+    if ready == 0:
+        return Cond("Routed", False, "RouterNotReady", f"0/{desired} router pods ready")
+    if routed.spec.mode == "InferencePool":
+        message = (
+            f"{ready}/{desired} Endpoint Picker pods ready; a Gateway routing to the "
+            "InferencePool picks pods by adapter"
+        )
+    else:
+        message = f"{ready}/{desired} router pods ready; requests go to the pod of their adapter"
+    return Cond("Routed", True, "RouterReady", message)
+
+
 @dataclass(frozen=True)
 class Identity:
     """What the status says of the object itself, not of its pods."""
@@ -110,8 +143,11 @@ def compute(
     who: Identity,
     adapters: AdapterCounts,
     old: BaseModelDeploymentStatus,
+    routed: Cond | None = None,
+    router_now: RouterStatus | None = None,
 ) -> BaseModelDeploymentStatus:
     c = counts(observed)
+    conds = conditions(observed) + ([routed] if routed is not None else [])
     return BaseModelDeploymentStatus(
         observed_generation=who.generation,
         replicas=c["replicas"],
@@ -121,8 +157,9 @@ def compute(
         selector=who.selector,
         endpoint=who.endpoint,
         served_name=who.served_name,
-        conditions=merge(old.conditions, conditions(observed), who.generation),
+        conditions=merge(old.conditions, conds, who.generation),
         adapters=adapters,
+        router=router_now,
     )
 
 
@@ -141,6 +178,10 @@ def events(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
             out.append(Event("Normal", "Available", message))
         elif cond.type == "Degraded" and prev is not None and prev.status == "True":
             out.append(Event("Normal", "Recovered", "no problem seen on any pod"))
+        elif cond.type == "Routed" and cond.status == "True":
+            out.append(Event("Normal", "Routed", message))
+        elif cond.type == "Routed" and prev is not None and cond.reason != "RouterCreating":
+            out.append(Event("Warning", str(cond.reason), message))
     return out
 
 
@@ -193,4 +234,11 @@ def of(
         endpoint=service_endpoint(body, port),
         served_name=outcome.served_name,
     )
-    return compute(observed, who, adapter_counts(fleet, ns, name), old)
+    return compute(
+        observed,
+        who,
+        adapter_counts(fleet, ns, name),
+        old,
+        routed_condition(outcome.router),
+        router_status(outcome.router, body),
+    )
