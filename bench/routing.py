@@ -34,6 +34,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.__main__ import cluster_up, cpu_by_group, cpu_report
+from loraplane import metrics
 from loraplane.builders import router_config
 from tests.integration.cluster import Cluster, pod_ready, wait_for
 from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
@@ -59,10 +60,11 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "C EPP + vLLM's metric": {"loraSignal": "vLLM"},
     "D EPP + residency feed": {"loraSignal": "Residency"},
 }
+# The agents' engine counters (loraplane.metrics), by the family name Prometheus' parser gives.
 ENGINE_COUNTERS = {
-    "loraplane_engine_activations": "activations",
-    "loraplane_engine_evictions": "evictions",
-    "loraplane_engine_disk_loads": "disk loads",
+    metrics.ENGINE_ACTIVATIONS.name.removesuffix("_total"): "activations",
+    metrics.ENGINE_EVICTIONS.name.removesuffix("_total"): "evictions",
+    metrics.ENGINE_DISK_LOADS.name.removesuffix("_total"): "disk loads",
 }
 
 

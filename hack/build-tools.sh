@@ -188,23 +188,27 @@ build_prometheus_operator() {
 # inference_extension_info. Beside it the InferencePool CRD of the same module: v1.5.0's
 # --endpoint-selector mode (no CRD) does not start (its runner passes the empty --pool-name and
 # --pool-namespace to the endpoint pool: "name must not be empty"), so the router runs the EPP with
-# --pool-name against an InferencePool, and the tests install this CRD. Only InferencePool: with
-# the x-k8s CRDs present the EPP would also watch InferenceObjectives and InferenceModelRewrites.
+# --pool-name against an InferencePool, and the tests install this CRD. And the
+# InferenceModelRewrite CRD, through which the router splits a served name's requests between
+# adapters (spec.canary); not InferenceObjective, which loraplane does not use.
 build_epp() {
   gobuild --ldflags "-X sigs.k8s.io/gateway-api-inference-extension/version.BuildRef=$GIE_VERSION" \
     epp sigs.k8s.io/gateway-api-inference-extension "$GIE_VERSION" \
     sigs.k8s.io/gateway-api-inference-extension/cmd/epp
   local out=$home/crds/gie-$GIE_VERSION log=$work/epp-$GIE_VERSION.log src
-  [[ -f $out/.complete ]] && return 0
+  local crds=(inference.networking.k8s.io_inferencepools.yaml inference.networking.x-k8s.io_inferencemodelrewrites.yaml)
+  [[ -f $out/.complete && -f $out/${crds[1]} ]] && return 0
   src=$(cd "$work/epp-$GIE_VERSION" && go mod download -json "sigs.k8s.io/gateway-api-inference-extension@$GIE_VERSION" 2>>"$log" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') || fail "download the GIE module" "$log"
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  cp "$src/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "$out.tmp/" \
-    || fail "copy the InferencePool CRD" "$log"
+  local crd
+  for crd in "${crds[@]}"; do
+    cp "$src/config/crd/bases/$crd" "$out.tmp/" || fail "copy $crd" "$log"
+  done
   chmod u+w "$out.tmp"/*.yaml  # the module cache is read-only
   touch "$out.tmp/.complete"
   rm -rf "$out" && mv "$out.tmp" "$out"
-  step "copied the InferencePool CRD to $out"
+  step "copied the Inference Extension's CRDs to $out"
 }
 
 # The adapter-source tests' servers: the CNCF distribution registry, oras to push OCI artifacts

@@ -17,7 +17,8 @@ TIMEOUT=${DEMO_TIMEOUT_SECONDS:-600}
 BASE=tiny
 ADAPTERS=(tiny-chat tiny-sql tiny-summarize)
 REFUSED=tiny-too-big
-CRDS=(basemodeldeployments.loraplane.dev loraadapters.loraplane.dev inferencepools.inference.networking.k8s.io)
+CRDS=(basemodeldeployments.loraplane.dev loraadapters.loraplane.dev inferencepools.inference.networking.k8s.io
+  inferencemodelrewrites.inference.networking.x-k8s.io)
 state=$home/demo
 mkdir -p "$state"
 start=$(date +%s)
@@ -113,6 +114,25 @@ completion() { # completion POD_IP MODEL
     python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["choices"][0]["text"]))'
 }
 
+routed() {
+  local cond
+  cond=$(jp -n "$DEMO_NS" get bmd "$BASE" -o 'jsonpath={.status.conditions[?(@.type=="Routed")].status} {.status.router.ready}')
+  echo "Routed: ${cond:-not yet}"
+  [[ $cond == True* ]]
+}
+
+routed_to() { # routed_to ROUTER_IP MODEL "IP=POD ..." -> the pod that answered each request
+  local i pod out=
+  for i in 1 2 3 4; do
+    pod=$(curl -sf -o /dev/null -D - "http://$1:8081/v1/completions" -H 'Content-Type: application/json' \
+      -d "{\"model\": \"$2\", \"prompt\": \"request $i\", \"max_tokens\": 4}" |
+      tr -d '\r' | sed -n 's/^x-loraplane-pod: \([^:]*\):.*/\1/p')
+    for p in $3; do [[ ${p%%=*} == "$pod" ]] && pod=${p#*=}; done
+    out+="${out:+, }${pod:-no answer}"
+  done
+  echo "$out"
+}
+
 up() {
   bash "$here/cluster.sh" status >/dev/null ||
     fail "the local cluster is not healthy ($here/cluster.sh status says which part): make demo starts it, or make cluster-up"
@@ -151,6 +171,16 @@ up() {
   local model
   for model in "$BASE" "${ADAPTERS[@]}"; do
     printf '  %-16s %s\n' "$model" "$(completion "$ip" "$model")"
+  done
+  wait_until "the router" routed
+  local router pods
+  router=$(kubectl get pods -n "$DEMO_NS" -l loraplane.dev/router="$BASE" -o 'jsonpath={.items[0].status.podIP}')
+  pods=$(kubectl get pods -n "$DEMO_NS" -l loraplane.dev/base-model="$BASE" \
+    -o 'jsonpath={range .items[*]}{.status.podIP}={.metadata.name} {end}')
+  echo
+  echo "Through the router (Envoy at $router:8081, the Endpoint Picker choosing), 4 requests per adapter:"
+  for model in "${ADAPTERS[@]}"; do
+    printf '  %-16s %s\n' "$model" "$(routed_to "$router" "$model" "$pods")"
   done
   local op
   op=$(kubectl get pods -n "$OPERATOR_NS" -l app.kubernetes.io/instance="$RELEASE" -o 'jsonpath={.items[0].status.podIP}')

@@ -8,13 +8,14 @@ which reconciles its owner at once. A spec the operator refuses rolls nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from loraplane import kube
+from loraplane import canary, kube
 from loraplane.api import BaseModelDeploymentSpec, RouterSpec
 from loraplane.api.common import plain
 from loraplane.builders import naming, router
@@ -50,6 +51,13 @@ ROUTER_SLOTS = (
     "router/Deployment",
     "router/Service",
     "InferencePool",
+    "InferenceModelRewrite",
+)
+NO_REWRITE_API = (
+    "InferenceModelRewriteNotInstalled",
+    "the InferenceModelRewrite API (inference.networking.x-k8s.io/v1alpha2), through which the "
+    "router splits requests, is not installed in this cluster: the chart installs it "
+    "(crds.inferenceExtension)",
 )
 
 
@@ -57,8 +65,11 @@ NO_INFERENCE_POOL_API = (
     "InferencePoolNotInstalled",
     f"the InferencePool API ({router.INFERENCE_POOL_API}) is not installed in this cluster: "
     "the router's Endpoint Picker reads its pods from one: install the Gateway API Inference "
-    "Extension's InferencePool CRD (the chart does, with crds.inferencePool)",
+    "Extension's InferencePool CRD (the chart does, with crds.inferenceExtension)",
 )
+
+
+_REWRITE_TYPE = ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite")
 
 
 @dataclass(frozen=True)
@@ -152,26 +163,47 @@ def _router_objects(rt: Runtime, owner: dict[str, Any], spec: RouterSpec) -> dic
 async def _converge_router(
     rt: Runtime, owner: dict[str, Any], spec: RouterSpec | None
 ) -> RouterOutcome | None:
-    """Present exactly while spec.router is set; a mode change removes the other mode's."""
+    """Present exactly while spec.router is set; a mode change removes the other mode's. The
+    canaries of the base model's adapters are judged here too, since the router carries them."""
     meta = owner["metadata"]
     key = (meta["namespace"], meta["name"])
+    splits = canary.plan(
+        rt.fleet.adapters_of(*key), lambda a: rt.fleet.served_everywhere(*key, a), spec is not None
+    )
     desired = _router_objects(rt, owner, spec) if spec is not None else {}
+    rules = canary.rewrite_rules(splits)
+    if rules:
+        desired["InferenceModelRewrite"] = router.model_rewrite(owner, rules)
+    outcome = None if spec is None else RouterOutcome(spec, None, None)
     for slot in ROUTER_SLOTS:
         live = rt.fleet.child(key, slot)
         if slot not in desired:
             if live is not None:
                 await _remove(rt, live)
+            elif slot == "InferenceModelRewrite" and key not in rt.fleet.rewrites_checked:
+                # Not watched (its CRD may be absent): one left from before a restart would
+                # still split requests, so it is removed once, known or not.
+                name = meta["name"]
+                await kube.delete(rt.api, *_REWRITE_TYPE, key[0], name)
+                rt.fleet.rewrites_checked.add(key)
             continue
         obj = desired[slot]
         try:
             rt.fleet.observe_child(await kube.converge(rt.api, obj, live, _keys(obj)))
         except ApiException as exc:
-            if slot == "InferencePool" and exc.status == 404 and spec is not None:
-                return RouterOutcome(spec, None, NO_INFERENCE_POOL_API)
+            if exc.status != 404 or spec is None:
+                raise
+            if slot == "InferencePool":
+                outcome = RouterOutcome(spec, None, NO_INFERENCE_POOL_API)
+                break
+            if slot == "InferenceModelRewrite":
+                splits = {n: canary.unsplit(s, *NO_REWRITE_API) for n, s in splits.items()}
+                continue
             raise
-    if spec is None:
-        return None
-    return RouterOutcome(spec, rt.fleet.child(key, "router/Deployment"), None)
+    rt.fleet.set_splits(key, splits)
+    if outcome is None or outcome.error is not None:
+        return outcome
+    return dataclasses.replace(outcome, deployment=rt.fleet.child(key, "router/Deployment"))
 
 
 async def converge(rt: Runtime, body: Any) -> Outcome:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -44,6 +44,9 @@ from loraplane.placement import Candidate, Placement, place
 from loraplane.pod_health import PodProblem, pod_problems
 from loraplane.status.conditions import now
 from loraplane.vllm.errors import Reason
+
+if TYPE_CHECKING:  # canary judges from the fleet's views; the fleet only keeps its verdicts
+    from loraplane.canary import Split
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class AdapterView:
     refresh: str | None = None
     follow: bool = False  # updatePolicy Follow: changed source files become a new version
     uid: str = ""
+    canary: tuple[str, int] | None = None  # spec.canary: (the other adapter, percent to it)
 
     @property
     def key(self) -> Key:
@@ -211,6 +215,10 @@ class Fleet:
     residency_read: dict[Key, float] = field(default_factory=dict)
     # uids of base models whose agent token Secret exists
     agent_secrets: set[str] = field(default_factory=set)
+    # base key -> adapter name -> its canary split, as the base model's reconcile last judged it
+    splits: dict[Key, dict[str, Split]] = field(default_factory=dict)
+    # base models whose InferenceModelRewrite was removed once, in case one outlived a restart
+    rewrites_checked: set[Key] = field(default_factory=set)
     # base key -> slot (naming.child_slot) -> the live child object, as the watches last showed it
     children: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _versions: dict[Key, Version] = field(default_factory=dict)
@@ -561,7 +569,25 @@ class Fleet:
         self._derived_changed(*key)
         return self._kicks(*key)
 
+    def set_splits(self, base: Key, splits: dict[str, Split]) -> None:
+        """Keep the base model's canary splits; wake the adapters whose split changed."""
+        old = self.splits.get(base, {})
+        if splits:
+            self.splits[base] = splits
+        else:
+            self.splits.pop(base, None)
+        for name in old.keys() | splits.keys():
+            if old.get(name) != splits.get(name):
+                self.wake((base[0], name))
+
+    def split_of(self, key: Key) -> Split | None:
+        ad = self.adapters.get(key)
+        if ad is None:
+            return None
+        return self.splits.get((ad.namespace, ad.base_model), {}).get(ad.name)
+
     def forget_base(self, key: Key) -> Kicks:
+        self.splits.pop(key, None)
         self.bases.pop(key, None)
         self._derived_changed(*key)
         self.children.pop(key, None)
@@ -1022,6 +1048,9 @@ def adapter_view(obj: Mapping[str, Any]) -> AdapterView:
         priority=parsed.spec.priority,
         refresh=parsed.spec.refresh,
         follow=parsed.spec.update_policy == "Follow",
+        canary=(
+            (parsed.spec.canary.adapter, parsed.spec.canary.weight) if parsed.spec.canary else None
+        ),
         **common,
     )
 

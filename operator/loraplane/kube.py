@@ -30,6 +30,7 @@ _COLLECTIONS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
+    ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite"): "inferencemodelrewrites",
     ("loraplane.dev/v1alpha1", "BaseModelDeployment"): "basemodeldeployments",
     ("loraplane.dev/v1alpha1", "LoRAAdapter"): "loraadapters",
 }

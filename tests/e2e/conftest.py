@@ -53,6 +53,7 @@ CRDS = (
     "basemodeldeployments.loraplane.dev",
     "loraadapters.loraplane.dev",
     "inferencepools.inference.networking.k8s.io",
+    "inferencemodelrewrites.inference.networking.x-k8s.io",
 )
 
 

@@ -47,6 +47,9 @@ def test_make_demo_serves_the_tiny_example_and_demo_down_removes_it(
     assert "tiny-too-big: Validated=False RankExceedsMax" in out, out
     assert re.search(r"^  tiny\s+'.+'$", out, re.M), out  # the base model itself
     assert re.search(r'loraplane_adapter_loads_total\{.*adapter="tiny-chat".*result="success"', out)
+    # Through the router, each adapter's requests land on named pods of the base model.
+    for name in ADAPTERS:
+        assert re.search(rf"^  {name}\s+(tiny-[a-z0-9]+-[a-z0-9]+(, )?){{4}}$", out, re.M), out
     pods = cluster.list("pods", "loraplane-system", "app.kubernetes.io/instance=loraplane")
     assert len(pods) == 1 and pods[0]["spec"]["serviceAccountName"] == "loraplane"
 

@@ -73,16 +73,19 @@ def crds(cluster: Cluster) -> Cluster:
         "crd/basemodeldeployments.loraplane.dev",
         "crd/loraadapters.loraplane.dev",
     )
-    # The router's Endpoint Picker reads its pods from an InferencePool (builders/router_config).
+    # The router's Endpoint Picker reads its pods from an InferencePool (builders/router_config),
+    # and canaries are InferenceModelRewrites: the Inference Extension's CRDs, as the chart has.
+    from loraplane.chart.render import INFERENCE_EXTENSION_CRDS
     from tests.support.tools import gie_crds
 
-    pool = gie_crds() / "inference.networking.k8s.io_inferencepools.yaml"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(pool))
+    for name in INFERENCE_EXTENSION_CRDS:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(gie_crds() / name))
     cluster.kubectl(
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/inferencepools.inference.networking.k8s.io",
+        "crd/inferencemodelrewrites.inference.networking.x-k8s.io",
     )
     return cluster
 

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loraplane.builders import router_config
 from tests.integration.cluster import (
     Cluster,
+    completion,
     condition,
     container_pid,
     http_json,
@@ -274,3 +275,91 @@ def _epp_pid(pod: dict[str, Any]) -> int | None:
         return container_pid(pod, EPP_PROCESS)
     except AssertionError:
         return None
+
+
+SPLIT_PROMPT = "The quick brown fox"
+
+
+def _reference(cluster: Cluster, adapters: tuple[str, ...]) -> dict[str, str]:
+    """Each adapter's greedy answer to SPLIT_PROMPT, straight from a pod: the EPP gives clients
+    back the model name they asked for, so an answer is told by its text. The adapters are of
+    different random weights, so their answers differ (checked)."""
+    ip = _vllm_pods(cluster)[0]["status"]["podIP"]
+    texts = {a: completion(ip, a, SPLIT_PROMPT, tokens=8) for a in adapters}
+    assert len(set(texts.values())) == len(texts), (
+        f"answers do not tell the adapters apart: {texts}"
+    )
+    return texts
+
+
+def _answered_by(url: str, model: str, n: int, texts: dict[str, str]) -> dict[str, int]:
+    """`n` greedy completions for `model` through the router, 4 at a time, counted by the
+    adapter whose answer each one is."""
+    by_text = {t: a for a, t in texts.items()}
+
+    def one(_: int) -> str:
+        body = http_json(
+            url, {"model": model, "prompt": SPLIT_PROMPT, "max_tokens": 8, "temperature": 0}
+        )
+        return by_text.get(body["choices"][0]["text"], "other")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, range(n)))
+    return {m: answers.count(m) for m in set(answers)}
+
+
+def _split_true(cluster: Cluster, name: str, weight: int) -> dict[str, Any] | None:
+    obj = cluster.get("lora", name, NS) or {}
+    cond = condition(obj, "Split") or {}
+    shares = ((obj.get("status") or {}).get("traffic")) or []
+    ok = cond.get("status") == "True" and [s["weight"] for s in shares] == [100 - weight, weight]
+    return obj if ok else None
+
+
+def test_a_canary_sends_its_share_of_a_served_names_requests(routed: Cluster) -> None:
+    url = _router_url(routed, "/v1/completions")
+    sql = lora_adapter("sql", BASE, f"{ADAPTER_SOURCES}/rank8")
+    sql["spec"]["canary"] = {"adapter": "sql-v2", "weight": 30}
+    routed.apply(sql, NS)
+    routed.apply(lora_adapter("sql-v2", BASE, f"{ADAPTER_SOURCES}/rank16"), NS)
+    for name in ("sql", "sql-v2"):
+        obj = wait_for(
+            f"{name} shows the 70/30 split", lambda n=name: _split_true(routed, n, 30), 120
+        )
+        assert obj["status"]["traffic"] == [
+            {"adapter": "sql", "servedName": "sql", "weight": 70},
+            {"adapter": "sql-v2", "servedName": "sql-v2", "weight": 30},
+        ]
+    texts = _reference(routed, ("sql", "sql-v2"))
+    # The EPP reads the rewrite from its watch: a moment after the operator wrote it.
+    wait_for(
+        "the first rewritten answer",
+        lambda: "sql-v2" in _answered_by(url, "sql", 8, texts),
+        timeout=30,
+    )
+    counts = _answered_by(url, "sql", 300, texts)
+    print(f"canary 30%: {counts} of 300")
+    # Binomial(300, 0.3): mean 90, sd 7.9; 90 +- 4 sd.
+    assert set(counts) <= {"sql", "sql-v2"} and 58 <= counts.get("sql-v2", 0) <= 122, counts
+    # A weight changes with an apply; 100% sends every request to the canary.
+    sql["spec"]["canary"]["weight"] = 100
+    routed.apply(sql, NS)
+    wait_for("sql shows 0/100", lambda: _split_true(routed, "sql", 100), 60)
+    wait_for(
+        "every answer from sql-v2",
+        lambda: _answered_by(url, "sql", 8, texts) == {"sql-v2": 8},
+        timeout=30,
+    )
+    # Without the canary, the rewrite goes and every request is sql's own again.
+    routed.kubectl("patch", "lora", "sql", "-n", NS, "--type=json",
+                   "-p", '[{"op":"remove","path":"/spec/canary"}]')  # fmt: skip
+    wait_for(
+        "the rewrite removed",
+        lambda: routed.get("inferencemodelrewrite", BASE, NS) is None,
+        timeout=60,
+    )
+    wait_for("every answer from sql", lambda: _answered_by(url, "sql", 8, texts) == {"sql": 8}, 30)
+    status = (routed.get("lora", "sql", NS) or {}).get("status") or {}
+    assert (
+        status.get("traffic") is None and condition(routed.get("lora", "sql", NS), "Split") is None
+    )

@@ -336,6 +336,18 @@ BAD_OBJECTS: list[Bad] = [
         server_message="should be less than or equal to 100",
     ),
     Bad(
+        "canary-is-itself",
+        lora({"canary": {"adapter": "bad-lora", "weight": 10}}),
+        adapter.CANARY_NOT_SELF.message,
+        rule=adapter.CANARY_NOT_SELF,
+    ),
+    Bad(
+        "canary-weight-over-100",
+        lora({"canary": {"adapter": "other", "weight": 101}}),
+        "less than or equal to 100",
+        server_message="should be less than or equal to 100",
+    ),
+    Bad(
         "lora-without-base-model",
         {**lora(), "spec": {"source": {"path": "/a"}}},
         "spec.baseModel\n  Field required",

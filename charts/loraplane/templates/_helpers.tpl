@@ -79,7 +79,8 @@ app.kubernetes.io/part-of: loraplane
   verbs: [list, watch, create, patch, update, delete]
 # The router (spec.router): its account, and the Role it binds. Kubernetes lets the operator
 # grant only what it holds itself: pods get/list/watch, and read on the Inference Extension's
-# kinds (the Endpoint Picker reads rewrites and objectives, and in InferencePool mode the pool).
+# kinds (the Endpoint Picker reads its pool, rewrites and objectives). The operator writes the
+# pool and, for canaries between adapters (spec.canary), the rewrites.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [list, watch, create, patch, update, delete]
@@ -87,8 +88,11 @@ app.kubernetes.io/part-of: loraplane
   resources: [roles, rolebindings]
   verbs: [list, watch, create, patch, update, delete]
 - apiGroups: [inference.networking.x-k8s.io]
-  resources: [inferenceobjectives, inferencemodelrewrites]
+  resources: [inferenceobjectives]
   verbs: [get, list, watch]
+- apiGroups: [inference.networking.x-k8s.io]
+  resources: [inferencemodelrewrites]
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]
   verbs: [get, list, watch, create, patch, update, delete]

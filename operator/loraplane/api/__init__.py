@@ -8,6 +8,7 @@ from loraplane.api.adapter import (
     MAX_STATUS_PODS,
     AdapterConditionType,
     AdapterSummary,
+    CanarySpec,
     LoRAAdapter,
     LoRAAdapterSpec,
     LoRAAdapterStatus,
@@ -15,6 +16,7 @@ from loraplane.api.adapter import (
     PodAdapterStatus,
     PodState,
     ReplicaCounts,
+    TrafficShare,
 )
 from loraplane.api.base_model import (
     DEFAULT_IMAGE,
@@ -95,6 +97,7 @@ __all__ = [
     "BaseModelDeployment",
     "BaseModelDeploymentSpec",
     "BaseModelDeploymentStatus",
+    "CanarySpec",
     "CelRule",
     "Condition",
     "ConditionStatus",
@@ -127,6 +130,7 @@ __all__ = [
     "S3Source",
     "SecretKeyRef",
     "SecretRef",
+    "TrafficShare",
     "URLSource",
     "ValidationRuleError",
     "adapter",

@@ -39,7 +39,7 @@ Phase = Literal["Pending", "Loading", "Ready", "Degraded", "Failed"]
 PodState = Literal[
     "Pending", "Loading", "Registered", "Outdated", "Failed", "Evicted", "NotAttempted"
 ]
-AdapterConditionType = Literal["Validated", "Ready", "Progressing"]
+AdapterConditionType = Literal["Validated", "Ready", "Progressing", "Split"]
 UpdatePolicy = Literal["Pinned", "Follow"]
 
 BASE_MODEL_NAME = CelRule(
@@ -75,6 +75,32 @@ DEFAULT_SERVED_NAME_LENGTH = CelRule(
     ),
     field_path=".spec",
 )
+
+CANARY_NOT_SELF = CelRule(
+    name="adapter-canary-not-itself",
+    rule="!has(self.spec.canary) || self.spec.canary.adapter != self.metadata.name",
+    message="canary.adapter must name another LoRAAdapter, not this one",
+    field_path=".spec.canary.adapter",
+)
+
+
+class CanarySpec(K8sModel):
+    """Send a share of the requests for this adapter's served name to another adapter of the same
+    base model, through the base model's router (spec.router)."""
+
+    adapter: str = Field(
+        min_length=1,
+        max_length=253,
+        description=(
+            "Name of the other LoRAAdapter, in the same namespace and on the same base model. It "
+            "gets traffic only once it is Ready."
+        ),
+    )
+    weight: int = Field(
+        ge=0,
+        le=100,
+        description="Percent of this adapter's requests sent to the other adapter (0 to 100).",
+    )
 
 
 class LoRAAdapterSpec(K8sModel):
@@ -123,6 +149,15 @@ class LoRAAdapterSpec(K8sModel):
         description=(
             "When a base model has more adapters than room (lora.maxAdaptersPerReplica), "
             "adapters of higher priority keep their place; ties go to the older adapter."
+        ),
+    )
+
+    canary: CanarySpec | None = Field(
+        default=None,
+        description=(
+            "Split this adapter's requests with another adapter, e.g. 10% to a new version: "
+            "clients keep asking for this adapter's served name, and the base model's router "
+            "sends the share to the other. Needs spec.router on the base model."
         ),
     )
 
@@ -204,6 +239,14 @@ class PodAdapterStatus(StatusModel):
     )
 
 
+class TrafficShare(StatusModel):
+    """One destination of the requests for a served name that a canary splits."""
+
+    adapter: str = Field(description="The LoRAAdapter that serves these requests.")
+    served_name: str = Field(description="Its served name, which the router rewrites to.")
+    weight: int = Field(ge=0, le=100, description="Percent of the requests.")
+
+
 class LoRAAdapterStatus(StatusModel):
     """Observed state of a LoRAAdapter, written by the operator."""
 
@@ -214,7 +257,7 @@ class LoRAAdapterStatus(StatusModel):
         default=None, description="Pending, Loading, Ready, Degraded or Failed."
     )
     message: str | None = Field(default=None, description="Why the adapter is in this phase.")
-    conditions: list[Condition] = conditions_field("Validated, Ready, Progressing")
+    conditions: list[Condition] = conditions_field("Validated, Ready, Progressing, Split")
     adapter: AdapterSummary | None = Field(default=None, description="The adapter's files.")
     replicas: ReplicaCounts | None = Field(default=None, description="Pod counts.")
     ready: str | None = Field(
@@ -224,6 +267,13 @@ class LoRAAdapterStatus(StatusModel):
         default=None,
         max_length=MAX_STATUS_PODS,
         description=f"The adapter on each pod (at most {MAX_STATUS_PODS} pods are listed).",
+    )
+    traffic: list[TrafficShare] | None = Field(
+        default=None,
+        description=(
+            "Where the router sends the requests of a served name that a canary splits: on the "
+            "adapter with spec.canary, and on the adapter it names (absent without a canary)."
+        ),
     )
 
 
@@ -243,6 +293,9 @@ class LoRAAdapter(K8sModel):
         DEFAULT_SERVED_NAME_LENGTH.require(
             self.spec.served_name is not None or len(self.metadata.name) <= 128
         )
+        CANARY_NOT_SELF.require(
+            self.spec.canary is None or self.spec.canary.adapter != self.metadata.name
+        )
         return self
 
     @property
@@ -251,5 +304,5 @@ class LoRAAdapter(K8sModel):
         return self.spec.served_name or self.metadata.name
 
 
-ROOT_RULES = (DEFAULT_SERVED_NAME_LENGTH,)
+ROOT_RULES = (DEFAULT_SERVED_NAME_LENGTH, CANARY_NOT_SELF)
 NAME_RULES: tuple[CelRule, ...] = ()

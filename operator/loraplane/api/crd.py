@@ -232,6 +232,12 @@ KINDS = (
             _AGE,
             {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority", "priority": 1},
             {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+            {
+                "name": "Split",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Split")].message',
+                "priority": 1,
+            },
         ),
         scale=False,
     ),

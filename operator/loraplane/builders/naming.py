@@ -92,7 +92,9 @@ def router_pod_labels(base_model: str) -> dict[str, str]:
 
 
 # The kinds of a base model's own children, which share its name.
-NAMED_CHILD_KINDS = frozenset({"Deployment", "Service", "NetworkPolicy", "InferencePool"})
+NAMED_CHILD_KINDS = frozenset(
+    {"Deployment", "Service", "NetworkPolicy", "InferencePool", "InferenceModelRewrite"}
+)
 
 
 def child_slot(obj: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -212,6 +212,33 @@ def inference_pool(owner: Mapping[str, Any], router: RouterSpec, vllm_port: int)
     }
 
 
+def model_rewrite(
+    owner: Mapping[str, Any], rules: Sequence[tuple[str, Sequence[tuple[str, int]]]]
+) -> dict[str, Any]:
+    """The canaries of the base model's adapters (spec.canary), as the EPP reads them: each
+    request for a served name is rewritten to one of its targets, chosen by weight."""
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": f"{INFERENCE_EXTENSION_GROUP}/v1alpha2",
+        "kind": "InferenceModelRewrite",
+        "metadata": _meta(owner, name, "router"),
+        "spec": {
+            "poolRef": {
+                "group": router_config.INFERENCE_POOL_GROUP,
+                "kind": "InferencePool",
+                "name": name,
+            },
+            "rules": [
+                {
+                    "matches": [{"model": {"type": "Exact", "value": served}}],
+                    "targets": [{"modelRewrite": t, "weight": w} for t, w in targets],
+                }
+                for served, targets in rules
+            ],
+        },
+    }
+
+
 def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 

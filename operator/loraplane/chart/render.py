@@ -192,10 +192,14 @@ def crd_template(
     return "\n".join(head) + "\n" + body + "{{- end }}\n"
 
 
-# The Gateway API Inference Extension's InferencePool CRD, which the router's Endpoint Picker
-# reads its pods from (builders/router_config): as hack/build-tools.sh --epp takes it from the
-# pinned module (GIE_CRDS of its --print-env).
-INFERENCE_POOL_CRD = "inference.networking.k8s.io_inferencepools.yaml"
+# The Gateway API Inference Extension's CRDs: the InferencePool the router's Endpoint Picker
+# reads its pods from (builders/router_config), and the InferenceModelRewrite through which the
+# router splits requests between adapters (spec.canary). As hack/build-tools.sh --epp takes them
+# from the pinned module (GIE_CRDS of its --print-env).
+INFERENCE_EXTENSION_CRDS = (
+    "inference.networking.k8s.io_inferencepools.yaml",
+    "inference.networking.x-k8s.io_inferencemodelrewrites.yaml",
+)
 
 
 def generated(chart: Path, crds: Path, gie_crds: Path) -> dict[Path, str]:
@@ -212,11 +216,13 @@ def generated(chart: Path, crds: Path, gie_crds: Path) -> dict[Path, str]:
             if doc:
                 plural = doc["spec"]["names"]["plural"]
                 files[chart / "templates" / "crds" / f"{plural}.yaml"] = crd_template(doc)
-    pool = yaml.safe_load((gie_crds / INFERENCE_POOL_CRD).read_text())
-    files[chart / "templates" / "crds" / "inferencepools.yaml"] = crd_template(
-        pool,
-        source=f"the Gateway API Inference Extension module ({gie_crds.name}), "
-        f"{INFERENCE_POOL_CRD}",
-        condition="and .Values.crds.enabled .Values.crds.inferencePool",
-    )
+    for name in INFERENCE_EXTENSION_CRDS:
+        doc = yaml.safe_load((gie_crds / name).read_text())
+        files[chart / "templates" / "crds" / f"{doc['spec']['names']['plural']}.yaml"] = (
+            crd_template(
+                doc,
+                source=f"the Gateway API Inference Extension module ({gie_crds.name}), {name}",
+                condition="and .Values.crds.enabled .Values.crds.inferenceExtension",
+            )
+        )
     return files

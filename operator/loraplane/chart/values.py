@@ -76,12 +76,13 @@ class Crds(K8sModel):
             "and every BaseModelDeployment and LoRAAdapter in place."
         ),
     )
-    inference_pool: bool = Field(
+    inference_extension: bool = Field(
         True,
         description=(
-            "Install the Gateway API Inference Extension's InferencePool CRD (v1.5.0), which "
-            "the router of a base model (spec.router) needs; turn off where a Gateway's own "
-            "installation of the Inference Extension already provides it."
+            "Install the Gateway API Inference Extension's InferencePool and "
+            "InferenceModelRewrite CRDs (v1.5.0), which the router of a base model "
+            "(spec.router) and canaries between adapters (spec.canary) need; turn off where a "
+            "Gateway's own installation of the Inference Extension already provides them."
         ),
     )
 

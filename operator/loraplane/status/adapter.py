@@ -162,6 +162,9 @@ def compute(fleet: Fleet, ad: AdapterView, old: LoRAAdapterStatus, cap: int) -> 
     desired = len(fleet.pods_of(ad.namespace, ad.base_model))
     phase, conds = _judge(fleet, ad, version, refusal, desired, tally)
     registered = 0 if refusal else tally.registered
+    split = fleet.split_of(ad.key)
+    if split is not None:
+        conds.append(Cond("Split", split.active, split.reason, split.message))
     return LoRAAdapterStatus(
         observed_generation=ad.generation,
         phase=phase,
@@ -171,6 +174,7 @@ def compute(fleet: Fleet, ad: AdapterView, old: LoRAAdapterStatus, cap: int) -> 
         replicas=ReplicaCounts(desired=desired, registered=registered, outdated=tally.outdated),
         ready=f"{registered}/{desired}",
         pods=tally.entries,
+        traffic=list(split.shares) if split is not None else None,
     )
 
 
@@ -284,7 +288,21 @@ def events(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> list[Event]:
         out.append(Event("Warning", "CapacityExceeded", message))
     elif new.phase == "Degraded" and old.phase != "Degraded":
         out.append(Event("Warning", "Degraded", message))
+    out += _split_events(old, new)
     return out
+
+
+def _split_events(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> list[Event]:
+    """A canary that starts or stops splitting requests, or changes its weights."""
+    before, after = find(old.conditions, "Split"), find(new.conditions, "Split")
+    if after is None or (before and (before.status, before.reason, before.message)
+                         == (after.status, after.reason, after.message)):  # fmt: skip
+        return []
+    if after.status == "True":
+        return [Event("Normal", "Split", after.message or "")]
+    if before is not None and before.status == "True":
+        return [Event("Warning", str(after.reason), after.message or "")]
+    return []
 
 
 def transition(old: LoRAAdapterStatus, new: LoRAAdapterStatus) -> bool:
