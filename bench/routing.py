@@ -3,7 +3,7 @@
 Eight adapters with Zipf popularity (s = 1.1), each with its own system prompt, on a base model of
 two pods with one GPU slot and a CPU cache of two (`--max-loras 1 --max-cpu-loras 2`), so that
 most requests find their adapter out of the slot on a pod that routing ignores. Four arms, the
-same workload each, interleaved in rounds (A B C D, A B C D, ...) so that the machine's noise falls
+same workload each, interleaved in rounds (A B C D E, A B C D E, ...) so that the machine's noise falls
 on every arm:
 
 - A: a random pod per request, what the base model's Service does today;
@@ -13,8 +13,11 @@ on every arm:
 
 Per arm, from the agents' engine counters (loraplane's plugin) and the client: GPU-slot
 activations, CPU-cache evictions and disk loads per request, output tokens/s, p50 and p95
-latency, requests per pod (max over min). Switching arm B, C or D is a patch of spec.router,
-which rolls the router's pod; the time that takes is not counted.
+latency, requests per pod (max over min). A fifth arm, E, is D with the LoRA scorer weighted 10
+instead of 4: what the other scorers cost affinity. Switching arms B to E is a patch of
+spec.router, which rolls the router's pod; the time that takes is not counted. Before the arms,
+the machine's CPU is measured for IDLE_SECONDS with the router up and no traffic: what the EPP's
+scrapes cost the vLLM servers.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.__main__ import cluster_up, cpu_by_group, cpu_report
+from bench.__main__ import cluster_up, cpu_by_group, cpu_report, group_of
 from loraplane import metrics
 from loraplane.builders import router_config
 from tests.integration.cluster import Cluster, pod_ready, wait_for
@@ -59,7 +63,11 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "B EPP, no LoRA scorer": {"scorers": {"loraAffinity": 0}},
     "C EPP + vLLM's metric": {"loraSignal": "vLLM"},
     "D EPP + residency feed": {"loraSignal": "Residency"},
+    # What bounds D: the queue and KV-cache scorers pull requests off the pod holding their
+    # adapter; a heavier LoRA scorer trades balance for affinity.
+    "E as D, LoRA weight 10": {"loraSignal": "Residency", "scorers": {"loraAffinity": 10}},
 }
+IDLE_SECONDS = 20.0
 # The agents' engine counters (loraplane.metrics), by the family name Prometheus' parser gives.
 ENGINE_COUNTERS = {
     metrics.ENGINE_ACTIVATIONS.name.removesuffix("_total"): "activations",
@@ -232,6 +240,26 @@ def setup(c: Cluster) -> None:
     wait_for("every adapter Ready 2/2", all_ready, timeout=300)
 
 
+ROUTER_GROUPS = ("pods' epp", "pods' envoy")
+
+
+def router_rss() -> dict[str, float]:
+    """MiB resident of the router's containers (the process node's cgroups name them)."""
+    out = dict.fromkeys(ROUTER_GROUPS, 0.0)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            group = group_of(proc.name)
+            if group in out:
+                status = (proc / "status").read_text()
+                kib = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS"))
+                out[group] += kib / 1024
+        except (OSError, StopIteration, ValueError):
+            continue  # gone meanwhile, or a kernel thread
+    return out
+
+
 def report(arms: dict[str, Arm], load: str) -> None:
     print(f"\nbench-routing: {REQUESTS} requests per arm in {ROUNDS} rounds, concurrency "
           f"{CONCURRENCY}, {ADAPTERS} adapters Zipf s={ZIPF_S}, {MAX_TOKENS} tokens each; "
@@ -266,6 +294,13 @@ def main() -> int:
         rng = random.Random(SEED)
         arms = {name: Arm(name) for name in ARMS}
         per_round = REQUESTS // ROUNDS
+        idle = router_rss()
+        before_idle = cpu_by_group()
+        time.sleep(IDLE_SECONDS)
+        print(
+            f"idle for {IDLE_SECONDS:.0f} s with the router up (its EPP scraping both pods "
+            "every 200 ms):" + cpu_report(before_idle, cpu_by_group(), IDLE_SECONDS)
+        )
         cpu0, t0 = cpu_by_group(), time.time()
         for _ in range(ROUNDS):
             for name, router in ARMS.items():
@@ -288,7 +323,12 @@ def main() -> int:
                     done = served(ip) - before_pods[n]
                     arms[name].per_pod[n] = arms[name].per_pod.get(n, 0.0) + done
         load = cpu_report(cpu0, cpu_by_group(), time.time() - t0)
+        busy = router_rss()
         report(arms, load)
+        print(
+            "router RSS MiB, idle after start / after the run (the last arm's pod): "
+            + ", ".join(f"{g[7:]} {idle[g]:.0f} / {busy[g]:.0f}" for g in ROUTER_GROUPS)
+        )
     finally:
         op.stop()
         c.kubectl("delete", "namespace", NS, "--wait=false", check=False)

@@ -102,7 +102,7 @@ async def _ensure_agent_secret(rt: Runtime, owner: dict[str, Any]) -> None:
     rt.fleet.made_agent_secret(meta["uid"])
 
 
-async def _converge_network_policy(rt: Runtime, owner: dict[str, Any]) -> None:
+async def _converge_network_policy(rt: Runtime, owner: dict[str, Any], routed: bool) -> None:
     """Present exactly while the setting is on: turning it off removes the ones we made."""
     meta = owner["metadata"]
     key = (meta["namespace"], meta["name"])
@@ -121,6 +121,7 @@ async def _converge_network_policy(rt: Runtime, owner: dict[str, Any]) -> None:
         cfg.agent_metrics_port,
         cfg.operator_namespace,
         cfg.network_policy_clients,
+        routed=routed,
     )
     rt.fleet.observe_child(await kube.converge(rt.api, desired, live, NETWORK_POLICY_KEYS))
 
@@ -221,7 +222,7 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
     svc = service(owner, rt.settings.vllm_port)
     live_svc = await kube.converge(rt.api, svc, rt.fleet.child(key, "Service"), SERVICE_KEYS)
     rt.fleet.observe_child(live_svc)
-    await _converge_network_policy(rt, owner)
+    await _converge_network_policy(rt, owner, spec.router is not None)
     try:
         desired = deployment(owner, spec, served, PodContext.of(rt.settings))
     except ArgsError as exc:

@@ -277,3 +277,11 @@ def test_child_slot(
     )
     obj = {"kind": kind, "metadata": {"name": name, "ownerReferences": refs}}
     assert naming.child_slot(obj) == slot
+
+
+def test_a_routed_base_models_policy_lets_its_router_in() -> None:
+    args = (owner("tiny-cpu"), 8000, 8081, 8082, "loraplane-system", ({"podSelector": {}},))
+    plain, routed = network_policy(*args), network_policy(*args, routed=True)
+    added = routed["spec"]["ingress"][0]["from"][len(plain["spec"]["ingress"][0]["from"]) :]
+    assert added == [{"podSelector": {"matchLabels": {"loraplane.dev/router": "tiny-cpu"}}}]
+    assert routed["spec"]["ingress"][1] == plain["spec"]["ingress"][1]  # the agent: unchanged

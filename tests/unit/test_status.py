@@ -147,3 +147,50 @@ def test_store_versions_keeps_only_paths_in_the_store() -> None:
     assert store_versions(["/adapters/a/abc", "/elsewhere/b/def", None, "/adapters/c"]) == {
         "a": "abc"
     }
+
+
+def _routed(deployment: dict[str, Any] | None, error: tuple[str, str] | None = None) -> Any:
+    from loraplane.api import RouterSpec
+    from loraplane.children import RouterOutcome
+
+    return RouterOutcome(RouterSpec.from_k8s({"replicas": 2}), deployment, error)
+
+
+def test_routed_condition_follows_the_router_pods() -> None:
+    none_ready = _routed({"metadata": {}, "status": {"readyReplicas": 0}})
+    one_ready = _routed({"metadata": {}, "status": {"readyReplicas": 1}})
+    assert base_model_status.routed_condition(None) is None  # no spec.router, no condition
+    assert base_model_status.routed_condition(_routed(None)) == Cond(
+        "Routed", False, "RouterCreating", "creating the router"
+    )
+    unready = base_model_status.routed_condition(none_ready)
+    assert unready is not None and unready.reason == "RouterNotReady"
+    cond = base_model_status.routed_condition(one_ready)
+    assert cond is not None and cond.status is True and cond.message.startswith("1/2 router pods")
+    missing = _routed(None, ("InferencePoolNotInstalled", "install the CRD"))
+    assert base_model_status.routed_condition(missing) == Cond(
+        "Routed", False, "InferencePoolNotInstalled", "install the CRD"
+    )
+    owner = {"metadata": {"name": "m", "namespace": "ns"}}
+    status = base_model_status.router_status(one_ready, owner)
+    assert status is not None
+    assert (status.mode, status.endpoint, status.ready) == (
+        "Envoy",
+        "http://m-router.ns.svc:8000/v1",
+        "1/2",
+    )
+
+
+def test_routed_events_say_when_routing_starts_and_stops() -> None:
+    def cond(status: str, reason: str) -> Any:
+        from loraplane.api import Condition
+
+        return Condition(type="Routed", status=status, reason=reason, message=reason)
+
+    start = base_model_status.events([], [cond("True", "RouterReady")])
+    assert [(e.type, e.reason) for e in start] == [("Normal", "Routed")]
+    lost = base_model_status.events(
+        [cond("True", "RouterReady")], [cond("False", "RouterNotReady")]
+    )
+    assert [(e.type, e.reason) for e in lost] == [("Warning", "RouterNotReady")]
+    assert base_model_status.events([], [cond("False", "RouterCreating")]) == []

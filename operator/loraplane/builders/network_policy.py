@@ -42,7 +42,10 @@ def network_policy(
     agent_metrics_port: int,
     operator_namespace: str | None,
     clients: Sequence[Mapping[str, Any]],
+    routed: bool = False,
 ) -> dict[str, Any]:
+    """`routed`: the base model has a router, whose pods send the clients' requests and scrape
+    vLLM's /metrics (the Endpoint Picker), so they are let in beside the clients."""
     meta = owner["metadata"]
     name = meta["name"]
     peers = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
@@ -54,6 +57,9 @@ def network_policy(
     }
     if clients:  # no `from` at all admits every source: what an empty client list asks for
         vllm_rule["from"] = [operator_peer(operator_namespace), *(dict(c) for c in clients)]
+        if routed:
+            router = {"podSelector": {"matchLabels": naming.router_selector_labels(name)}}
+            vllm_rule["from"].append(router)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
