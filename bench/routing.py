@@ -327,7 +327,7 @@ def main() -> int:
         report(arms, load)
         print(
             "router RSS MiB, idle after start / after the run (the last arm's pod): "
-            + ", ".join(f"{g[7:]} {idle[g]:.0f} / {busy[g]:.0f}" for g in ROUTER_GROUPS)
+            + ", ".join(f"{g.split()[-1]} {idle[g]:.0f} / {busy[g]:.0f}" for g in ROUTER_GROUPS)
         )
     finally:
         op.stop()
