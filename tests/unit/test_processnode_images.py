@@ -114,3 +114,53 @@ def test_a_missing_binary_says_what_builds_it(tmp_path: Path) -> None:
         resolve("envoyproxy/envoy:distroless-v1.40.0", [], [], venv, str(REPO))
     # The runner shows both as ImageNotMapped, retried until the binary is there.
     assert issubclass(BinaryMissing, ImageNotMapped)
+
+
+ROUTER_IMAGE = "ghcr.io/loraplane/router:0.1.0"
+
+
+def test_router_image_runs_the_binary_its_command_names(node: tuple[Path, Path]) -> None:
+    """images/router holds both binaries and no ENTRYPOINT: the command picks one."""
+    home, checkout = node
+    venv = str(home / "venv")
+    epp = str(home / "bin" / f"epp-{_version(checkout, 'GIE_VERSION')}" / "epp")
+    envoy = f"{venv}/lib/python3.11/site-packages/envoy/_bin/envoy"
+    epp_args = ["--pool-name", "tiny", "--secure-serving=false"]
+    envoy_args = ["-c", "/etc/loraplane-router/envoy.yaml", "--concurrency", "1"]
+    for image in (ROUTER_IMAGE, "ghcr.io/loraplane/router:vllm-0.32", "ghcr.io/loraplane/router"):
+        assert resolve(image, ["epp"], epp_args, venv, str(checkout)).argv == [epp, *epp_args]
+        assert resolve(image, ["envoy"], envoy_args, venv, str(checkout)).argv == [
+            envoy,
+            *envoy_args,
+        ]
+    # By name, wherever the image puts them; words after the command stay before the args.
+    path_epp = resolve(ROUTER_IMAGE, ["/usr/local/bin/epp", "-v=2"], epp_args, venv, str(checkout))
+    assert path_epp.argv == [epp, "-v=2", *epp_args]
+    # No ENTRYPOINT: what a runtime would not run either.
+    with pytest.raises(ImageNotMapped, match="has none"):
+        resolve(ROUTER_IMAGE, [], envoy_args, venv, str(checkout))
+    with pytest.raises(ImageNotMapped, match="'python3' is neither"):
+        resolve(ROUTER_IMAGE, ["python3"], [], venv, str(checkout))
+    # A node whose venv is elsewhere names its home, as for the EPP image.
+    moved = resolve(
+        ROUTER_IMAGE, ["epp"], epp_args, "/elsewhere/venv", str(checkout), home=str(home)
+    )
+    assert moved.argv == [epp, *epp_args]
+
+
+def test_router_row_is_the_repository_only(node: tuple[Path, Path]) -> None:
+    home, checkout = node
+    # Another repository that shares the prefix is not the router image.
+    with pytest.raises(ImageNotMapped, match="has no local command"):
+        resolve("ghcr.io/loraplane/router-extras:1", ["epp"], [], str(home / "venv"), str(checkout))
+    digest = "ghcr.io/loraplane/router@sha256:" + "0" * 64
+    local = resolve(digest, ["envoy"], ["--version"], str(home / "venv"), str(checkout))
+    assert local.argv[1:] == ["--version"]
+
+
+def test_router_image_says_what_builds_a_missing_binary(tmp_path: Path) -> None:
+    venv = str(tmp_path / "venv")
+    with pytest.raises(BinaryMissing, match=r"hack/build-tools\.sh --epp"):
+        resolve(ROUTER_IMAGE, ["epp"], [], venv, str(REPO))
+    with pytest.raises(BinaryMissing, match="make venv"):
+        resolve(ROUTER_IMAGE, ["envoy"], [], venv, str(REPO))
