@@ -247,16 +247,40 @@ class Settings(_FromEnv):
     )
 
     router_epp_image: str = Field(
-        "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0",
+        "ghcr.io/loraplane/router:0.1.0",
         description=(
-            "Image of the router's Endpoint Picker (spec.router): the Gateway API Inference "
-            "Extension's EPP v1.5.0, or a build with the same flags and configuration (such as "
-            "llm-d-router's)."
+            "Image of the router's Endpoint Picker (spec.router): loraplane's router image (the "
+            "Gateway API Inference Extension's EPP v1.5.0 and Envoy), or any EPP with the same "
+            "flags and configuration, such as upstream's "
+            "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0 (set routerEppCommand "
+            "to /epp for it) or llm-d-router's."
+        ),
+    )
+    # A setting rather than a guess from the image's name: a mirrored copy of the router image
+    # (another registry, the same content) needs the same command as the original.
+    router_epp_command: str = Field(
+        "epp",
+        pattern=r"^\S+$",
+        description=(
+            "The executable the router's EPP container runs (its command; the operator sets the "
+            "flags as args): epp, on the router image's PATH; /epp, the ENTRYPOINT of upstream's "
+            "EPP image, which has no epp on its PATH."
         ),
     )
     router_envoy_image: str = Field(
-        "docker.io/envoyproxy/envoy:distroless-v1.40.0",
-        description="Image of the router's Envoy (spec.router, mode Envoy).",
+        "ghcr.io/loraplane/router:0.1.0",
+        description=(
+            "Image of the router's Envoy (spec.router, mode Envoy): loraplane's router image, or "
+            "any Envoy 1.40 such as docker.io/envoyproxy/envoy:distroless-v1.40.0."
+        ),
+    )
+    router_envoy_command: str = Field(
+        "envoy",
+        pattern=r"^\S+$",
+        description=(
+            "The executable the router's Envoy container runs (its command; the operator sets "
+            "the flags as args): envoy, on the PATH of both the router image and Envoy's own."
+        ),
     )
     router_queue_weight: int = Field(
         2, ge=0, le=100, description="Default weight of the router's queue scorer."

@@ -6,11 +6,13 @@ Regenerate the golden files with UPDATE_GOLDEN=1 after a deliberate change.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from loraplane.api import BaseModelDeploymentSpec, RouterSpec
 from loraplane.builders import naming, router, router_config
@@ -20,6 +22,7 @@ from loraplane.builders.router import RouterContext
 from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError, check_extra_args, vllm_args
 from loraplane.config import Settings
+from tests.conftest import REPO
 
 GOLDEN = Path(__file__).parent / "golden"
 CTX = PodContext(agent_image="ghcr.io/loraplane/loraplane:0.1.0")
@@ -233,6 +236,49 @@ def test_router_pods_are_not_the_base_models() -> None:
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert naming.LABEL_BASE_MODEL not in labels
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_router_runs_the_router_image_of_this_version_in_both_containers() -> None:
+    """images/router (hack/images.sh router) holds the EPP and Envoy and has no ENTRYPOINT: each
+    container names its binary. The default tag is the package's version, as the operator's."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    settings = Settings()
+    assert settings.operator_image == f"ghcr.io/loraplane/loraplane:{version}"
+    assert settings.router_epp_image == settings.router_envoy_image
+    assert settings.router_epp_image == f"ghcr.io/loraplane/router:{version}"
+    bmd = owner("m")
+    dep = router.deployment(
+        bmd, RouterSpec(), ROUTER_CTX, router.config_map(bmd, RouterSpec(), ROUTER_CTX)
+    )
+    containers = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
+    assert {n: (c["image"], c["command"]) for n, c in containers.items()} == {
+        "epp": (settings.router_epp_image, ["epp"]),
+        "envoy": (settings.router_envoy_image, ["envoy"]),
+    }
+
+
+def test_router_on_upstreams_images() -> None:
+    """Upstream's EPP image has only /epp (its ENTRYPOINT), Envoy's has envoy on PATH."""
+    epp_image = "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
+    envoy_image = "docker.io/envoyproxy/envoy:distroless-v1.40.0"
+    settings = Settings.from_env(
+        {
+            "LORAPLANE_ROUTER_EPP_IMAGE": epp_image,
+            "LORAPLANE_ROUTER_EPP_COMMAND": "/epp",
+            "LORAPLANE_ROUTER_ENVOY_IMAGE": envoy_image,
+        }
+    )
+    ctx = RouterContext.of(settings)
+    bmd = owner("m")
+    dep = router.deployment(bmd, RouterSpec(), ctx, router.config_map(bmd, RouterSpec(), ctx))
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    assert [(c["image"], c["command"]) for c in containers] == [
+        (epp_image, ["/epp"]),
+        (envoy_image, ["envoy"]),
+    ]
+    # The executable only: its flags are the operator's args.
+    with pytest.raises(ValidationError):
+        Settings.from_env({"LORAPLANE_ROUTER_EPP_COMMAND": "/epp --v=2"})
 
 
 def test_router_weights_take_the_spec_over_the_defaults() -> None:

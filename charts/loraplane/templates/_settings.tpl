@@ -78,8 +78,12 @@
   value: {{ (toString .Values.settings.pickledAdapters) | quote }}
 - name: LORAPLANE_ROUTER_EPP_IMAGE
   value: {{ (toString .Values.settings.routerEppImage) | quote }}
+- name: LORAPLANE_ROUTER_EPP_COMMAND
+  value: {{ (toString .Values.settings.routerEppCommand) | quote }}
 - name: LORAPLANE_ROUTER_ENVOY_IMAGE
   value: {{ (toString .Values.settings.routerEnvoyImage) | quote }}
+- name: LORAPLANE_ROUTER_ENVOY_COMMAND
+  value: {{ (toString .Values.settings.routerEnvoyCommand) | quote }}
 - name: LORAPLANE_ROUTER_QUEUE_WEIGHT
   value: {{ (toString .Values.settings.routerQueueWeight) | quote }}
 - name: LORAPLANE_ROUTER_KV_CACHE_WEIGHT

@@ -34,7 +34,9 @@ class RouterContext:
     """Operator-level inputs of the router that the spec does not carry."""
 
     epp_image: str
+    epp_command: str
     envoy_image: str
+    envoy_command: str
     default_weights: Mapping[str, int]
     refresh_metrics_ms: int
     envoy_concurrency: int
@@ -45,7 +47,9 @@ class RouterContext:
     def of(cls, settings: Settings) -> RouterContext:
         return cls(
             epp_image=settings.router_epp_image,
+            epp_command=settings.router_epp_command,
             envoy_image=settings.router_envoy_image,
+            envoy_command=settings.router_envoy_command,
             default_weights=settings.router_weights(),
             refresh_metrics_ms=settings.router_refresh_metrics_ms,
             envoy_concurrency=settings.router_envoy_concurrency,
@@ -252,6 +256,8 @@ def _epp_container(
     container: dict[str, Any] = {
         "name": "epp",
         "image": ctx.epp_image,
+        # Always set: the router image has no ENTRYPOINT, since it serves both containers.
+        "command": [ctx.epp_command],
         "args": args,
         "env": [
             _field_env("NAMESPACE", "metadata.namespace"),
@@ -298,6 +304,7 @@ def _envoy_container(router: RouterSpec, ctx: RouterContext) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "envoy",
         "image": ctx.envoy_image,
+        "command": [ctx.envoy_command],
         "args": router_config.envoy_args(ctx.envoy_concurrency),
         "ports": [{"name": "http", "containerPort": router_config.ENVOY_PORT}],
         # Envoy's own answer on its listener: the pod is unready only when Envoy cannot serve.
