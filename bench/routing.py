@@ -2,9 +2,9 @@
 
 Eight adapters with Zipf popularity (s = 1.1), each with its own system prompt, on a base model of
 two pods with one GPU slot and a CPU cache of two (`--max-loras 1 --max-cpu-loras 2`), so that
-most requests find their adapter out of the slot on a pod that routing ignores. Four arms, the
-same workload each, interleaved in rounds (A B C D E, A B C D E, ...) so that the machine's noise falls
-on every arm:
+most requests find their adapter out of the slot on a pod that routing ignores. Four arms (and
+a fifth, below), the same workload each, interleaved in rounds (A B C D E, A B C D E, ...) so that
+the machine's noise falls on every arm:
 
 - A: a random pod per request, what the base model's Service does today;
 - B: the router without its LoRA scorer (queue, KV cache, prefix);

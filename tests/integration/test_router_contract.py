@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from loraplane.builders import router as router_objects
 from loraplane.builders import router_config as rc
 from tests.integration.cluster import Cluster, cmdline, netns_pids, pod_ready, wait_for
 from tests.support.fake_vllm import adapter_dir
@@ -228,22 +229,20 @@ def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:
 
 
 def rbac() -> list[dict[str, Any]]:
-    """What the EPP may read: the pods it picks from and its InferencePool, in its namespace."""
-    read = ["get", "list", "watch"]
+    """What the EPP may read: the rules of the Role the operator gives it (builders.router), so
+    that this test also proves they suffice."""
+    owner = {
+        "apiVersion": "loraplane.dev/v1alpha1",
+        "kind": "BaseModelDeployment",
+        "metadata": {"name": "contract", "namespace": "-", "uid": "-"},
+    }
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "router"}},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": {"name": "router"},
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": read},
-                {
-                    "apiGroups": [rc.INFERENCE_POOL_GROUP],
-                    "resources": ["inferencepools"],
-                    "verbs": read,
-                },
-            ],
+            "rules": router_objects.role(owner)["rules"],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
