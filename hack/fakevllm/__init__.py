@@ -111,6 +111,10 @@ def _log(message: str) -> None:
     print(f"fakevllm: {message}", file=sys.stderr, flush=True)
 
 
+def _same_path(path: str) -> str:
+    return path
+
+
 # --------------------------------------------------------------------------- arguments
 
 
@@ -527,6 +531,10 @@ class FakeVLLM:
         self.info: dict[str, str | None] = {}
         self.info_history: dict[str, dict[str, float]] = {}
         self.pod = socket.gethostname()
+        # Where a load finds `lora_path`: the process's own file system here; a caller that hosts
+        # many fake pods in one process maps each pod's mounts (hack/fakepods).
+        self.resolve_path: Callable[[str], str] = _same_path
+        self.log: Callable[[str], None] = _log
         self.routes: dict[str, dict[str, Handler]] = {
             "/health": {"GET": self.health},
             "/version": {"GET": self.version},
@@ -653,7 +661,7 @@ class FakeVLLM:
                     self._next_id += 1
                 int_id = previous.int_id if previous is not None else self._next_id
                 self.adapters[name] = Adapter(name, path, int_id)
-        _log(f"Loaded new LoRA adapter: name '{name}', path '{path}'")
+        self.log(f"Loaded new LoRA adapter: name '{name}', path '{path}'")
         return text_response(f"Success: LoRA adapter '{name}' added successfully.")
 
     def _add_lora(self, name: str, path: str) -> None:
@@ -663,11 +671,11 @@ class FakeVLLM:
             if not self.config.enable_lora:
                 raise RuntimeError("LoRA is not enabled. Use --enable-lora to enable LoRA.")
             # vLLM's get_adapter_absolute_path for a local path (no Hugging Face download here).
-            local = path
-            if path.startswith("~"):
-                local = os.path.expanduser(path)
-            elif not os.path.isabs(path) and os.path.exists(path):
-                local = os.path.abspath(path)
+            local = self.resolve_path(path)
+            if local.startswith("~"):
+                local = os.path.expanduser(local)
+            elif not os.path.isabs(local) and os.path.exists(local):
+                local = os.path.abspath(local)
             try:
                 with open(os.path.join(local, "adapter_config.json")) as f:
                     config = json.load(f)
@@ -692,7 +700,7 @@ class FakeVLLM:
             time.sleep(self.config.unload_seconds)
             with self._state:
                 del self.adapters[name]
-        _log(f"Removed LoRA adapter: name '{name}'")
+        self.log(f"Removed LoRA adapter: name '{name}'")
         return text_response(f"Success: LoRA adapter '{name}' removed successfully.")
 
     def completions(self, headers: dict[str, str], body: bytes) -> Response:
