@@ -140,6 +140,9 @@ GROUPS = (
     ("kube-apiserver", "kube-apiserver"),
     ("etcd", "etcd"),
     ("process node", "processnode"),
+    ("fake pods", "-m fakepods"),
+    ("py-spy", "py-spy"),
+    ("bench", "-m bench"),
 )
 # Pods' containers by the cgroup the process node gives each: /loraplane/<pod uid>/<container>
 # (vLLM's engine processes rename themselves, so their command lines do not say).

@@ -1,15 +1,24 @@
 """`make bench-scale`: the operator at fleet scale, on the real API server and etcd.
 
 10 BaseModelDeployments x 10 pods x up to 1,000 adapters each: 10,000 LoRAAdapters and 100,000
-registrations. The operator is the real one (run on the host, as in the integration tests); each
-pod runs its real agent sidecar; only vLLM is a fake: 100 CPU vLLM servers do not fit on two
-cores, so the pods run `hack/fakevllm` (named as a fake everywhere), which follows the contract
-measured in DESIGN.md §4 (status codes, bodies, error types, 10-20 ms serialised loads, every
-runtime adapter lost on a restart). The operator's side of the conversation (agent fetch, vLLM
-load, `/v1/models`) is the code that talks to real pods.
+registrations. The operator is the real one, run on the host as in the integration tests. Two
+modes (BENCH_SCALE_MODE):
 
-Prints figures measured in one run, with the machine's load beside them; asserts nothing about
-time. Not part of `make test`: it takes about 40 minutes and the whole machine.
+- `operator` (the default): the pods' side answers from one cheap process, `hack/fakepods`
+  (named as a fake everywhere): the pods are real Pod objects, scheduled by the real scheduler
+  onto a fake node whose kubelet that process is, each with an address of 198.18.0.0/16 served
+  by it; their vLLM is hack/fakevllm's app and their agent follows the agent's protocol. So the
+  operator and the API server have the cores, and what is measured is the operator.
+- `realistic`: each pod runs its real agent sidecar and a `hack/fakevllm` server on the process
+  node, which follows the contract measured in DESIGN.md §4 (status codes, bodies, error types,
+  10-20 ms serialised loads, every runtime adapter lost on a restart).
+
+The operator's side of the conversation (agent fetch, vLLM load, `/v1/models`) is the code that
+talks to real pods in both. Prints wall times with the machine's load, steal and a calibration
+loop beside them, and figures that do not depend on the machine: operator CPU per registration
+and per adapter-minute, API writes per adapter, Events by reason, watch events, calls per pod,
+RSS per 1,000 adapters; py-spy profiles of each cold start and steady state under
+$LORAPLANE_HOME/bench-scale/. Asserts nothing about time. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import concurrent.futures
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -28,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import measure
 from bench.__main__ import cluster_up, cpu_by_group, cpu_report, cpu_seconds
+from loraplane.handlers.pods import POD_LABELS
 from tests.integration.cluster import Cluster, Timeout, container_pid, pod_ready, wait_for
 from tests.integration.manifests import ADAPTER_SOURCES, lora_adapter, tiny_base_model
 from tests.integration.operator_process import OperatorProcess
@@ -39,10 +51,27 @@ from tests.support.tinymodel import ensure_tiny_model
 NS = "scale"
 BASES = 10
 PODS = 10  # per base model
-# Adapters per base model: 1,000, 3,000 and 10,000 in all (BENCH_SCALE_SIZES="20 50": a smoke run).
-SIZES = tuple(int(n) for n in os.environ.get("BENCH_SCALE_SIZES", "100 300 1000").split())
+MODE = os.environ.get("BENCH_SCALE_MODE", "operator")
+if MODE not in ("operator", "realistic"):
+    sys.exit(f"BENCH_SCALE_MODE={MODE!r}: operator or realistic")
+OPERATOR_ONLY = MODE == "operator"
+# Adapters per base model: 1,000, 3,000 and 10,000 in all (BENCH_SCALE_SIZES="20": a smoke run).
+SIZES = tuple(
+    int(n)
+    for n in os.environ.get(
+        "BENCH_SCALE_SIZES", "1000" if OPERATOR_ONLY else "100 300 1000"
+    ).split()
+)
 SOURCES = 50  # distinct adapter directories the adapters are spread over
-STEADY_SECONDS = float(os.environ.get("BENCH_SCALE_STEADY_SECONDS", "300"))
+# Operator-only: a window after each cold start, two resyncs and status sweeps long (60 s each),
+# for the per-adapter-minute part of the CPU; realistic: one window at the end, as it always was.
+STEADY_SECONDS = float(
+    os.environ.get("BENCH_SCALE_STEADY_SECONDS", "120" if OPERATOR_ONLY else "300")
+)
+PROFILE = os.environ.get("BENCH_SCALE_PROFILE", "1") != "0"
+FAKE_NODE = "loraplane-fake-node"
+FAKE_NODE_TAINT = "loraplane.dev/fake-node"  # hack/fakepods/node.py
+FAKEPODS_CONTROL = "127.0.0.1:8099"
 # How long a cold start may take before the run reports how far it got and ends.
 COLD_START_TIMEOUT = float(os.environ.get("BENCH_SCALE_COLD_START_TIMEOUT", "2400"))
 FAKE_IMAGE = "loraplane/fakevllm:bench"
@@ -52,6 +81,16 @@ OPERATOR_ENV = {
     "LORAPLANE_RESYNC_SECONDS": str(RESYNC_SECONDS),
     "LORAPLANE_RESIDENCY_INTERVAL_SECONDS": "60",
     "LORAPLANE_AGENT_TIMEOUT_SECONDS": "120",
+    # The operator's default, over the integration tests' pages of two (OperatorProcess): a
+    # start would otherwise list 10,000 adapters in 5,000 requests.
+    "LORAPLANE_LIST_CHUNK_SIZE": "500",
+}
+# The fake agent's routes as the operator's counters name them (loraplane_agent_api_calls_total).
+AGENT_ROUTES = {
+    "POST /v1/adapters/fetch": "agent fetch",
+    "PUT /v1/required": "agent required",
+    "POST /v1/adapters/prune": "agent prune",
+    "GET /v1/residency": "agent residency",
 }
 POLLER_SECONDS = {"AIBrix (10 s)": 10.0, "production-stack (60 s)": 60.0}
 
@@ -72,7 +111,84 @@ def fake_base_model(name: str, home: Path) -> dict[str, Any]:
     body = tiny_base_model(name, home, replicas=PODS)
     body["spec"]["engine"] = {"image": FAKE_IMAGE, "startupTimeoutSeconds": 120}
     body["spec"]["adapterStore"] = {"emptyDir": {"sizeLimit": "1Gi"}}
+    if OPERATOR_ONLY:
+        template = body["spec"]["template"]
+        template["nodeSelector"] = {"kubernetes.io/hostname": FAKE_NODE}
+        template["tolerations"] = [
+            {"key": FAKE_NODE_TAINT, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+        ]
     return body
+
+
+class FakePods:
+    """hack/fakepods: the fake node and every pod's servers in one process (operator-only)."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.cluster = c
+        self.log = c.home / "logs" / "fakepods.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        repo = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": f"{repo / 'hack'}:{repo / 'operator'}"}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fakepods",
+                    "--kubeconfig",
+                    str(self.cluster.kubeconfig),
+                    "--node-name",
+                    FAKE_NODE,
+                    "--control",
+                    FAKEPODS_CONTROL,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                sys.exit(f"fakepods exited at start; see {self.log}")
+            try:
+                self.stats()
+            except OSError:
+                return False
+            node = self.cluster.get("node", FAKE_NODE, "") or {}
+            return any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (node.get("status") or {}).get("conditions") or []
+            )
+
+        wait_for("the fake node", up, timeout=60, interval=0.5)
+
+    def stats(self) -> dict[str, Any]:
+        got: dict[str, Any] = get_json(f"http://{FAKEPODS_CONTROL}/fakepods/stats")
+        return got
+
+    def restart(self, pod: str) -> None:
+        body = json.dumps({"namespace": NS, "name": pod}).encode()
+        request = urllib.request.Request(
+            f"http://{FAKEPODS_CONTROL}/fakepods/restart", data=body, method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        # A node nobody heartbeats turns NotReady: gone with its process.
+        self.cluster.kubectl("delete", "node", FAKE_NODE, "--ignore-not-found", check=False)
 
 
 class Api:
@@ -108,7 +224,8 @@ class Api:
         return list(self.core.list_namespaced_pod(NS).items)
 
     def writes(self) -> Counter[str]:
-        """The API server's count of writes so far, by resource (its own /metrics)."""
+        """The API server's count of writes so far, by resource (its own /metrics); a refused
+        one is counted as `<resource> refused` (a conflict, an invalid object)."""
         text = self.cluster.kubectl("get", "--raw", "/metrics").stdout
         out: Counter[str] = Counter()
         pattern = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<v>\S+)$")
@@ -122,45 +239,89 @@ class Api:
             what = labels.get("resource", "")
             if labels.get("subresource"):
                 what += "/" + labels["subresource"]
+            if int(labels.get("code") or 0) >= 400:
+                what += " refused"
             out[what] += int(float(m["v"]))
         return out
 
 
-class ReadyCount:
-    """One watch on the namespace's adapters: how many are Ready on every pod of their base."""
+class Watches:
+    """Watches beside the operator's, with its selectors, open for the whole run: which adapters
+    are Ready on every current pod of their base, and how many watch events the API server sent
+    for adapters and for the base models' pods (what the operator's own watches were sent; kopf
+    may fold an object's events within its batch window, and the operator counts none itself)."""
 
     def __init__(self, api: Api, pods: int) -> None:
         from kubernetes import watch
 
         self.api = api
         self.want = f"{pods}/{pods}"
+        self.current: set[str] = set()  # the pods a Ready status must name
+        self.last: dict[str, tuple[bool, tuple[str, ...]]] = {}  # (Ready everywhere, its pods)
         self.ready: set[str] = set()
+        self.events: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self._watch = watch.Watch()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._watches = [watch.Watch(), watch.Watch()]
+        for target in (self._adapters, self._pods):
+            threading.Thread(target=self._forever, args=(target,), daemon=True).start()
 
-    def _run(self) -> None:
-        try:
-            for event in self._watch.stream(
-                self.api.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL
-            ):
-                obj = event["object"]
-                status = obj.get("status") or {}
-                name = obj["metadata"]["name"]
-                ok = (
-                    event["type"] != "DELETED"
-                    and status.get("phase") == "Ready"
-                    and status.get("ready") == self.want
-                )
-                with self.lock:
-                    (self.ready.add if ok else self.ready.discard)(name)
-        except Exception:  # the stream breaks when stop() closes it
-            return
+    def _forever(self, target: Any) -> None:
+        while self._watches:
+            try:
+                target()
+            except Exception:  # a closed or expired stream: open it again, unless stopped
+                time.sleep(1.0)
+
+    def _adapters(self) -> None:
+        stream = self._watches[0].stream(
+            self.api.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL
+        )
+        for event in stream:
+            obj = event["object"]
+            status = obj.get("status") or {}
+            name = obj["metadata"]["name"]
+            ok = (
+                event["type"] != "DELETED"
+                and status.get("phase") == "Ready"
+                and status.get("ready") == self.want
+            )
+            pods = tuple(p.get("name", "") for p in status.get("pods") or [])
+            with self.lock:
+                self.events[f"LoRAAdapter {event['type']}"] += 1
+                self.last[name] = (ok, pods)
+                self._judge(name)
+
+    def _pods(self) -> None:
+        selector = ",".join(f"{k}={v}" for k, v in POD_LABELS.items())
+        stream = self._watches[1].stream(
+            self.api.core.list_namespaced_pod, NS, label_selector=selector
+        )
+        for event in stream:
+            with self.lock:
+                self.events[f"Pod {event['type']}"] += 1
+
+    def _judge(self, name: str) -> None:
+        """Ready on every current pod: a status the operator wrote before the pods were
+        replaced names the old ones, and does not count."""
+        ok, pods = self.last.get(name, (False, ()))
+        if ok and pods and set(pods) <= self.current:
+            self.ready.add(name)
+        else:
+            self.ready.discard(name)
+
+    def expect(self, pods: set[str]) -> None:
+        with self.lock:
+            self.current = set(pods)
+            for name in list(self.last):
+                self._judge(name)
 
     def count(self) -> int:
         with self.lock:
             return len(self.ready)
+
+    def seen(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.events)
 
     def wait(self, n: int, timeout: float) -> float:
         start = time.monotonic()
@@ -168,7 +329,9 @@ class ReadyCount:
         return time.monotonic() - start
 
     def stop(self) -> None:
-        self._watch.stop()
+        watches, self._watches = self._watches, []
+        for w in watches:
+            w.stop()
 
 
 class Sampler:
@@ -276,7 +439,11 @@ class Bench:
         self.c = cluster_up(self.home)
         self.api = Api(self.c)
         self.op = OperatorProcess(self.c, env=OPERATOR_ENV)
+        self.fake = FakePods(self.c) if OPERATOR_ONLY else None
+        self.watches: Watches | None = None
         self.size = 0  # adapters per base model that exist now
+        self.empty_rss = 0  # the operator's, with the base models and their pods only
+        self.out = self.home / "bench-scale" / time.strftime("%Y%m%d-%H%M%S")
 
     # -- the fleet ---------------------------------------------------------------------------
 
@@ -304,6 +471,8 @@ class Bench:
         return n
 
     def setup(self) -> None:
+        if self.fake is not None:
+            self.fake.start()  # first: its pods of a previous run go only through it
         self.op.start()  # first: it holds the finalizers of adapters a previous run left
         self.c.kubectl(
             "delete", "namespace", NS, "--wait=true", "--timeout=600s", check=False, timeout=630
@@ -314,12 +483,23 @@ class Bench:
         want = BASES * PODS
         wait_for(f"{want} pods Ready", lambda: self.ready_pods() == want, timeout=900, interval=1)
         took = time.monotonic() - started
-        pod = self.api.pods()[0]
-        fake = container_pid(self.c.get("pod", pod.metadata.name, NS) or {}, "fakevllm")
-        agent = container_pid(self.c.get("pod", pod.metadata.name, NS) or {}, "loraplane-agent")
+        self.watches = Watches(self.api, PODS)
+        time.sleep(5.0)  # the operator's last writes of the start land
+        self.empty_rss = rss(self.pid())
+        if self.fake is not None:
+            assert self.fake.proc is not None
+            pid = self.fake.proc.pid
+            sides = f"the fake pods' one process {rss(pid) / 2**20:.0f} MB RSS"
+        else:
+            pod = self.c.get("pod", self.api.pods()[0].metadata.name, NS) or {}
+            fake, agent = container_pid(pod, "fakevllm"), container_pid(pod, "loraplane-agent")
+            sides = (
+                f"one pod's fake vLLM {rss(fake) / 2**20:.0f} MB and agent "
+                f"{rss(agent) / 2**20:.0f} MB RSS"
+            )
         print(
-            f"[setup] {want} pods of {BASES} base models Ready in {took:.0f}s; one pod's fake "
-            f"vLLM {rss(fake) / 2**20:.0f} MB and agent {rss(agent) / 2**20:.0f} MB RSS; "
+            f"[setup, {MODE} mode] {want} pods of {BASES} base models Ready in {took:.0f}s; "
+            f"{sides}; the operator with no adapter {self.empty_rss / 2**20:.0f} MB RSS; "
             f"{load_avg()}"
         )
         self.op.stop()
@@ -351,52 +531,76 @@ class Bench:
         return took
 
     def calls(self) -> Calls:
-        vllm, loads, in_pod = fake_stats(self.ips())
-        return Calls(vllm, loads, operator_counters(), in_pod)
+        if self.fake is None:
+            vllm, loads, in_pod = fake_stats(self.ips())
+            return Calls(vllm, loads, operator_counters(), in_pod)
+        vllm, agent = Counter[str](), Counter[str]()
+        loads: dict[str, int] = {}
+        for pod, st in self.fake.stats()["pods"].items():
+            if st["namespace"] != NS:
+                continue
+            vllm.update({k: v for k, v in st["vllm"].items() if not k.endswith("/fakevllm/stats")})
+            agent.update({AGENT_ROUTES.get(k, k): v for k, v in st["agent"].items()})
+            loads[pod] = st["vllm"].get("POST /v1/load_lora_adapter", 0)
+        # No caller inside a fake pod: its kubelet judges the agent's readiness in process.
+        return Calls(vllm, loads, agent, Counter())
 
     def pid(self) -> int:
         assert self.op.proc is not None
         return self.op.proc.pid
 
+    def profile(self, name: str) -> measure.Profile | None:
+        return measure.Profile(self.pid(), self.out, name) if PROFILE else None
+
     # -- the measurements --------------------------------------------------------------------
 
     def cold_start(self, size: int) -> dict[str, Any]:
         """From an operator start to every adapter Ready on all pods of its base."""
+        assert self.watches is not None
         self.op.stop()
         created = self.grow(size)
         self.fresh_servers()
         total = size * BASES
-        watch = ReadyCount(self.api, PODS)
+        self.watches.expect(set(self.ips()))
+        calibration = measure.calibrate()
         writes0, groups0 = self.api.writes(), cpu_by_group()
+        events0, seen0 = measure.events(self.api.core, NS), self.watches.seen()
         time.sleep(1.0)
+        machine0 = measure.Machine.now()
         start = time.monotonic()
         self.op.start()
+        profile = self.profile(f"cold-start-{total}")
         sampler = Sampler(self.pid())
         try:
-            watch.wait(total, timeout=COLD_START_TIMEOUT)
+            self.watches.wait(total, timeout=COLD_START_TIMEOUT)
         except Timeout:
             took = time.monotonic() - start
             cpu, peak = sampler.stop()
-            watch.stop()
+            top = profile.stop() if profile else ""
             held = adapters_held(self.ips())
             print(
                 f"[cold start, {total} adapters, {total * PODS} registrations] NOT all Ready "
-                f"after {took:.0f}s: {watch.count()} adapters Ready on every pod, {held} "
+                f"after {took:.0f}s: {self.watches.count()} adapters Ready on every pod, {held} "
                 f"registrations held by the servers ({held / took:.0f}/s); operator CPU "
                 f"{cpu:.0f}s, peak RSS {peak / 2**20:.0f} MB; {load_avg()}\n"
-                f"{cpu_report(groups0, cpu_by_group(), took)}"
+                f"{cpu_report(groups0, cpu_by_group(), took)}\n{top}"
             )
             raise
         took = time.monotonic() - start
         cpu, peak = sampler.stop()
+        machine = measure.Machine.now().since(machine0)
+        top = profile.stop() if profile else ""
         groups = cpu_report(groups0, cpu_by_group(), took)
-        watch.stop()
         time.sleep(2.0)  # what is in flight lands
         calls = self.calls()
         writes = self.api.writes() - writes0
+        events = measure.events_between(events0, measure.events(self.api.core, NS))
+        seen = self.watches.seen() - seen0
+        counters = measure.operator_counters()  # after the CPU sample: a scrape costs the operator
+        registrations = total * PODS
         row = {
             "adapters": total,
-            "registrations": total * PODS,
+            "registrations": registrations,
             "seconds": took,
             "created": created,
             "loads": calls.vllm["POST /v1/load_lora_adapter"],
@@ -407,31 +611,64 @@ class Bench:
             "cpu": cpu,
             "rss": peak,
             "load": load_avg(),
+            "counters": counters,
         }
+        pods = BASES * PODS
         print(
-            f"[cold start, {total} adapters, {total * PODS} registrations] all Ready "
-            f"{took:.1f}s after the operator started ({total * PODS / took:.0f} "
+            f"[cold start, {total} adapters, {registrations} registrations] all Ready "
+            f"{took:.1f}s after the operator started ({registrations / took:.0f} "
             f"registrations/s); vLLM loads {row['loads']}, GET /v1/models {row['models']}, "
             f"agent fetches {row['fetches']}; API writes {row['writes']} "
             f"({_top(writes)}); operator CPU {cpu:.0f}s, peak RSS {peak / 2**20:.0f} MB; "
-            f"{row['load']} (the creates, before, took {created:.0f}s)\n{groups}"
+            f"{row['load']} (the creates, before, took {created:.0f}s)\n{groups}\n"
+            f"  {machine}; before it, {calibration}\n"
+            f"  operator CPU per 1,000 registrations {cpu / registrations * 1000:.2f}s "
+            f"({cpu / registrations * 1000:.2f} ms each)\n"
+            f"  API writes by resource, all writers (per adapter): "
+            f"{measure.per_adapter(writes, total)}\n"
+            f"  Events by component/reason (per adapter): {measure.per_adapter(events, total)}\n"
+            f"  watch events sent to the operator's watches (per adapter): "
+            f"{measure.per_adapter(seen, total)}\n"
+            f"  {measure.status_computations(counters)}\n"
+            f"  calls per pod: {_per_pod(calls, pods)}\n"
+            f"  RSS above the operator with no adapter: {(peak - self.empty_rss) / 2**20:.0f} MB "
+            f"peak = {(peak - self.empty_rss) / 2**20 / (total / 1000):.1f} MB per 1,000 adapters"
         )
+        if top:
+            print(top)
         return row
 
-    def steady(self) -> None:
+    def steady(self, row: dict[str, Any]) -> None:
+        """A window with nothing to do; its CPU per adapter-minute splits the cold start's CPU
+        of `row` (same size) into a part per registration and a part per adapter-minute."""
+        assert self.watches is not None
         before, writes0 = self.calls(), self.api.writes()
+        events0, seen0 = measure.events(self.api.core, NS), self.watches.seen()
+        counters0: Counter[str] = row["counters"]  # one scrape fewer: nothing ran since
+        machine0 = measure.Machine.now()
+        profile = self.profile(f"steady-{self.size * BASES}")
         sampler = Sampler(self.pid())
         time.sleep(STEADY_SECONDS)
         cpu, peak = sampler.stop()
+        machine = measure.Machine.now().since(machine0)
+        top = profile.stop() if profile else ""
         after, writes = self.calls(), self.api.writes() - writes0
+        events = measure.events_between(events0, measure.events(self.api.core, NS))
+        seen = self.watches.seen() - seen0
+        counters = measure.operator_counters() - counters0
         d = after.minus(before)
         minutes = STEADY_SECONDS / 60
         pods = BASES * PODS
+        adapters = self.size * BASES
         per_min = {k: v / minutes for k, v in d.vllm.items() if v}
         agent_min = {k: v / minutes for k, v in d.agent.items() if v and k.startswith("agent")}
         in_pod_min = {k: v / minutes for k, v in d.in_pod.items() if v}
+        per_adapter_minute = cpu / (adapters * minutes)
+        cold_idle = per_adapter_minute * adapters * row["seconds"] / 60
+        per_registration = (row["cpu"] - cold_idle) / row["registrations"]
+        row["per_registration"], row["per_adapter_minute"] = per_registration, per_adapter_minute
         print(
-            f"[steady state, {self.size * BASES} adapters, {STEADY_SECONDS / 60:.0f} min] vLLM "
+            f"[steady state, {adapters} adapters, {STEADY_SECONDS / 60:.0f} min] vLLM "
             f"calls per minute from outside the pods: {_rates(per_min)} (one GET /v1/models "
             f"per pod per {RESYNC_SECONDS:.0f}s resync is {pods * 60 / RESYNC_SECONDS:.0f}); "
             f"operator's agent calls per minute: {_rates(agent_min) or 'none'}; in-pod vLLM calls "
@@ -439,12 +676,28 @@ class Bench:
             f"{_rates(in_pod_min) or 'none'}; API writes per "
             f"minute: {sum(writes.values()) / minutes:.1f} ({_top(writes) or 'none'}); operator "
             f"CPU {cpu:.1f}s = {cpu / STEADY_SECONDS:.1%} of a core, RSS {peak / 2**20:.0f} MB; "
-            f"{load_avg()}"
+            f"{load_avg()}\n"
+            f"  {machine}\n"
+            f"  operator CPU per adapter-minute {per_adapter_minute * 1000:.2f} ms; the cold "
+            f"start's {row['cpu']:.0f}s split: {cold_idle:.0f}s for its "
+            f"{adapters * row['seconds'] / 60:,.0f} adapter-minutes, "
+            f"{row['cpu'] - cold_idle:.0f}s for its {row['registrations']} registrations = "
+            f"{per_registration * 1000:.2f} ms each ({per_registration * 1000:.2f}s per 1,000)\n"
+            f"  API writes by resource, all writers: {measure.per_adapter(writes, adapters)}\n"
+            f"  Events by component/reason: {measure.per_adapter(events, adapters)}\n"
+            f"  watch events sent to the operator's watches: "
+            f"{measure.per_adapter(seen, adapters)}\n"
+            f"  {measure.status_computations(counters)}\n"
+            f"  RSS above the operator with no adapter: {(peak - self.empty_rss) / 2**20:.0f} MB "
+            f"= {(peak - self.empty_rss) / 2**20 / (adapters / 1000):.1f} MB per 1,000 adapters"
         )
+        if top:
+            print(top)
 
     def operator_restart(self) -> None:
         before, writes0 = self.calls(), self.api.writes()
         self.op.stop()
+        machine0 = measure.Machine.now()
         start = time.monotonic()
         self.op.start()
         pods = BASES * PODS
@@ -466,16 +719,19 @@ class Bench:
             f"after the start; in the 30s after that: vLLM loads "
             f"{d.vllm['POST /v1/load_lora_adapter']}, unloads "
             f"{d.vllm['POST /v1/unload_lora_adapter']}, agent fetches {d.agent['agent fetch']}, "
-            f"API writes {sum(writes.values())} ({_top(writes) or 'none'}); {load_avg()}"
+            f"API writes {sum(writes.values())} ({_top(writes) or 'none'}); {load_avg()}\n"
+            f"  {measure.Machine.now().since(machine0)}"
         )
 
     def vllm_restart(self) -> None:
         pod = sorted(self.ips())[0]
         ip = self.ips()[pod]
         before = self.calls()
-        pid = container_pid(self.c.get("pod", pod, NS) or {}, "fakevllm")
         killed = time.monotonic()
-        os.kill(pid, 9)
+        if self.fake is not None:
+            self.fake.restart(pod)
+        else:
+            os.kill(container_pid(self.c.get("pod", pod, NS) or {}, "fakevllm"), 9)
 
         def back() -> bool:
             try:
@@ -489,14 +745,15 @@ class Bench:
         wait_for("its pod Ready", lambda: pod_ready(self.c.get("pod", pod, NS) or {}), 300)
         ready = time.monotonic() - killed
         after = self.calls()
+        # The fake pods count across a restart; a killed fakevllm starts from zero.
+        again = after.per_pod_loads[pod] - (before.per_pod_loads[pod] if self.fake else 0)
         others = sum(
             n - before.per_pod_loads.get(p, 0) for p, n in after.per_pod_loads.items() if p != pod
         )
         print(
             f"[one vLLM restart] {pod}: every adapter back {took:.1f}s after the kill (pod Ready "
-            f"{ready:.1f}s); re-registrations on it {after.per_pod_loads[pod]} (it has "
-            f"{self.size}); loads on the other {len(after.per_pod_loads) - 1} pods {others}; "
-            f"{load_avg()}"
+            f"{ready:.1f}s); re-registrations on it {again} (it has {self.size}); loads on the "
+            f"other {len(after.per_pod_loads) - 1} pods {others}; {load_avg()}"
         )
 
     def new_version(self) -> None:
@@ -532,6 +789,8 @@ class Bench:
         """Without waiting for 10,000 unregistrations from servers that go anyway: the
         operator stops, the adapters' finalizers are removed, the namespace goes."""
         self.op.stop()
+        if self.watches is not None:
+            self.watches.stop()
         self.c.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
         def unblock(name: str) -> None:
@@ -562,6 +821,8 @@ class Bench:
         self.c.kubectl(
             "wait", "--for=delete", f"namespace/{NS}", "--timeout=600s", check=False, timeout=630
         )
+        if self.fake is not None:
+            self.fake.stop()  # after the namespace: its pods go only through their kubelet
 
 
 def _top(writes: Counter[str]) -> str:
@@ -572,17 +833,34 @@ def _rates(rates: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items()))
 
 
+def _per_pod(calls: Calls, pods: int) -> str:
+    """Each kind of call per pod, and the most any pod had where the servers say."""
+    loads = calls.per_pod_loads.values()
+    parts = [f"{k} {v / pods:.1f}" for k, v in sorted((calls.vllm + calls.agent).items()) if v]
+    most = f"; most vLLM loads on one pod {max(loads)}" if loads else ""
+    return ", ".join(parts) + most
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "[how cost grows] cold start to all Ready, same run",
+        "[how cost grows] cold start to all Ready, same run; operator CPU in ms per "
+        "registration, of it the part per registration and the operator's idle CPU per "
+        "adapter-minute (from the steady window after it, where there was one)",
         f"  {'adapters':>9}{'registrations':>15}{'seconds':>9}{'s per 1k reg':>14}"
-        f"{'vLLM loads':>12}{'fetches':>9}{'API writes':>12}{'peak RSS MB':>13}{'CPU s':>7}",
+        f"{'vLLM loads':>12}{'fetches':>9}{'API writes':>12}{'per adapter':>13}"
+        f"{'peak RSS MB':>13}{'CPU s':>7}{'ms/reg':>8}{'per reg':>9}{'per ad-min':>12}",
     ]
     for r in rows:
+        split = (
+            f"{r['per_registration'] * 1000:>9.2f}{r['per_adapter_minute'] * 1000:>12.3f}"
+            if "per_registration" in r
+            else f"{'':>9}{'':>12}"
+        )
         lines.append(
             f"  {r['adapters']:>9}{r['registrations']:>15}{r['seconds']:>9.1f}"
             f"{r['seconds'] / r['registrations'] * 1000:>14.2f}{r['loads']:>12}{r['fetches']:>9}"
-            f"{r['writes']:>12}{r['rss'] / 2**20:>13.0f}{r['cpu']:>7.0f}"
+            f"{r['writes']:>12}{r['writes'] / r['adapters']:>13.2f}{r['rss'] / 2**20:>13.0f}"
+            f"{r['cpu']:>7.0f}{r['cpu'] / r['registrations'] * 1000:>8.2f}{split}"
         )
     return "\n".join(lines)
 
@@ -602,20 +880,26 @@ def pollers(adapters: int) -> str:
 
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    print(f"[machine, {MODE} mode] {measure.calibrate()}; {load_avg()}")
     bench = Bench()
     rows: list[dict[str, Any]] = []
     try:
         bench.setup()
         for size in SIZES:
             rows.append(bench.cold_start(size))
+            if OPERATOR_ONLY:
+                bench.steady(rows[-1])
+        if not OPERATOR_ONLY:
+            bench.steady(rows[-1])
         print(table(rows))
         print(pollers(bench.size * BASES))
-        bench.steady()
         bench.operator_restart()
         bench.vllm_restart()
         bench.new_version()
     finally:
         bench.teardown()
+        print(f"[machine, at the end] {measure.calibrate()}; {load_avg()}")
+        print(f"[profiles] {bench.out}")
     return 0
 
 
