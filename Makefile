@@ -95,7 +95,7 @@ test: lint crds-check chart-check dashboards-check unit sources integration e2e 
 bench: .venv cluster-up fixtures ## benchmarks (print ratios measured in one run)
 	$(PY) -m bench
 
-bench-scale: .venv cluster-up fixtures ## 10 base models x 10 fakevllm pods x 1,000 adapters: the operator at fleet scale (about an hour on 2 cores)
+bench-scale: .venv cluster-up fixtures ## 10 base models x 10 pods x 1,000 adapters: the operator at fleet scale, its pods faked in one process (BENCH_SCALE_MODE=realistic: fakevllm pods with real agents, about an hour on 2 cores)
 	$(PY) -m bench.scale
 
 bench-routing: .venv cluster-up fixtures tools ## 8 Zipf adapters on 2 pods: random pod vs the router (no LoRA scorer, vLLM's metric, residency feed); about 10 min
