@@ -16,6 +16,7 @@ import base64
 import ipaddress
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,8 +40,9 @@ class FakeNode:
         self.kube, self.name, self.network = kube, name, network
         hosts = network.hosts()
         self.host_ip = str(next(hosts))  # the node's own address, never a pod's
-        self._free = [str(ip) for ip in hosts]
-        self._free.reverse()  # pop() hands them out in order
+        # Next-fit, as the process node and host-local IPAM hand them out: a freed address goes
+        # last, so a new pod never answers at the address a client still holds for an old one.
+        self._free = deque(str(ip) for ip in hosts)
         self.agent = NodeAgent(
             kube,
             name,
@@ -77,8 +79,8 @@ class FakeNode:
         """Every container's readiness, judged once a probe period as the kubelet does."""
         while True:
             await asyncio.sleep(PROBE_SECONDS)
-            for uid in list(self.pods):
-                await self._report(uid)
+            for uid, pod in list(self._objects.items()):
+                await (self._report(uid) if uid in self.pods else self._observe(pod))
 
     def stop(self) -> None:
         self._stop.set()
@@ -140,7 +142,9 @@ class FakeNode:
                 log.error("no address left in %s for pod %s", self.network, meta["name"])
                 return
             token = await self._token(pod)
-            fake = FakePod(pod, self._free.pop(), token, self._inspections)
+            if not token:
+                return  # as a kubelet holds the containers until the Secret exists: next probe
+            fake = FakePod(pod, self._free.popleft(), token, self._inspections)
             self.pods[uid] = fake
             self.by_ip[fake.ip] = fake
             log.info("pod %s/%s at %s", fake.namespace, fake.name, fake.ip)
