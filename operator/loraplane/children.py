@@ -25,12 +25,13 @@ from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError
 from loraplane.runtime import Runtime
 
+_REWRITE_TYPE = ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite")
 # Spec keys a PUT takes back whole when apply cannot (see kube.converge).
 SERVICE_KEYS = ("ports", "selector", "type")
 DEPLOYMENT_KEYS = ("replicas", "selector", "strategy", "template")
 NETWORK_POLICY_KEYS = ("podSelector", "policyTypes", "ingress")
-# What the operator creates per base model and watches (the agent Secret is made once, and the
-# InferencePool is not watched: its CRD may not exist, and only a Gateway writes to it).
+# What the operator creates per base model and watches (the agent Secret is made once; the
+# Inference Extension's kinds, UNWATCHED_CHILD_KINDS, are not watched: their CRDs may not exist).
 CHILD_KINDS = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -42,6 +43,11 @@ CHILD_KINDS = (
 )
 # The router's objects by slot (naming.child_slot), in the order they are made: what the EPP
 # reads (its account, its rights, its configuration) before the pods that read it.
+# Listed at start where their CRDs exist, so that a restart re-applies nothing that is current.
+UNWATCHED_CHILD_KINDS = (
+    ("inference.networking.k8s.io/v1", "InferencePool"),
+    _REWRITE_TYPE,
+)
 ROUTER_SLOTS = (
     "router/ServiceAccount",
     "router/Role",
@@ -67,9 +73,6 @@ NO_INFERENCE_POOL_API = (
     "the router's Endpoint Picker reads its pods from one: install the Gateway API Inference "
     "Extension's InferencePool CRD (the chart does, with crds.inferenceExtension)",
 )
-
-
-_REWRITE_TYPE = ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite")
 
 
 @dataclass(frozen=True)
@@ -181,12 +184,6 @@ async def _converge_router(
         if slot not in desired:
             if live is not None:
                 await _remove(rt, live)
-            elif slot == "InferenceModelRewrite" and key not in rt.fleet.rewrites_checked:
-                # Not watched (its CRD may be absent): one left from before a restart would
-                # still split requests, so it is removed once, known or not.
-                name = meta["name"]
-                await kube.delete(rt.api, *_REWRITE_TYPE, key[0], name)
-                rt.fleet.rewrites_checked.add(key)
             continue
         obj = desired[slot]
         try:

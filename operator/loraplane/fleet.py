@@ -217,8 +217,6 @@ class Fleet:
     agent_secrets: set[str] = field(default_factory=set)
     # base key -> adapter name -> its canary split, as the base model's reconcile last judged it
     splits: dict[Key, dict[str, Split]] = field(default_factory=dict)
-    # base models whose InferenceModelRewrite was removed once, in case one outlived a restart
-    rewrites_checked: set[Key] = field(default_factory=set)
     # base key -> slot (naming.child_slot) -> the live child object, as the watches last showed it
     children: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _versions: dict[Key, Version] = field(default_factory=dict)

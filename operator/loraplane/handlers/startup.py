@@ -16,7 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from loraplane import kube, metrics, metrics_http
 from loraplane.api import ADAPTER_KIND, API_VERSION, BASE_MODEL_KIND
 from loraplane.builders import naming
-from loraplane.children import CHILD_KINDS
+from loraplane.children import CHILD_KINDS, UNWATCHED_CHILD_KINDS
 from loraplane.config import settings as load_settings
 from loraplane.fleet import Fleet
 from loraplane.handlers.pods import POD_LABELS
@@ -107,13 +107,18 @@ async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...], chunk
             fleet.observe_adapter(obj)
     children = naming.label_selector({"app.kubernetes.io/managed-by": naming.MANAGED_BY})
     for namespace in scopes:
-        for api_version, kind in CHILD_KINDS:
-            async for obj in kube.list_objects(
-                api, api_version, kind, namespace, children, chunk=chunk
-            ):
-                # A list's items carry neither: without them no child would match its desired
-                # manifest, and the first reconcile after a restart would re-apply every one.
-                fleet.observe_child({**obj, "apiVersion": api_version, "kind": kind})
+        for api_version, kind in CHILD_KINDS + UNWATCHED_CHILD_KINDS:
+            try:
+                async for obj in kube.list_objects(
+                    api, api_version, kind, namespace, children, chunk=chunk
+                ):
+                    # A list's items carry neither: without them no child would match its
+                    # desired manifest, and the first reconcile after a restart would re-apply
+                    # every one.
+                    fleet.observe_child({**obj, "apiVersion": api_version, "kind": kind})
+            except ApiException as exc:
+                if exc.status != 404 or (api_version, kind) in CHILD_KINDS:
+                    raise  # 404: the Inference Extension's CRDs are not installed, nothing to find
         pods = naming.label_selector(POD_LABELS)
         async for obj in kube.list_objects(api, "v1", "Pod", namespace, pods, chunk=chunk):
             fleet.observe_pod(obj)
