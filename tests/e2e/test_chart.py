@@ -30,6 +30,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "two-namespaces": {"watchNamespaces": ["lp-team-a", "lp-team-b"], **MONITORS},
     "network-policy": {"networkPolicy": {"enabled": True}},
     "no-crds": {"crds": {"enabled": False}, "rbac": {"create": True}},
+    # A Gateway's own installation of the Inference Extension owns its CRDs.
+    "no-inference-extension-crds": {"crds": {"inferenceExtension": False}},
 }
 RECOMMENDED_LABELS = (
     "app.kubernetes.io/name",
@@ -100,11 +102,19 @@ def test_rendered_objects_keep_the_invariants(cluster: Cluster, name: str) -> No
     assert secrets and set(secrets[0]["verbs"]) == {"get", "create"}  # never list or watch
 
     crds = by_kind(objs, "CustomResourceDefinition")
-    if values.get("crds", {}).get("enabled", True):
-        assert len(crds) == 2
-        assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in crds)
-    else:
+    groups = sorted(c["spec"]["group"] for c in crds)
+    if not values.get("crds", {}).get("enabled", True):
         assert not crds
+    elif values.get("crds", {}).get("inferenceExtension", True):
+        assert groups == [
+            "inference.networking.k8s.io",
+            "inference.networking.x-k8s.io",
+            "loraplane.dev",
+            "loraplane.dev",
+        ]
+    else:
+        assert groups == ["loraplane.dev", "loraplane.dev"]
+    assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in crds)
     monitors = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"}
     present = {o["kind"] for o in objs} & monitors
     assert present == (monitors if "metrics" in values else set())
