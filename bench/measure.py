@@ -26,6 +26,7 @@ from typing import Any
 CALIBRATION_LOOPS = 2_000_000
 CALIBRATION_RUNS = 3  # the best of three: the least disturbed by whatever else runs
 PROFILE_RATE = 100  # samples per second: py-spy's default
+PY_SPY = "py-spy==0.4.3"  # the version whose speedscope output summarize() reads
 TOP = 25  # entries of a profile's summary
 
 
@@ -147,7 +148,7 @@ class Profile:
         self.proc: subprocess.Popen[bytes] | None = None
         exe = py_spy()
         if exe is None:
-            print(f"[profile {name}] skipped: no py-spy (the test extra has it: make venv)")
+            print(f"[profile {name}] skipped: py-spy could not be installed")
             return
         out.mkdir(parents=True, exist_ok=True)
         self.file = out / f"{name}.speedscope.json"
@@ -187,8 +188,20 @@ class Profile:
 
 
 def py_spy() -> str | None:
+    """py-spy from the venv or PATH, else installed from PyPI for the benchmarks alone (under
+    $LORAPLANE_HOME/tools, not the venv: nothing but a benchmark profiles)."""
     here = Path(sys.executable).parent / "py-spy"
-    return str(here) if here.exists() else shutil.which("py-spy")
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if found:
+        return found
+    from tests.support.cache import loraplane_home
+
+    target = loraplane_home() / "tools" / "py-spy"
+    exe = target / "bin" / "py-spy"
+    if not exe.exists():
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target)]
+        subprocess.run([*pip, PY_SPY], check=False)
+    return str(exe) if exe.exists() else None
 
 
 def summarize(speedscope: Path, folded: Path, top: Path) -> str:
