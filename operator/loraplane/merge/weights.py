@@ -229,7 +229,12 @@ def weight_files(base_dir: Path) -> list[str]:
 
 def _other_files(base_dir: Path) -> Iterator[Path]:
     for path in sorted(base_dir.iterdir()):
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != INDEX_FILE:
+        if (
+            path.is_file()
+            and not path.name.startswith(".")
+            and not path.name.endswith(WEIGHT_SUFFIXES)
+            and path.name != INDEX_FILE
+        ):
             yield path
 
 
