@@ -13,7 +13,7 @@ modes (BENCH_SCALE_MODE):
   node, which follows the contract measured in DESIGN.md §4 (status codes, bodies, error types,
   10-20 ms serialised loads, every runtime adapter lost on a restart).
 
-The operator's side of the conversation (agent fetch, vLLM load, `/v1/models`) is the code that
+The operator's side of the conversation (agent apply, `/v1/models`) is the code that
 talks to real pods in both. Prints wall times with the machine's load, steal and a calibration
 loop beside them, and figures that do not depend on the machine: operator CPU per registration
 and per adapter-minute, API writes per adapter, Events by reason, watch events, calls per pod,
@@ -87,11 +87,12 @@ OPERATOR_ENV = {
 }
 # The fake agent's routes as the operator's counters name them (loraplane_agent_api_calls_total).
 AGENT_ROUTES = {
-    "POST /v1/adapters/fetch": "agent fetch",
+    "POST /v1/adapters/apply": "agent apply",
     "PUT /v1/required": "agent required",
     "POST /v1/adapters/prune": "agent prune",
     "GET /v1/residency": "agent residency",
 }
+LOAD = "POST /v1/load_lora_adapter"
 POLLER_SECONDS = {"AIBrix (10 s)": 10.0, "production-stack (60 s)": 60.0}
 
 
@@ -378,13 +379,17 @@ def get_json(url: str, timeout: float = 10) -> Any:
 @dataclass
 class Calls:
     """What the fake vLLM servers were asked by callers outside their pods (the operator; the
-    node's probes ask only /health) and inside them (the agent's readiness check), summed over
-    servers, and the operator's own counters."""
+    node's probes ask only /health) and inside them (the agent: its loads and its readiness
+    check), summed over servers, and the operator's own counters."""
 
     vllm: Counter[str]
     per_pod_loads: dict[str, int]
     agent: Counter[str]
     in_pod: Counter[str]
+
+    def loads(self) -> int:
+        """vLLM loads, whoever asked: the agents (loopback) or, before them, the operator."""
+        return self.vllm[LOAD] + self.in_pod[LOAD]
 
     def minus(self, other: Calls) -> Calls:
         loads = {p: n - other.per_pod_loads.get(p, 0) for p, n in self.per_pod_loads.items()}
@@ -407,7 +412,8 @@ def fake_stats(ips: dict[str, str]) -> tuple[Counter[str], dict[str, int], Count
             outside = stats["remote"]
             remote.update({k: v for k, v in outside.items() if not k.endswith("/fakevllm/stats")})
             loopback.update(stats["loopback"])
-            loads[pod] = outside.get("POST /v1/load_lora_adapter", 0)
+            # The agent loads over loopback; an operator of before this change, from outside.
+            loads[pod] = outside.get(LOAD, 0) + stats["loopback"].get(LOAD, 0)
     return remote, loads, loopback
 
 
@@ -534,16 +540,17 @@ class Bench:
         if self.fake is None:
             vllm, loads, in_pod = fake_stats(self.ips())
             return Calls(vllm, loads, operator_counters(), in_pod)
-        vllm, agent = Counter[str](), Counter[str]()
+        vllm, agent, in_pod = Counter[str](), Counter[str](), Counter[str]()
         loads: dict[str, int] = {}
         for pod, st in self.fake.stats()["pods"].items():
             if st["namespace"] != NS:
                 continue
             vllm.update({k: v for k, v in st["vllm"].items() if not k.endswith("/fakevllm/stats")})
             agent.update({AGENT_ROUTES.get(k, k): v for k, v in st["agent"].items()})
-            loads[pod] = st["vllm"].get("POST /v1/load_lora_adapter", 0)
-        # No caller inside a fake pod: its kubelet judges the agent's readiness in process.
-        return Calls(vllm, loads, agent, Counter())
+            # Its kubelet judges the agent's readiness in process: only the agent's loads.
+            in_pod.update(st["inPod"])
+            loads[pod] = st["inPod"].get(LOAD, 0) + st["vllm"].get(LOAD, 0)
+        return Calls(vllm, loads, agent, in_pod)
 
     def pid(self) -> int:
         assert self.op.proc is not None
@@ -603,9 +610,9 @@ class Bench:
             "registrations": registrations,
             "seconds": took,
             "created": created,
-            "loads": calls.vllm["POST /v1/load_lora_adapter"],
+            "loads": calls.loads(),
             "models": calls.vllm["GET /v1/models"],
-            "fetches": calls.agent["agent fetch"],
+            "applies": calls.agent["agent apply"],
             "writes": sum(writes.values()),
             "status_writes": writes["loraadapters/status"],
             "cpu": cpu,
@@ -618,7 +625,7 @@ class Bench:
             f"[cold start, {total} adapters, {registrations} registrations] all Ready "
             f"{took:.1f}s after the operator started ({registrations / took:.0f} "
             f"registrations/s); vLLM loads {row['loads']}, GET /v1/models {row['models']}, "
-            f"agent fetches {row['fetches']}; API writes {row['writes']} "
+            f"agent applies {row['applies']}; API writes {row['writes']} "
             f"({_top(writes)}); operator CPU {cpu:.0f}s, peak RSS {peak / 2**20:.0f} MB; "
             f"{row['load']} (the creates, before, took {created:.0f}s)\n{groups}\n"
             f"  {machine}; before it, {calibration}\n"
@@ -717,8 +724,8 @@ class Bench:
         print(
             f"[operator restart, everything registered] every pod synced again {current:.1f}s "
             f"after the start; in the 30s after that: vLLM loads "
-            f"{d.vllm['POST /v1/load_lora_adapter']}, unloads "
-            f"{d.vllm['POST /v1/unload_lora_adapter']}, agent fetches {d.agent['agent fetch']}, "
+            f"{d.loads()}, unloads "
+            f"{d.vllm['POST /v1/unload_lora_adapter']}, agent applies {d.agent['agent apply']}, "
             f"API writes {sum(writes.values())} ({_top(writes) or 'none'}); {load_avg()}\n"
             f"  {measure.Machine.now().since(machine0)}"
         )
@@ -780,7 +787,7 @@ class Bench:
         ours = {p for p in d.per_pod_loads if p.startswith(base_name(b) + "-")}
         print(
             f"[one adapter, new version] Ready on all {PODS} pods {took:.2f}s after the spec "
-            f"changed; agent fetches {d.agent['agent fetch']}, vLLM loads on its base's pods "
+            f"changed; agent applies {d.agent['agent apply']}, vLLM loads on its base's pods "
             f"{sum(d.per_pod_loads[p] for p in ours)}, on the other pods "
             f"{sum(n for p, n in d.per_pod_loads.items() if p not in ours)}; {load_avg()}"
         )
@@ -847,7 +854,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "registration, of it the part per registration and the operator's idle CPU per "
         "adapter-minute (from the steady window after it, where there was one)",
         f"  {'adapters':>9}{'registrations':>15}{'seconds':>9}{'s per 1k reg':>14}"
-        f"{'vLLM loads':>12}{'fetches':>9}{'API writes':>12}{'per adapter':>13}"
+        f"{'vLLM loads':>12}{'applies':>9}{'API writes':>12}{'per adapter':>13}"
         f"{'peak RSS MB':>13}{'CPU s':>7}{'ms/reg':>8}{'per reg':>9}{'per ad-min':>12}",
     ]
     for r in rows:
@@ -858,7 +865,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"  {r['adapters']:>9}{r['registrations']:>15}{r['seconds']:>9.1f}"
-            f"{r['seconds'] / r['registrations'] * 1000:>14.2f}{r['loads']:>12}{r['fetches']:>9}"
+            f"{r['seconds'] / r['registrations'] * 1000:>14.2f}{r['loads']:>12}{r['applies']:>9}"
             f"{r['writes']:>12}{r['writes'] / r['adapters']:>13.2f}{r['rss'] / 2**20:>13.0f}"
             f"{r['cpu']:>7.0f}{r['cpu'] / r['registrations'] * 1000:>8.2f}{split}"
         )

@@ -82,7 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
         local: str, method: str, path: str, h: dict[str, str], body: bytes
     ) -> Response | None:
         pod = node.by_ip.get(local)
-        return None if pod is None else pod.agent_call(method, path, h, body)
+        return None if pod is None else await pod.agent_call(method, path, h, body)
 
     async def control(
         local: str, method: str, path: str, h: dict[str, str], body: bytes

@@ -29,6 +29,7 @@ from loraplane.agent import protocol
 from loraplane.agent.store import status_summary
 from loraplane.builders import naming
 from loraplane.config import env_name
+from loraplane.vllm.errors import classify, error_class
 from processnode.util import now
 
 Obj = dict[str, Any]
@@ -88,7 +89,9 @@ class Inspections:
     def __init__(self) -> None:
         self._done: dict[str, Verdict] = {}
         # (directory, max rank, base model, pickled policy) -> the fetch's answer, its path aside
-        self.answers: dict[tuple[str, int, str | None, str], Obj | Response] = {}
+        self.answers: dict[
+            tuple[str, int, str | None, str], protocol.Fetched | protocol.Rejection
+        ] = {}
 
     def of(self, directory: str) -> Verdict:
         verdict = self._done.get(directory)
@@ -132,7 +135,9 @@ class FakePod:
         self.store: dict[str, str] = {}  # version directory in the pod -> source directory
         self.required: list[str] = []
         self.agent_calls: dict[str, int] = {}
-        self.past_vllm_calls: dict[str, int] = {}  # of the servers before a restart
+        # of the servers before a restart, from outside the pod and from its agent
+        self.past_vllm_calls: dict[str, int] = {}
+        self.past_in_pod_calls: dict[str, int] = {}
         self.vllm_ready = True
         self.vllm = self._new_vllm()
         self._engine = asyncio.Lock()  # vLLM's engine core runs one add_lora at a time
@@ -174,11 +179,19 @@ class FakePod:
         self.restarts[vllm] += 1
         for key, n in self.vllm.remote_counts.items():
             self.past_vllm_calls[key] = self.past_vllm_calls.get(key, 0) + n
+        for key, n in self.vllm.local_counts.items():
+            self.past_in_pod_calls[key] = self.past_in_pod_calls.get(key, 0) + n
         self.vllm = self._new_vllm()
         self.vllm_ready = False
 
     async def vllm_call(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, address: str
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        address: str,
+        local: bool = False,
     ) -> Response:
         if method == "POST" and self.vllm.config.runtime_updating:
             if path == "/v1/load_lora_adapter" and self._reaches_engine(body):
@@ -186,7 +199,7 @@ class FakePod:
                     await asyncio.sleep(random.uniform(*LOAD_SECONDS))
             elif path == "/v1/unload_lora_adapter":
                 await asyncio.sleep(UNLOAD_SECONDS)
-        return self.vllm.dispatch(method, path, headers, body, False, address)
+        return self.vllm.dispatch(method, path, headers, body, local, address)
 
     def _reaches_engine(self, body: bytes) -> bool:
         """vLLM answers a second load of a name before its engine is asked."""
@@ -204,7 +217,9 @@ class FakePod:
 
     # -- the agent container -----------------------------------------------------------------
 
-    def agent_call(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+    async def agent_call(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> Response:
         key = f"{method} {path}"
         self.agent_calls[key] = self.agent_calls.get(key, 0) + 1
         if path == protocol.HEALTHZ:
@@ -214,8 +229,8 @@ class FakePod:
         if headers.get("authorization", "") != f"Bearer {self.token}" or not self.token:
             return _text(401, "missing or wrong agent token")  # aiohttp's body for the agent's
         try:
-            if (method, path) == ("POST", protocol.FETCH):
-                return self._fetch(protocol.FetchRequest.model_validate_json(body))
+            if (method, path) == ("POST", protocol.APPLY):
+                return await self._apply(protocol.ApplyRequest.model_validate_json(body))
             if (method, path) == ("PUT", protocol.REQUIRED):
                 self.required = protocol.RequiredAdapters.model_validate_json(body).adapters
                 return _model(protocol.RequiredAdapters(adapters=self.required))
@@ -249,11 +264,60 @@ class FakePod:
     def _container(self, name: str) -> Obj:
         return next(c for c in self.pod["spec"]["containers"] if c["name"] == name)
 
-    def _fetch(self, req: protocol.FetchRequest) -> Response:
+    async def _apply(self, req: protocol.ApplyRequest) -> Response:
+        """The real agent's answer, one line per adapter, all at once (it streams them)."""
+        lines = []
+        for item in req.adapters:
+            applied = await self._apply_one(item)
+            lines.append(applied.model_dump_json(by_alias=True, exclude_none=True) + "\n")
+        return Response(200, "".join(lines).encode(), protocol.APPLY_CONTENT_TYPE)
+
+    async def _apply_one(self, item: protocol.ApplyItem) -> protocol.Applied:
+        answer = self._fetch(item)
+        if isinstance(answer, protocol.Rejection):
+            return protocol.Applied(name=item.name, rejected=answer)
+        if isinstance(answer, protocol.Unavailable):
+            return protocol.Applied(name=item.name, unavailable=answer)
+        if isinstance(answer, str):
+            return protocol.Applied(name=item.name, error=answer)
+        out = protocol.Applied(name=item.name, fetched=answer, fetch_seconds=0.0)
+        pinned = item.expected_digest is not None and answer.summary.digest == item.expected_digest
+        if not item.load or not pinned or item.registered_path == answer.path:
+            return out
+        body: Obj = {"lora_name": item.served_name, "lora_path": answer.path}
+        if item.registered_path is not None:
+            body["load_inplace"] = True
+        keys = self.vllm.config.api_keys  # the real agent has the pod's key in its env
+        headers = {"content-type": "application/json"}
+        if keys:
+            headers["authorization"] = f"Bearer {keys[0]}"
+        loopback = f"127.0.0.1:{self.vllm.config.port}"
+        answered = await self.vllm_call(
+            "POST", "/v1/load_lora_adapter", headers, json.dumps(body).encode(), loopback, True
+        )
+        if answered.status == 200:
+            out.loaded = True
+        else:
+            # The operator's own classification of vLLM's answer, as the real agent does.
+            error = classify(answered.status, answered.body)
+            out.load_failure = protocol.LoadFailure(
+                reason=str(error.reason),
+                message=error.message,
+                permanent=error.permanent,
+                error_class=error_class(error),
+            )
+        out.load_seconds = 0.0
+        return out
+
+    def _fetch(
+        self, req: protocol.FetchRequest
+    ) -> protocol.Fetched | protocol.Rejection | protocol.Unavailable | str:
+        """As the real store answers: the verified version, a refusal, the source unavailable
+        now, or trouble worth a retry (a text)."""
         source = req.source.path
         if source is None:
             # A fake limit, not the agent's: only sources on the pod's volumes are served here.
-            return _text(500, "500: fakepods serves only `path` sources")
+            return "fakepods serves only `path` sources"
         directory = resolve(self.agent_mounts, source) or source
         verdict = self.inspections.of(directory)
         if verdict.error is not None:
@@ -261,24 +325,19 @@ class FakePod:
             message = message.replace(directory, source)  # as the agent in the pod sees it
             if req.expected_digest is not None:
                 missing = protocol.SOURCE_UNAVAILABLE if reason == "AdapterNotFound" else None
-                return _model(
-                    protocol.Unavailable(
-                        reason=missing or protocol.SOURCE_CHANGED,
-                        message=f"the source no longer holds version {req.expected_digest}: "
-                        f"{message}; no peer holds it",
-                    ),
-                    protocol.UNAVAILABLE_STATUS,
+                return protocol.Unavailable(
+                    reason=missing or protocol.SOURCE_CHANGED,
+                    message=f"the source no longer holds version {req.expected_digest}: "
+                    f"{message}; no peer holds it",
                 )
-            rejection = protocol.Rejection(reason=reason, message=message)
-            return _model(rejection, protocol.REJECTED_STATUS)
+            return protocol.Rejection(reason=reason, message=message)
         summary = verdict.summary
         pinned = req.expected_digest
         if pinned is not None and summary.digest != pinned and not req.follow:
             problem = f"the source now holds {summary.digest}, not the pinned {pinned}"
-            unavailable = protocol.Unavailable(
+            return protocol.Unavailable(
                 reason=protocol.SOURCE_CHANGED, message=problem + "; no peer holds it"
             )
-            return _model(unavailable, protocol.UNAVAILABLE_STATUS)
         # What the files are judged against; a hundred pods of one base ask the same.
         key = (directory, req.max_lora_rank, req.base_model, req.pickled_adapters)
         answer = self.inspections.answers.get(key)
@@ -286,25 +345,21 @@ class FakePod:
             findings = validate(summary, self._facts(req), pickled_adapters=req.pickled_adapters)
             bad = errors(findings)
             if bad:
-                answer = _model(
-                    protocol.Rejection(
-                        reason=bad[0].reason,
-                        message="; ".join(f.message for f in bad),
-                        findings=findings,
-                    ),
-                    protocol.REJECTED_STATUS,
+                answer = protocol.Rejection(
+                    reason=bad[0].reason,
+                    message="; ".join(f.message for f in bad),
+                    findings=findings,
                 )
             else:
-                fetched = protocol.Fetched(
+                answer = protocol.Fetched(
                     path="", summary=status_summary(summary), findings=findings
                 )
-                answer = fetched.model_dump(mode="json", by_alias=True)
             self.inspections.answers[key] = answer
-        if isinstance(answer, Response):
+        if isinstance(answer, protocol.Rejection):
             return answer
         path = str(version_dir(naming.ADAPTER_MOUNT_PATH, req.name, summary.digest))
         self.store[path] = directory
-        return json_response(200, {**answer, "path": path})
+        return answer.model_copy(update={"path": path})
 
     def _prune(self, keep: Mapping[str, str]) -> Response:
         removed = []
@@ -345,6 +400,10 @@ class FakePod:
             "vllm": {
                 k: self.past_vllm_calls.get(k, 0) + self.vllm.remote_counts.get(k, 0)
                 for k in {*self.past_vllm_calls, *self.vllm.remote_counts}
+            },
+            "inPod": {
+                k: self.past_in_pod_calls.get(k, 0) + self.vllm.local_counts.get(k, 0)
+                for k in {*self.past_in_pod_calls, *self.vllm.local_counts}
             },
             "agent": dict(self.agent_calls),
             "adapters": len(self.vllm.adapters),

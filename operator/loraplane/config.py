@@ -187,10 +187,12 @@ class Settings(_FromEnv):
         8, ge=1, description="Adapter status writes in flight at once."
     )
     load_concurrency_per_pod: int = Field(
-        4, ge=1, description="Adapter loads in flight at once on one vLLM server."
-    )
-    load_concurrency_total: int = Field(
-        32, ge=1, description="Adapter loads in flight at once across all servers."
+        4,
+        ge=1,
+        description=(
+            "Adapters one pod's agent fetches and loads at once (vLLM itself loads one at a "
+            "time). Pods work in parallel: nothing caps the fleet as a whole."
+        ),
     )
     list_chunk_size: int = Field(
         500,

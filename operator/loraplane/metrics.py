@@ -225,14 +225,16 @@ POD_SYNCS = _metric(
 VLLM_API_CALLS = _metric(
     Counter,
     "loraplane_vllm_api_calls_total",
-    "Calls the operator made to vLLM servers, by endpoint (models, load, unload, health, "
-    "version): a converged fleet costs one models call per pod per resync.",
+    "Calls made to vLLM servers, by endpoint (models, load, unload, health, version): by the "
+    "operator, and loads by each pod's agent on its behalf. A converged fleet costs one "
+    "models call per pod per resync.",
     ("endpoint",),
 )
 AGENT_API_CALLS = _metric(
     Counter,
     "loraplane_agent_api_calls_total",
-    "Calls the operator made to pods' agents, by endpoint (fetch, required, prune, residency).",
+    "Calls the operator made to pods' agents, by endpoint (apply: fetch and load a pod's "
+    "adapters in one call; required, prune, residency).",
     ("endpoint",),
 )
 KUBE_API_WRITES = _metric(
@@ -256,14 +258,15 @@ VLLM_API_ERRORS = _metric(
 AGENT_API_ERRORS = _metric(
     Counter,
     "loraplane_agent_api_errors_total",
-    "Calls to a pod's agent that failed, by endpoint (fetch, required, prune, residency) and class "
-    "(timeout, unreachable, rejected, unavailable, client_error, server_error).",
+    "Calls to a pod's agent that failed, by endpoint (apply, required, prune, residency) and "
+    "class (timeout, unreachable, client_error, server_error). An adapter the agent refuses is "
+    "no failed call: loraplane_adapter_loads_total counts it.",
     ("endpoint", "class"),
 )
 WORK_IN_FLIGHT = _metric(
     Gauge,
     "loraplane_work_in_flight",
-    "Work running now, by kind (pod_sync, adapter_load).",
+    "Work running now, by kind (pod_sync; agent_apply: a pod's agent fetching and loading).",
     ("kind",),
 )
 WATCH_RESTARTS = _metric(

@@ -57,7 +57,6 @@ class Runtime:
     settings: Settings
     secrets: SecretCache
     workers: Workers
-    loads: asyncio.Semaphore  # adapter loads in flight across all servers
     # The status last published per (kind, object). The body a timer sees lags behind our own
     # patch; judging transitions against this instead announces each one once.
     published: dict[tuple[str, Key], StatusModel] = field(default_factory=dict)
@@ -93,7 +92,6 @@ class Runtime:
             settings=settings,
             secrets=SecretCache(api, settings.secret_cache_seconds),
             workers=Workers(converge, settings),
-            loads=asyncio.Semaphore(settings.load_concurrency_total),
         )
         return runtime
 

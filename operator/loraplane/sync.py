@@ -3,7 +3,9 @@
 The only module that talks to vLLM servers and agents. One run costs one `GET /v1/models` when
 nothing changed. It is level-based: whatever happened before (a vLLM restart, a lost load, an
 operator restart), the run brings the pod to the desired set and records in the fleet what it
-found and did. The parts (`plan`, `ensure_loaded`, `unload`, `publish`) stand alone.
+found and did. The parts (`plan`, `register`, `unload`, `publish`) stand alone. Registrations
+go through the pod's agent, one apply for all of a pod's adapters: it fetches, verifies and
+loads into its own vLLM on loopback, so the operator's share of a registration is its record.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from loraplane import kube, metrics, trace
@@ -27,13 +29,8 @@ from loraplane.adapters.sources.credentials import (
     read_credentials,
 )
 from loraplane.adapters.validate import BaseModelFacts, errors, validate
-from loraplane.agent.client import (
-    AdapterRejectedByAgent,
-    AgentClient,
-    AgentError,
-    VersionUnavailable,
-)
-from loraplane.agent.protocol import Fetched, FetchRequest
+from loraplane.agent import protocol
+from loraplane.agent.client import AgentClient, AgentError
 from loraplane.builders import naming
 from loraplane.fleet import (
     GATE,
@@ -49,7 +46,7 @@ from loraplane.fleet import (
 )
 from loraplane.placement import Placement
 from loraplane.status.conditions import now_rfc3339
-from loraplane.vllm.client import VLLMClient
+from loraplane.vllm.client import ENDPOINTS, LOAD_PATH, VLLMClient
 from loraplane.vllm.errors import VLLMError
 from loraplane.workers import ServerStarting
 
@@ -63,6 +60,18 @@ Registered = Mapping[str, str | None]  # served name -> path, as /v1/models list
 
 class PodNotReachable(Exception):
     """The pod's servers did not answer: a transient state, retried by the worker."""
+
+
+class AdaptersNotLoaded(Exception):
+    """Some adapters met trouble worth a retry (the others went on): the worker runs again."""
+
+
+class SourceNotReadable(Exception):
+    """The agent could read neither the source nor a peer's copy of the pinned version."""
+
+
+class LoadNotDone(Exception):
+    """vLLM failed a load for a reason that is not the adapter's (retried)."""
 
 
 @dataclass(frozen=True)
@@ -157,17 +166,17 @@ def peers(rt: Runtime, pod: PodView, ad: AdapterView, version: Version) -> list[
     ]
 
 
-async def fetch_request(
+async def apply_item(
     rt: Runtime,
-    pod: PodView,
+    pc: PodContext,
     ad: AdapterView,
     judged: Judgement,
     pinned: Version | None,
     credentials: SourceCredentials | None,
-) -> FetchRequest:
+) -> protocol.ApplyItem:
     assert ad.source is not None  # placement leaves out adapters whose spec did not parse
     base = rt.fleet.bases.get((ad.namespace, ad.base_model))
-    return FetchRequest(
+    return protocol.ApplyItem(
         name=ad.name,
         source=ad.source,
         credentials=credentials,
@@ -175,9 +184,12 @@ async def fetch_request(
         max_lora_rank=judged.max_lora_rank,
         base_model=ad.base_model,
         expected_digest=pinned.summary.digest if pinned else None,
-        peers=peers(rt, pod, ad, pinned) if pinned else [],
+        peers=peers(rt, pc.pod, ad, pinned) if pinned else [],
         follow=ad.follow,
         pickled_adapters=rt.settings.pickled_adapters,
+        served_name=ad.served_name,
+        load=pinned is not None,
+        registered_path=pc.registered.get(ad.served_name),
     )
 
 
@@ -192,6 +204,8 @@ class PodContext:
     registered: Registered  # what the run's `GET /v1/models` listed
     # what the run's own loads and unloads changed: served name -> path (None: unloaded)
     changed: dict[str, str | None] = field(default_factory=dict)
+    # trouble worth a retry of the whole run, met on some adapters while the others went on
+    errors: list[Exception] = field(default_factory=list)
 
     def now(self) -> dict[str, str | None]:
         """What the pod serves after the run: vLLM answered each load and unload, so no second
@@ -200,37 +214,186 @@ class PodContext:
         return {n: p for n, p in out.items() if n not in self.changed or p is not None}
 
 
-async def ensure_loaded(rt: Runtime, pc: PodContext, ad: AdapterView) -> bool:
-    """Bring one adapter's current version onto the pod. True when a registration changed."""
+@dataclass(frozen=True)
+class Asked:
+    """One adapter of an apply, with what its answer is judged against."""
+
+    ad: AdapterView
+    judged: Judgement
+    pinned: Version | None
+    serving: bool  # the pod serves the pinned version already (a following adapter's look)
+    fetched: bool = False  # fetched by an earlier round of this run: its time was counted
+
+
+# Rounds of one run: the first fetches what is not pinned yet, the second loads what it pinned;
+# a third only when a following adapter's source moved in between. More waits for the next run.
+ROUNDS = 3
+
+
+async def register(rt: Runtime, pc: PodContext, adapters: Iterable[AdapterView]) -> None:
+    """Bring each adapter's current version onto the pod through its agent: one apply per round
+    for all of them. Trouble worth a retry lands in `pc.errors`, the others go on."""
+    todo, fetched = list(adapters), False
+    for _ in range(ROUNDS):
+        asked: dict[str, Asked] = {}
+        items: list[protocol.ApplyItem] = []
+        for ad in todo:
+            if (ask := await asking(rt, pc, ad)) is not None:
+                asked[ad.name], item = replace(ask[0], fetched=fetched), ask[1]
+                items.append(item)
+        if not items:
+            return
+        todo, fetched = await apply(rt, pc, asked, items), True
+
+
+async def asking(
+    rt: Runtime, pc: PodContext, ad: AdapterView
+) -> tuple[Asked, protocol.ApplyItem] | None:
+    """What to ask the agent for this adapter; None: nothing (settled, or refused already)."""
     fleet = rt.fleet
-    current = pc.registered.get(ad.served_name)
     judged = fleet.judgement(ad.key)
     if judged is None or kept(rt, pc, ad):
-        return False
+        return None
     pinned = fleet.version(ad.key)
     if pinned is not None and outranked(rt, pc, ad, pinned):
-        return False
+        return None
+    current = pc.registered.get(ad.served_name)
     serving = pinned is not None and current == pinned.path
     if not serving:
         fleet.set_state(pc.pod.key, ad.name, "Loading", path=current)
-    async with rt.loads:
-        with metrics.WORK_IN_FLIGHT.labels("adapter_load").track_inprogress():
-            fetched = await fetch(rt, pc, ad, judged, pinned, serving)
-            if fetched is None:
-                return False
-            version = Version(judged, fetched.path, fetched.summary, tuple(fetched.warnings))
-            kicks = fleet.record_version(ad.key, judged, version)
-            if kicks is None:
-                # The spec moved on, or another pod pinned other files first: look again now.
-                rt.kick([pc.pod.key])
-                return False
-            rt.kick(kicks - {pc.pod.key})
-            if current == fetched.path:
-                registered(rt, pc, ad, current)
-                return False
-            if outranked(rt, pc, ad, version):
-                return False
-            return await load(rt, pc, ad, judged, fetched.path)
+    assert ad.source is not None  # placement leaves out adapters whose spec did not parse
+    try:
+        credentials = await read_credentials(rt.secrets.value, ad.namespace, ad.source)
+    except MissingSecret as exc:
+        state = "Registered" if serving else "Loading"
+        error = f"SecretNotFound: {exc}"
+        fleet.set_state(pc.pod.key, ad.name, state, error, current, "SecretNotFound")
+        pc.errors.append(exc)
+        return None
+    if pinned is None and not await preflight(rt, pc, ad, judged, credentials):
+        return None
+    item = await apply_item(rt, pc, ad, judged, pinned, credentials)
+    return Asked(ad, judged, pinned, serving), item
+
+
+async def apply(
+    rt: Runtime, pc: PodContext, asked: dict[str, Asked], items: list[protocol.ApplyItem]
+) -> list[AdapterView]:
+    """One apply; returns the adapters it pinned a version of, to load in the next round."""
+    cfg = rt.settings
+    request = protocol.ApplyRequest(
+        adapters=items,
+        concurrency=cfg.load_concurrency_per_pod,
+        load_timeout_seconds=cfg.load_timeout_seconds,
+    )
+    again: list[AdapterView] = []
+    try:
+        with (
+            metrics.WORK_IN_FLIGHT.labels("agent_apply").track_inprogress(),
+            trace.span("apply", pod=pc.pod.name, adapters=len(items)),
+        ):
+            line_timeout = cfg.agent_timeout_seconds + cfg.load_timeout_seconds
+            async for result in pc.agent.apply(request, line_timeout):
+                ask = asked.pop(result.name, None)
+                if ask is not None and answered(rt, pc, ask, result):
+                    again.append(ask.ad)
+    except AgentError as exc:
+        for ask in asked.values():  # those it did not answer before it failed
+            unanswered(rt, pc, ask, f"agent: {exc}")
+        pc.errors.append(exc)
+    return again
+
+
+def unanswered(rt: Runtime, pc: PodContext, ask: Asked, error: str) -> None:
+    ad = ask.ad
+    if not ask.serving:
+        metrics.ADAPTER_LOADS.labels(ad.namespace, pc.base.name, ad.name, "error").inc()
+    current = pc.registered.get(ad.served_name)
+    rt.fleet.set_state(pc.pod.key, ad.name, "Loading", error, path=current)
+
+
+def answered(rt: Runtime, pc: PodContext, ask: Asked, result: protocol.Applied) -> bool:
+    """Record what the agent did with one adapter; True: its version is pinned now and the
+    agent only fetched it, so the next round loads it."""
+    fleet, pkey, ad = rt.fleet, pc.pod.key, ask.ad
+    labels = (ad.namespace, pc.base.name, ad.name)
+    current = pc.registered.get(ad.served_name)
+    if result.rejected is not None:
+        metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
+        reason, message = result.rejected.reason, result.rejected.message
+        rt.kick(fleet.record_failure(ad.key, ask.judged, reason, message))
+        fleet.set_state(pkey, ad.name, "Failed", message, path=current)
+        return False
+    if result.unavailable is not None:
+        if not ask.serving:
+            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
+        reason, message = result.unavailable.reason, result.unavailable.message
+        state = "Registered" if ask.serving else "Loading"
+        container = pc.pod.vllm_container_id
+        fleet.set_state(pkey, ad.name, state, f"{reason}: {message}", current, reason, container)
+        pc.errors.append(SourceNotReadable(f"{ad.name}: {reason}: {message}"))
+        return False
+    if result.fetched is None:
+        unanswered(rt, pc, ask, f"agent: {result.error or 'no answer'}")
+        pc.errors.append(AgentError(f"{ad.name}: {result.error}"))
+        return False
+    fetched = result.fetched
+    counted = ask.fetched or result.fetch_seconds is None
+    if not counted and (not ask.serving or fetched.path != current):
+        metrics.FETCH_SECONDS.labels(*labels).observe(result.fetch_seconds or 0.0)
+    version = Version(ask.judged, fetched.path, fetched.summary, tuple(fetched.warnings))
+    kicks = fleet.record_version(ad.key, ask.judged, version)
+    if kicks is None:
+        # The spec moved on, or another pod pinned other files first: look again now.
+        rt.kick([pkey])
+        return False
+    rt.kick(kicks - {pkey})
+    if current == fetched.path:
+        registered(rt, pc, ad, current)
+        return False
+    if outranked(rt, pc, ad, version):
+        return False
+    if result.loaded:
+        loaded(rt, pc, ad, fetched.path, result.load_seconds)
+    elif result.load_failure is not None:
+        load_failed(rt, pc, ask, result.load_failure)
+    else:
+        return True
+    return False
+
+
+def loaded(rt: Runtime, pc: PodContext, ad: AdapterView, path: str, seconds: float | None) -> None:
+    """The agent registered `path` under the adapter's served name (in place of what was
+    there: vLLM loads the new weights first, so no request sees a missing adapter)."""
+    labels = (ad.namespace, pc.base.name, ad.name)
+    current = pc.registered.get(ad.served_name)
+    pc.changed[ad.served_name] = path
+    metrics.VLLM_API_CALLS.labels(ENDPOINTS[LOAD_PATH]).inc()
+    if seconds is not None:
+        metrics.VLLM_LOAD_SECONDS.labels(*labels).observe(seconds)
+    metrics.ADAPTER_LOADS.labels(*labels, "success").inc()
+    if current is not None:
+        replaced(rt, pc, ad, current)
+    rt.fleet.record_load(pc.pod, ad, path, replaced=current)
+
+
+def load_failed(rt: Runtime, pc: PodContext, ask: Asked, failure: protocol.LoadFailure) -> None:
+    """vLLM refused the files (a verdict, on every pod alike) or failed to load them (retried)."""
+    fleet, ad = rt.fleet, ask.ad
+    labels = (ad.namespace, pc.base.name, ad.name)
+    current = pc.registered.get(ad.served_name)
+    metrics.VLLM_API_CALLS.labels(ENDPOINTS[LOAD_PATH]).inc()
+    metrics.VLLM_API_ERRORS.labels(ENDPOINTS[LOAD_PATH], failure.error_class).inc()
+    if failure.permanent:
+        metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
+        verdict = fleet.judged_on(pc.pod, ask.judged)
+        rt.kick(fleet.record_failure(ad.key, verdict, failure.reason, failure.message))
+        fleet.set_state(pc.pod.key, ad.name, "Failed", failure.message, path=current)
+        return
+    metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
+    error = f"{failure.reason}: {failure.message}"
+    fleet.set_state(pc.pod.key, ad.name, "Loading", error, current)
+    pc.errors.append(LoadNotDone(f"{ad.name}: {error}"))
 
 
 def outranked(rt: Runtime, pc: PodContext, ad: AdapterView, version: Version) -> bool:
@@ -264,59 +427,6 @@ def registered(rt: Runtime, pc: PodContext, ad: AdapterView, path: str | None) -
     rt.fleet.set_state(
         pc.pod.key, ad.name, "Registered", path=path, container=pc.pod.vllm_container_id
     )
-
-
-async def fetch(
-    rt: Runtime,
-    pc: PodContext,
-    ad: AdapterView,
-    judged: Judgement,
-    pinned: Version | None,
-    serving: bool,
-) -> Fetched | None:
-    """The agent's verified copy of the pinned (or, following, the newest) version.
-
-    None when the agent rejected the files. Serving already, a following adapter's fetch only
-    looks for new files: its failures are not failed loads.
-    """
-    fleet, pkey = rt.fleet, pc.pod.key
-    labels = (ad.namespace, pc.base.name, ad.name)
-    current = pc.registered.get(ad.served_name)
-    assert ad.source is not None  # placement leaves out adapters whose spec did not parse
-    try:
-        credentials = await read_credentials(rt.secrets.value, ad.namespace, ad.source)
-    except MissingSecret as exc:
-        state = "Registered" if serving else "Loading"
-        fleet.set_state(pkey, ad.name, state, f"SecretNotFound: {exc}", current, "SecretNotFound")
-        raise
-    if pinned is None and not await preflight(rt, pc, ad, judged, credentials):
-        return None
-    request = await fetch_request(rt, pc.pod, ad, judged, pinned, credentials)
-    started = time.monotonic()
-    try:
-        with trace.span("fetch", pod=pc.pod.name, adapter=ad.name):
-            fetched = await pc.agent.fetch(request)
-    except AdapterRejectedByAgent as exc:
-        metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-        rt.kick(fleet.record_failure(ad.key, judged, exc.reason, exc.message))
-        fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
-        return None
-    except VersionUnavailable as exc:
-        if not serving:
-            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
-        state = "Registered" if serving else "Loading"
-        error = f"{exc.reason}: {exc.message}"
-        container = pc.pod.vllm_container_id
-        fleet.set_state(pkey, ad.name, state, error, current, exc.reason, container)
-        raise
-    except AgentError as exc:
-        if not serving:
-            metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
-        fleet.set_state(pkey, ad.name, "Loading", f"agent: {exc}", path=current)
-        raise
-    if not serving or fetched.path != current:
-        metrics.FETCH_SECONDS.labels(*labels).observe(time.monotonic() - started)
-    return fetched
 
 
 async def preflight(
@@ -357,37 +467,6 @@ async def preflight(
         pc.pod.key, ad.name, "Failed", message, path=pc.registered.get(ad.served_name)
     )
     return False
-
-
-async def load(rt: Runtime, pc: PodContext, ad: AdapterView, judged: Judgement, path: str) -> bool:
-    """Register `path` under the adapter's served name: True when vLLM did; False when it
-    refused the files; raises what is worth a retry."""
-    fleet, pkey = rt.fleet, pc.pod.key
-    labels = (ad.namespace, pc.base.name, ad.name)
-    current = pc.registered.get(ad.served_name)
-    started = time.monotonic()
-    try:
-        # A new version under a registered name is swapped in place: vLLM loads the new
-        # weights first, then replaces the old ones, so no request sees a missing adapter.
-        with trace.span("load", pod=pc.pod.name, adapter=ad.name):
-            await pc.vllm.load_adapter(ad.served_name, path, inplace=current is not None)
-    except VLLMError as exc:
-        if exc.permanent:
-            metrics.ADAPTER_LOADS.labels(*labels, "rejected").inc()
-            verdict = fleet.judged_on(pc.pod, judged)
-            rt.kick(fleet.record_failure(ad.key, verdict, str(exc.reason), exc.message))
-            fleet.set_state(pkey, ad.name, "Failed", exc.message, path=current)
-            return False
-        metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
-        fleet.set_state(pkey, ad.name, "Loading", f"{exc.reason}: {exc.message}", current)
-        raise
-    pc.changed[ad.served_name] = path
-    metrics.VLLM_LOAD_SECONDS.labels(*labels).observe(time.monotonic() - started)
-    metrics.ADAPTER_LOADS.labels(*labels, "success").inc()
-    if current is not None:
-        replaced(rt, pc, ad, current)
-    fleet.record_load(pc.pod, ad, path, replaced=current)
-    return True
 
 
 def replaced(rt: Runtime, pc: PodContext, ad: AdapterView, path: str) -> None:
@@ -532,21 +611,7 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     pc = PodContext(pod, base, vllm, agent, registered)
     steps = plan(fleet, base, registered)
 
-    # Settled adapters first, without a task each: a converged pod's pass over a thousand
-    # of them would otherwise cost a thousand tasks.
-    todo = iter([a for a in steps.wanted if not kept(rt, pc, a)])
-    errors: list[BaseException] = []
-
-    async def worker() -> None:
-        # A few workers taking adapters in plan order, not a task per adapter waiting on a
-        # semaphore: a cold fleet of 100 pods x 1,000 adapters held 100,000 tasks at once.
-        for ad in todo:
-            try:
-                await ensure_loaded(rt, pc, ad)
-            except (VLLMError, AgentError, MissingSecret) as exc:
-                errors.append(exc)
-
-    await asyncio.gather(*(worker() for _ in range(rt.settings.load_concurrency_per_pod)))
+    await register(rt, pc, steps.wanted)
     for step in steps.unloads:
         await unload(rt, pc, step)
     for name in steps.displaced:
@@ -559,5 +624,7 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     fleet.record_registrations(key, now)
     await publish(rt, pc, steps.wanted, now)
     await read_residency(rt, pc, changed=bool(pc.changed))
-    if errors:
-        raise PodNotReachable(f"{pod.name}: {len(errors)} adapter(s) failed to load: {errors[0]}")
+    if pc.errors:
+        raise AdaptersNotLoaded(
+            f"{pod.name}: {len(pc.errors)} adapter(s) not loaded: {pc.errors[0]}"
+        )

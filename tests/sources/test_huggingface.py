@@ -7,7 +7,6 @@ answers as the hub does for them (tests/support/servers.py says why it is the on
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +26,21 @@ from loraplane.adapters.sources import (
 )
 from loraplane.adapters.sources.credentials import HuggingFaceCredentials
 from loraplane.adapters.validate import BaseModelFacts, errors, validate
-from loraplane.agent import protocol
 from loraplane.api import AdapterSource, HuggingFaceSource
 from loraplane.config import Settings
 from loraplane.fleet import Fleet
-from loraplane.sync import ensure_loaded
 from loraplane.vllm.errors import Reason
 from tests.sources.conftest import leftovers, same_files, versions
 from tests.support.servers import Hub, LocalCA, olah, private_hub
-from tests.unit.test_metrics import FakeRuntime, base_obj, fetched, lora_obj, pod_obj
+from tests.unit.test_metrics import (
+    FakeAgent,
+    FakeRuntime,
+    base_obj,
+    fetched,
+    lora_obj,
+    pod_obj,
+    run_register,
+)
 from tests.unit.test_metrics import context as metrics_context
 
 TOKEN = "hf_loraplane_test_token"
@@ -208,18 +213,10 @@ def test_the_operator_refuses_a_bad_adapter_before_any_pod_downloads(
     settings = Settings(huggingface_endpoint=hub.url, source_ca_file=ca.cert)
     rt = FakeRuntime(fleet, settings=settings)
 
-    class Agent:
-        def __init__(self) -> None:
-            self.asked: list[str] = []
-
-        async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:
-            self.asked.append(request.name)
-            return fetched(request.name)
-
-    agent = Agent()
+    agent = FakeAgent(fetched("chat"))
     for name in ("big", "chat"):
         pc = metrics_context(fleet, "p0", agent=agent)
-        asyncio.run(ensure_loaded(rt, pc, fleet.adapters[("hf", name)]))  # type: ignore[arg-type]
+        run_register(rt, pc, name)
     failure = fleet.failure(("hf", "big"))
     assert failure is not None and failure.reason == Reason.RANK_EXCEEDS_MAX
-    assert agent.asked == ["chat"]
+    assert {item.name for request in agent.requests for item in request.adapters} == {"chat"}

@@ -143,24 +143,27 @@ async def test_a_pod_without_the_pinned_version_gets_it_from_a_peer(
     assert visible(Path(got.path)) == ["adapter_config.json", "adapter_model.safetensors"]
 
 
-async def test_a_bad_fetch_request_is_answered_without_its_credentials(tmp_path: Path) -> None:
+async def test_a_bad_apply_request_is_answered_without_its_credentials(tmp_path: Path) -> None:
     """The operator logs the agent's 400 answer: it must not quote the request's secrets."""
     cfg = AgentSettings(adapter_root=tmp_path / "store", agent_token="t")
     runner = web.AppRunner(build_app(cfg))
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    body = {
+    item = {
         "name": "a",
         "source": {"s3": {"uri": "s3://bkt/p"}},
         "credentials": {"kind": "s3", "accessKeyId": "AKIAEXAMPLE", "secret": "s3-secret-key"},
         "maxLoraRank": 16,
+        "servedName": "a",
+        "load": True,
     }
+    body = {"adapters": [item], "concurrency": 1, "loadTimeoutSeconds": 5}
     try:
         async with (
             aiohttp.ClientSession() as session,
             session.post(
-                f"http://127.0.0.1:{port}/v1/adapters/fetch",
+                f"http://127.0.0.1:{port}/v1/adapters/apply",
                 json=body,
                 headers={"Authorization": "Bearer t"},
             ) as resp,

@@ -28,12 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loraplane import metrics, metrics_http
 from loraplane.agent import protocol
-from loraplane.agent.client import AdapterRejectedByAgent, AgentClient, AgentError
+from loraplane.agent.apply import apply
+from loraplane.agent.client import AgentClient, AgentError
+from loraplane.agent.store import Rejected, Unavailable
 from loraplane.api import AdapterSummary, LoRAAdapterStatus
 from loraplane.config import Settings
 from loraplane.fleet import Fleet
 from loraplane.status import adapter as adapter_status
-from loraplane.sync import PodContext, Unload, ensure_loaded, unload
+from loraplane.sync import LoadNotDone, PodContext, Unload, register, unload
 from loraplane.vllm.client import VLLMClient
 from loraplane.vllm.errors import Reason, TransientVLLMError, VLLMError, classify
 
@@ -102,11 +104,10 @@ class NoSecrets:
 
 @dataclass
 class FakeRuntime:
-    """What ensure_loaded and unload take from the runtime; kicks are not followed."""
+    """What register and unload take from the runtime; kicks are not followed."""
 
     fleet: Fleet
     settings: Settings = field(default_factory=Settings)
-    loads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
 
     preflights: dict[Any, Any] = field(default_factory=dict)
     secrets: NoSecrets = field(default_factory=NoSecrets)
@@ -115,8 +116,10 @@ class FakeRuntime:
         pass
 
 
-class FakeAgent:
-    def __init__(self, answer: protocol.Fetched | Exception) -> None:
+class FakeStore:
+    """The agent's store answering every fetch the same: the files, or its refusal."""
+
+    def __init__(self, answer: protocol.Fetched | Rejected | Unavailable) -> None:
         self.answer = answer
 
     async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:
@@ -137,6 +140,24 @@ class FakeVLLM:
         pass
 
 
+class FakeAgent:
+    """The agent's own apply over a fake store and vLLM; or no agent at all (an AgentError)."""
+
+    def __init__(self, answer: protocol.Fetched | Exception, vllm: FakeVLLM | None = None) -> None:
+        self.answer = answer
+        self.vllm = vllm or FakeVLLM()
+        self.requests: list[protocol.ApplyRequest] = []
+
+    async def apply(
+        self, request: protocol.ApplyRequest, line_timeout: float
+    ) -> AsyncIterator[protocol.Applied]:
+        self.requests.append(request)
+        if isinstance(self.answer, AgentError):
+            raise self.answer
+        async for applied in apply(FakeStore(self.answer), self.vllm, request):  # type: ignore[arg-type]
+            yield applied
+
+
 def context(
     fleet: Fleet,
     pod: str,
@@ -149,6 +170,15 @@ def context(
     return PodContext(view, base, vllm or FakeVLLM(), agent, registered or {})
 
 
+def run_register(rt: Any, pc: PodContext, name: str) -> bool:
+    """One adapter through `register`, as a pod's run takes it: True when a registration
+    changed; the first trouble worth a retry raised, as the run raises it to its worker."""
+    asyncio.run(register(rt, pc, [rt.fleet.adapters[(pc.pod.namespace, name)]]))
+    if pc.errors:
+        raise pc.errors[0]
+    return bool(pc.changed)
+
+
 def load_on(
     fleet: Fleet,
     pod: str,
@@ -157,10 +187,9 @@ def load_on(
     registered: dict[str, str | None] | None = None,
     vllm: Any = None,
 ) -> bool:
-    ns = next(iter(fleet.bases))[0]
-    agent = FakeAgent(answer if answer is not None else fetched(name))
+    agent = FakeAgent(answer if answer is not None else fetched(name), vllm)
     pc = context(fleet, pod, registered, agent, vllm)
-    return asyncio.run(ensure_loaded(FakeRuntime(fleet), pc, fleet.adapters[(ns, name)]))  # type: ignore[arg-type]
+    return run_register(FakeRuntime(fleet), pc, name)
 
 
 def value(name: str, **labels: str) -> float:
@@ -205,7 +234,7 @@ def test_a_first_load_counts_a_success_and_both_durations_and_no_reregistration(
 def test_a_rejection_is_one_validation_failure_however_many_pods_try() -> None:
     ns = "load-rejected"
     fleet = fleet_of(ns, "a")
-    rejection = AdapterRejectedByAgent(protocol.Rejection(reason="DoRANotSupported", message="x"))
+    rejection = Rejected("DoRANotSupported", "x")
     for pod in ("p0", "p1"):
         assert not load_on(fleet, pod, "a", rejection)
     a = adapter(ns, "a")
@@ -227,8 +256,8 @@ def test_vllms_refusal_counts_its_classified_reason_and_a_retryable_error_counts
     assert not load_on(fleet, "p0", "a", vllm=FakeVLLM(refused))
     reason = {"reason": "RankExceedsMax"}
     assert value("loraplane_adapter_validation_failures_total", **adapter(ns, "a"), **reason) == 1
-    with pytest.raises(TransientVLLMError):
-        load_on(fleet, "p0", "b", vllm=FakeVLLM(TransientVLLMError(Reason.TRANSIENT, "down")))  # type: ignore[arg-type]
+    with pytest.raises(LoadNotDone):
+        load_on(fleet, "p0", "b", vllm=FakeVLLM(TransientVLLMError(Reason.TRANSIENT, "down")))
     assert value("loraplane_adapter_loads_total", **adapter(ns, "b"), result="error") == 1
     assert value("loraplane_adapter_vllm_load_duration_seconds_count", **adapter(ns, "b")) == 0
     with pytest.raises(AgentError):
@@ -296,8 +325,8 @@ def test_a_registration_missing_from_the_same_container_reregisters_as_drift() -
     ns = "rereg-drift"
     fleet = fleet_of(ns, "a", pods=1)
     load_on(fleet, "p0", "a")
-    with pytest.raises(TransientVLLMError):  # a failed attempt in between keeps what was lost
-        load_on(fleet, "p0", "a", vllm=FakeVLLM(TransientVLLMError(Reason.TRANSIENT, "busy")))  # type: ignore[arg-type]
+    with pytest.raises(LoadNotDone):  # a failed attempt in between keeps what was lost
+        load_on(fleet, "p0", "a", vllm=FakeVLLM(TransientVLLMError(Reason.TRANSIENT, "busy")))
     assert load_on(fleet, "p0", "a")
     assert value("loraplane_adapter_reregistrations_total", **adapter(ns, "a"), cause="drift") == 1
 
@@ -409,7 +438,7 @@ def test_no_series_of_a_deleted_adapter_or_a_gone_pod_remains() -> None:
     ns = "removal"
     fleet = fleet_of(ns, "a", "b")
     metrics.watch_fleet(fleet)
-    rejection = AdapterRejectedByAgent(protocol.Rejection(reason="CorruptWeights", message="x"))
+    rejection = Rejected("CorruptWeights", "x")
     load_on(fleet, "p0", "a")
     load_on(fleet, "p1", "a")
     load_on(fleet, "p0", "b", rejection)
@@ -565,19 +594,24 @@ def test_vllm_errors_are_counted_by_endpoint_and_class_and_benign_answers_are_no
 
 
 def test_agent_errors_are_counted_by_endpoint_and_class() -> None:
-    request = protocol.FetchRequest(name="a", source={"path": "/src/a"}, max_lora_rank=16)  # type: ignore[arg-type]
+    item = protocol.ApplyItem(
+        name="a",
+        source={"path": "/src/a"},  # type: ignore[arg-type]
+        max_lora_rank=16,
+        served_name="a",
+        load=True,
+    )
+    request = protocol.ApplyRequest(adapters=[item], concurrency=1, load_timeout_seconds=1)
     session = FakeSession(
-        FakeResponse(422, b'{"reason":"DoRANotSupported","message":"DoRA"}'),
-        FakeResponse(409, b'{"reason":"SourceUnavailable","message":"gone"}'),
+        FakeResponse(500, b'{"error":"boom"}'),
         TimeoutError(),
         aiohttp.ClientConnectionError("refused"),
         FakeResponse(500, b'{"error":"boom"}'),
     )
     client = AgentClient("http://x", "t", session, timeout=1)  # type: ignore[arg-type]
     keys = [
-        ("fetch", "rejected"),
-        ("fetch", "unavailable"),
-        ("fetch", "timeout"),
+        ("apply", "server_error"),
+        ("apply", "timeout"),
         ("required", "unreachable"),
         ("prune", "server_error"),
     ]
@@ -585,9 +619,9 @@ def test_agent_errors_are_counted_by_endpoint_and_class() -> None:
     before = {k: api_errors(family, *k) for k in keys}
 
     async def calls() -> None:
-        for _ in range(3):
-            with pytest.raises((AgentError, AdapterRejectedByAgent)):
-                await client.fetch(request)
+        for _ in range(2):
+            with pytest.raises(AgentError):
+                _ = [a async for a in client.apply(request, line_timeout=1)]
         with pytest.raises(AgentError):
             await client.set_required(["a"])
         with pytest.raises(AgentError):

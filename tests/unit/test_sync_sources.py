@@ -4,7 +4,6 @@ holds only while the limit it exceeded does."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +15,9 @@ from loraplane.api import LoRAAdapterStatus
 from loraplane.api.adapter import MAX_STATUS_PODS
 from loraplane.fleet import Fleet
 from loraplane.status import adapter as adapter_status
-from loraplane.sync import ensure_loaded
 from loraplane.vllm.errors import Reason
 from tests.unit.test_metrics import (
+    FakeAgent,
     FakeRuntime,
     base_obj,
     context,
@@ -26,6 +25,7 @@ from tests.unit.test_metrics import (
     fleet_of,
     lora_obj,
     pod_obj,
+    run_register,
 )
 
 NS = "sources"
@@ -40,13 +40,13 @@ class Secrets:
         return self.values.get((namespace, name, key))
 
 
-class RecordingAgent:
+class RecordingAgent(FakeAgent):
     def __init__(self) -> None:
-        self.requests: list[protocol.FetchRequest] = []
+        super().__init__(fetched("a"))
 
-    async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:
-        self.requests.append(request)
-        return fetched(request.name)
+    @property
+    def items(self) -> list[protocol.ApplyItem]:
+        return [item for request in self.requests for item in request.adapters]
 
 
 def fleet_with(size_limit: str = "1Gi") -> Fleet:
@@ -62,7 +62,7 @@ def fleet_with(size_limit: str = "1Gi") -> Fleet:
 def run(fleet: Fleet, secrets: Secrets, agent: Any) -> bool:
     rt = FakeRuntime(fleet, secrets=secrets)  # type: ignore[arg-type]
     pc = context(fleet, "p0", agent=agent)
-    return asyncio.run(ensure_loaded(rt, pc, fleet.adapters[(NS, "a")]))  # type: ignore[arg-type]
+    return run_register(rt, pc, "a")
 
 
 def test_the_source_secret_becomes_typed_credentials_with_the_store_limit() -> None:
@@ -75,7 +75,7 @@ def test_the_source_secret_becomes_typed_credentials_with_the_store_limit() -> N
     )
     agent = RecordingAgent()
     assert run(fleet, secrets, agent)
-    (request,) = agent.requests
+    request = agent.items[0]  # fetched, then loaded once pinned: the same source each time
     assert isinstance(request.credentials, S3Credentials)
     assert request.credentials.secret_access_key.get_secret_value() == "secret"
     assert request.size_limit_bytes == 2 << 30
@@ -86,7 +86,7 @@ def test_a_missing_secret_is_told_on_the_pod_and_retried() -> None:
     agent = RecordingAgent()
     with pytest.raises(MissingSecret):
         run(fleet, Secrets(), agent)
-    assert agent.requests == []
+    assert agent.items == []
     state = fleet.state((NS, "p0"), "a")
     assert state is not None and state.reason == "SecretNotFound"
     assert state.last_error is not None and "s3-keys" in state.last_error

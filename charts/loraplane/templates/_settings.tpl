@@ -52,8 +52,6 @@
   value: {{ (toString .Values.settings.statusWriteConcurrency) | quote }}
 - name: LORAPLANE_LOAD_CONCURRENCY_PER_POD
   value: {{ (toString .Values.settings.loadConcurrencyPerPod) | quote }}
-- name: LORAPLANE_LOAD_CONCURRENCY_TOTAL
-  value: {{ (toString .Values.settings.loadConcurrencyTotal) | quote }}
 - name: LORAPLANE_LIST_CHUNK_SIZE
   value: {{ (toString .Values.settings.listChunkSize) | quote }}
 - name: LORAPLANE_POD_STATUS_CAP

@@ -1,7 +1,8 @@
-"""The operator's side of the agent API: fetch an adapter, set what is required, prune files."""
+"""The operator's side of the agent API: apply adapters, set what is required, prune files."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -14,41 +15,19 @@ M = TypeVar("M", bound=BaseModel)
 
 # The endpoint label of each route in loraplane_agent_api_errors_total.
 ENDPOINTS = {
-    protocol.FETCH: "fetch",
+    protocol.APPLY: "apply",
     protocol.REQUIRED: "required",
     protocol.PRUNE: "prune",
     protocol.RESIDENCY: "residency",
 }
-# Answers of the agent that are verdicts on the adapter, by class.
-VERDICTS = {protocol.REJECTED_STATUS: "rejected", protocol.UNAVAILABLE_STATUS: "unavailable"}
 
 
 def error_class(status: int) -> str:
-    if status in VERDICTS:
-        return VERDICTS[status]
     return "client_error" if status < 500 else "server_error"
 
 
 class AgentError(Exception):
     """The agent could not be reached or answered something unexpected: worth a retry."""
-
-
-class VersionUnavailable(AgentError):
-    """The pinned version is in neither the store, the source nor a peer: retried."""
-
-    def __init__(self, unavailable: protocol.Unavailable) -> None:
-        super().__init__(unavailable.message)
-        self.reason = unavailable.reason
-        self.message = unavailable.message
-
-
-class AdapterRejectedByAgent(Exception):
-    """The adapter itself is bad: the same answer on every pod, do not retry."""
-
-    def __init__(self, rejection: protocol.Rejection) -> None:
-        super().__init__(rejection.message)
-        self.reason = rejection.reason
-        self.message = rejection.message
 
 
 class AgentClient:
@@ -99,14 +78,36 @@ class AgentClient:
         except ValidationError as exc:
             raise AgentError(f"agent {what} answered an unexpected body: {exc}") from exc
 
-    async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:
-        status, data = await self._call("POST", protocol.FETCH, request)
-        if status == protocol.REJECTED_STATUS:
-            rejection = self._parse(protocol.Rejection, "fetch", 200, data)
-            raise AdapterRejectedByAgent(rejection)
-        if status == protocol.UNAVAILABLE_STATUS:
-            raise VersionUnavailable(self._parse(protocol.Unavailable, "fetch", 200, data))
-        return self._parse(protocol.Fetched, "fetch", status, data)
+    async def apply(
+        self, request: protocol.ApplyRequest, line_timeout: float
+    ) -> AsyncIterator[protocol.Applied]:
+        """Each adapter's outcome as the agent tells it; `line_timeout` bounds the wait for the
+        next one (the agent bounds each fetch and load, so a silent agent is a stuck one)."""
+        endpoint, url = ENDPOINTS[protocol.APPLY], f"{self.base_url}{protocol.APPLY}"
+        errors = metrics.AGENT_API_ERRORS
+        metrics.AGENT_API_CALLS.labels(endpoint).inc()
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        timeout = aiohttp.ClientTimeout(sock_connect=self._timeout.total, sock_read=line_timeout)
+        try:
+            async with self._session.request(
+                "POST", url, json=body, headers=self._headers, timeout=timeout
+            ) as resp:
+                if resp.status != 200:
+                    errors.labels(endpoint, error_class(resp.status)).inc()
+                    text = (await resp.read()).decode(errors="replace")[:1024]
+                    raise AgentError(f"agent apply answered {resp.status}: {text}")
+                async for line in resp.content:
+                    if line.strip():
+                        yield protocol.Applied.model_validate_json(line)
+        except TimeoutError as exc:
+            errors.labels(endpoint, "timeout").inc()
+            raise AgentError(f"agent at {self.base_url} timed out: {exc!r}") from exc
+        except aiohttp.ClientError as exc:
+            errors.labels(endpoint, "unreachable").inc()
+            raise AgentError(f"agent at {self.base_url} unreachable: {exc!r}") from exc
+        except ValidationError as exc:
+            errors.labels(endpoint, "server_error").inc()
+            raise AgentError(f"agent apply answered an unexpected line: {exc}") from exc
 
     async def set_required(self, names: list[str]) -> None:
         body = protocol.RequiredAdapters(adapters=sorted(names))

@@ -13,15 +13,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ValidationError
 
 from loraplane.agent import protocol
+from loraplane.agent.apply import apply
 from loraplane.agent.engine import Engine
 from loraplane.agent.readiness import ReadinessCheck, RequiredStore
-from loraplane.agent.store import AdapterStore, Rejected, Unavailable
+from loraplane.agent.store import AdapterStore
 from loraplane.cli import parse_args
 from loraplane.config import AgentSettings
 from loraplane.vllm.client import VLLMClient
 
 log = logging.getLogger("loraplane.agent")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+LOADS = web.AppKey("loads", aiohttp.ClientSession)
 VLLM = web.AppKey("vllm", VLLMClient)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
 M = TypeVar("M", bound=BaseModel)
@@ -83,6 +85,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
 
     async def on_startup(app: web.Application) -> None:
         session = app[SESSION] = aiohttp.ClientSession(trace_configs=[readiness.trace_config()])
+        app[LOADS] = aiohttp.ClientSession()
         app[VLLM] = VLLMClient(
             cfg.vllm_url, cfg.vllm_api_key, session, timeout=cfg.vllm_probe_timeout_seconds
         )
@@ -93,6 +96,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
 
     async def on_cleanup(app: web.Application) -> None:
         await app[SESSION].close()
+        await app[LOADS].close()
         if METRICS_RUNNER in app:
             await app[METRICS_RUNNER].cleanup()
 
@@ -112,19 +116,24 @@ def build_app(cfg: AgentSettings) -> web.Application:
         required.save((await _body(request, protocol.RequiredAdapters)).adapters)
         return _json(protocol.RequiredAdapters(adapters=required.load()))
 
-    async def fetch(request: web.Request) -> web.Response:
+    async def apply_adapters(request: web.Request) -> web.StreamResponse:
         guard(request)
-        req = await _body(request, protocol.FetchRequest)
-        try:
-            return _json(await adapters.fetch(req))
-        except Rejected as exc:
-            rejection = protocol.Rejection(
-                reason=exc.reason, message=exc.message, findings=exc.findings
-            )
-            return _json(rejection, status=protocol.REJECTED_STATUS)
-        except Unavailable as exc:
-            unavailable = protocol.Unavailable(reason=exc.reason, message=exc.message)
-            return _json(unavailable, status=protocol.UNAVAILABLE_STATUS)
+        req = await _body(request, protocol.ApplyRequest)
+        # Its own connections: the readiness check counts those of its session.
+        vllm = VLLMClient(
+            cfg.vllm_url,
+            cfg.vllm_api_key,
+            request.app[LOADS],
+            timeout=cfg.vllm_probe_timeout_seconds,
+            load_timeout=req.load_timeout_seconds,
+        )
+        response = web.StreamResponse(headers={"Content-Type": protocol.APPLY_CONTENT_TYPE})
+        await response.prepare(request)
+        async for applied in apply(adapters, vllm, req):
+            line = applied.model_dump_json(by_alias=True, exclude_none=True) + "\n"
+            await response.write(line.encode())
+        await response.write_eof()
+        return response
 
     async def version(request: web.Request) -> web.StreamResponse:
         """A stored version for a peer of the same base model (which checks its digest)."""
@@ -163,7 +172,7 @@ def build_app(cfg: AgentSettings) -> web.Application:
     app.router.add_get(protocol.READYZ, readyz)
     app.router.add_get(protocol.REQUIRED, get_required)
     app.router.add_put(protocol.REQUIRED, put_required)
-    app.router.add_post(protocol.FETCH, fetch)
+    app.router.add_post(protocol.APPLY, apply_adapters)
     app.router.add_post(protocol.PRUNE, prune)
     app.router.add_get(protocol.VERSION, version)
     app.router.add_get(protocol.RESIDENCY, residency)
@@ -174,7 +183,8 @@ def main() -> None:
     parse_args(
         "loraplane-agent",
         "The loraplane agent, the sidecar of each vLLM pod: fetches and verifies adapter files "
-        "into the adapter store, and serves the pod's readiness.",
+        "into the adapter store, registers them with the pod's vLLM, and serves the pod's "
+        "readiness.",
         AgentSettings,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

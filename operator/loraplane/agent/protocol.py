@@ -1,10 +1,13 @@
 """The agent's HTTP contract: routes and bodies, imported by the agent and by the operator.
 
-Bodies are camelCase on the wire, like the API's own models. A fetch answers 200 with a
-`Fetched`; 422 with a `Rejection` when the adapter itself is bad (the same answer on every pod);
-409 with an `Unavailable` when the source cannot be read now (unreachable, or refusing the
-credentials) and no peer has the pinned version (transient: the source may come back); any
-other answer is trouble worth a retry.
+Bodies are camelCase on the wire, like the API's own models. An apply names every adapter the
+operator wants on the pod that it does not list there yet: the agent fetches and verifies each
+into its store and, where the operator pinned the version, registers it with the pod's vLLM. It
+answers 200 at once and then one `Applied` per adapter, a JSON line each, as each is done: a
+fetch that gives a `Fetched`, a `Rejection` when the adapter itself is bad (the same answer on
+every pod), an `Unavailable` when the source cannot be read now and no peer has the pinned
+version (transient), or an `error` worth a retry; then the load's outcome. One call per pod for
+a thousand adapters, where a call per adapter and another per load bounded a cold fleet.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from loraplane.api.common import K8sModel, StatusModel
 from loraplane.api.sources import AdapterSource
 from loraplane.plugin.snapshot import Tier
 
-FETCH: Final = "/v1/adapters/fetch"
+APPLY: Final = "/v1/adapters/apply"
+APPLY_CONTENT_TYPE: Final = "application/x-ndjson"
 PRUNE: Final = "/v1/adapters/prune"
 REQUIRED: Final = "/v1/required"
 RESIDENCY: Final = "/v1/residency"
@@ -29,8 +33,6 @@ HEALTHZ: Final = "/healthz"
 READYZ: Final = "/readyz"
 # GET: a version directory as an uncompressed tar stream, for a peer that lacks it.
 VERSION: Final = "/v1/adapters/{name}/{digest}"
-REJECTED_STATUS: Final = 422
-UNAVAILABLE_STATUS: Final = 409
 SOURCE_UNAVAILABLE: Final = "SourceUnavailable"
 SOURCE_CHANGED: Final = "SourceChanged"
 
@@ -77,6 +79,59 @@ class FetchRequest(K8sModel):
             "setting's default)."
         ),
     )
+
+
+class ApplyItem(FetchRequest):
+    """One adapter to bring onto the pod: fetch and verify it; load it when `load`."""
+
+    served_name: str = Field(description="The name vLLM serves it under.")
+    load: bool = Field(
+        description=(
+            "Register the fetched files with vLLM. False for a version not pinned yet: the "
+            "operator pins the first one verified, then asks again."
+        )
+    )
+    registered_path: str | None = Field(
+        default=None,
+        description=(
+            "What vLLM serves under the served name now (the operator's listing): other files "
+            "are swapped in place, so no request sees the name missing; these files are not "
+            "loaded again."
+        ),
+    )
+
+
+class ApplyRequest(K8sModel):
+    adapters: list[ApplyItem]
+    concurrency: int = Field(ge=1, description="Adapters fetched and loaded at once.")
+    load_timeout_seconds: float = Field(gt=0, description="Of one load call to vLLM.")
+
+
+class LoadFailure(StatusModel):
+    """vLLM refused or failed a load, as the operator's classification of its answer says."""
+
+    reason: str
+    message: str
+    permanent: bool = Field(description="The adapter itself is bad: not retried.")
+    error_class: str = Field(
+        description="rejected, client_error, server_error or unreachable (timeouts included)."
+    )
+
+
+class Applied(StatusModel):
+    """What became of one adapter of an apply: exactly one of fetched, rejected, unavailable
+    and error; a load outcome only after a fetch."""
+
+    name: str
+    fetched: Fetched | None = None
+    rejected: Rejection | None = None
+    unavailable: Unavailable | None = None
+    error: str | None = Field(default=None, description="Trouble worth a retry.")
+    fetch_seconds: float | None = None
+    # Registered by this call (False: not asked, or the files were registered already).
+    loaded: bool = False
+    load_failure: LoadFailure | None = None
+    load_seconds: float | None = None
 
 
 class Fetched(StatusModel):
