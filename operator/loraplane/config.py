@@ -165,14 +165,6 @@ class Settings(_FromEnv):
         gt=0,
         description="How often a vLLM server that runs but is not healthy yet is asked again.",
     )
-    status_period_seconds: float = Field(
-        60.0,
-        gt=0,
-        description=(
-            "Every adapter's status is recomputed at least this often, a safety net: a change "
-            "is written at once, and a recomputed status that did not change is not written."
-        ),
-    )
     status_progress_seconds: float = Field(
         1.0,
         ge=0,

@@ -248,6 +248,11 @@ class Fleet:
     _everywhere: dict[Key, dict[str, bool]] = field(default_factory=dict)
     # pod key -> adapters whose state there has a reason (rare; the base model reports some)
     _reasoned: dict[Key, set[str]] = field(default_factory=dict)
+    # base key -> a count of the changes a pod's plan or its adapters' states can follow
+    _epochs: dict[Key, int] = field(default_factory=dict)
+    # pod key -> (its base's epoch when its last clean run began, the pod as it ran, what it
+    # served after): a resync that finds all three again has nothing to do but list
+    _settled: dict[Key, tuple[int, PodView, dict[str, str | None]]] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -310,9 +315,37 @@ class Fleet:
         self._holders_of.pop((namespace, base_model), None)
         self._placements.pop((namespace, base_model), None)
         self._everywhere.pop((namespace, base_model), None)
+        self._bump(namespace, base_model)
 
     def _served_changed(self, key: Key, base_model: str) -> None:
         self._everywhere.get((key[0], base_model), {}).pop(key[1], None)
+        self._bump(key[0], base_model)
+
+    def _bump(self, namespace: str, base_model: str) -> None:
+        key = (namespace, base_model)
+        self._epochs[key] = self._epochs.get(key, 0) + 1
+
+    def epoch(self, namespace: str, base_model: str) -> int:
+        return self._epochs.get((namespace, base_model), 0)
+
+    def settled(self, pod: PodView, registered: Mapping[str, str | None]) -> bool:
+        """Nothing the pod's last clean run judged by has changed since it began, and its vLLM
+        lists what that run left: this run has nothing to do. An adapter that follows its
+        source is looked at every run."""
+        last = self._settled.get(pod.key)
+        if last is None or last[0] != self.epoch(pod.namespace, pod.base_model):
+            return False
+        if last[1] is not pod or last[2] != registered:
+            return False
+        placement = self.placement(pod.namespace, pod.base_model)
+        adapters = self._adapters_by_base.get((pod.namespace, pod.base_model), {})
+        return not any(a.follow for n in placement.placed if (a := adapters.get(n)))
+
+    def ran_clean(
+        self, pod: PodView, epoch: int, registered: Mapping[str, str | None]
+    ) -> None:
+        """The pod's run that began at `epoch` finished with nothing left to retry."""
+        self._settled[pod.key] = (epoch, pod, dict(registered))
 
     def judged_on(self, pod: PodView, judged: Judgement) -> Judgement:
         """What a refusal by this pod's vLLM was judged against: its own --max-lora-rank. A pod
@@ -664,14 +697,24 @@ class Fleet:
         new = pod_view(obj)
         old = self.pods.get(new.key)
         self._put_pod(new)
-        if old is None or old.runtime_changed(new) or old.problems != new.problems:
+        if (
+            old is None
+            or old.deleting != new.deleting
+            or (old.vllm_ready != new.vllm_ready and not self.looked_at(new.key))
+        ):
+            # A pod more or less, or one its adapters' statuses wait for: each shows every pod.
             self.touch(new.namespace, new.base_model)
+        elif old.runtime_changed(new) or old.problems != new.problems:
+            # Only the base model reports these; what a restart does to each adapter's state
+            # on the pod, the pod's sync records (and wakes those it moved).
+            self.base_changed((new.namespace, new.base_model)).set()
         if old is None:
             return PodChange.NEW
         return PodChange.RUNTIME if old.runtime_changed(new) else PodChange.OTHER
 
     def forget_pod(self, key: Key) -> None:
         gone = self._drop_pod(key)
+        self._settled.pop(key, None)
         states = self.pod_states.pop(key, {})
         self._reasoned.pop(key, None)
         self.registrations.pop(key, None)

@@ -4,7 +4,8 @@ The fleet queues an adapter (`Fleet.wake`) whenever something its status is comp
 changes; a writer takes the one that changed first and is not being written already, computes
 its whole status and patches it only when it differs from what the API holds. Changes that land
 while a write is in flight coalesce into the next one, and an idle fleet costs nothing: no
-per-object timer wakes, no write. A slow sweep recomputes every status as a safety net.
+per-object timer wakes, no sweep, no write. Nothing in a status depends on the clock alone, so
+nothing needs recomputing that no change woke.
 """
 
 from __future__ import annotations
@@ -156,7 +157,6 @@ class StatusWriter:
             return
         n = self.rt.settings.status_write_concurrency
         self.tasks = [asyncio.create_task(self._writer(), name=f"status-{i}") for i in range(n)]
-        self.tasks.append(asyncio.create_task(self._sweep(), name="status-sweep"))
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -188,9 +188,3 @@ class StatusWriter:
                 self.busy.discard(key)
                 if key in self.rt.fleet.stale:
                     self.rt.fleet.stale_event.set()  # queued again while this wrote it
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self.rt.settings.status_period_seconds)
-            for key in list(self.rt.fleet.adapters):
-                self.rt.fleet.wake(key)

@@ -609,8 +609,11 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
     fleet.record_registrations(key, registered)
     agent = await agent_client(rt, pod, base)
     pc = PodContext(pod, base, vllm, agent, registered)
+    if fleet.settled(pod, registered):
+        await read_residency(rt, pc, changed=False)
+        return
+    epoch = fleet.epoch(pod.namespace, base.name)
     steps = plan(fleet, base, registered)
-
     await register(rt, pc, steps.wanted)
     for step in steps.unloads:
         await unload(rt, pc, step)
@@ -628,3 +631,4 @@ async def converge(rt: Runtime, pod: PodView, base: BaseView, vllm: VLLMClient) 
         raise AdaptersNotLoaded(
             f"{pod.name}: {len(pc.errors)} adapter(s) not loaded: {pc.errors[0]}"
         )
+    fleet.ran_clean(pod, epoch, now)
