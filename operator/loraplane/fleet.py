@@ -341,9 +341,7 @@ class Fleet:
         adapters = self._adapters_by_base.get((pod.namespace, pod.base_model), {})
         return not any(a.follow for n in placement.placed if (a := adapters.get(n)))
 
-    def ran_clean(
-        self, pod: PodView, epoch: int, registered: Mapping[str, str | None]
-    ) -> None:
+    def ran_clean(self, pod: PodView, epoch: int, registered: Mapping[str, str | None]) -> None:
         """The pod's run that began at `epoch` finished with nothing left to retry."""
         self._settled[pod.key] = (epoch, pod, dict(registered))
 
