@@ -7,6 +7,7 @@ manifest twice is a no-op, a child edited by hand gets our fields back, a delete
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -34,6 +35,24 @@ _COLLECTIONS: dict[tuple[str, str], str] = {
     ("loraplane.dev/v1alpha1", "BaseModelDeployment"): "basemodeldeployments",
     ("loraplane.dev/v1alpha1", "LoRAAdapter"): "loraadapters",
 }
+
+
+# What makes aiohttp's trust_env matter: a proxy or a netrc file named in the environment.
+_ENV_NAMES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "netrc")
+
+
+def client() -> ApiClient:
+    """The operator's API client, from the configuration loaded at start.
+
+    kubernetes_asyncio opens its session with trust_env on, so every call reads ~/.netrc and the
+    proxy variables in a thread: a tenth of the operator's CPU in a cold start of 10,000
+    adapters. Without a proxy or a netrc named in the environment that finds nothing, so it is
+    turned off; with one, it is kept.
+    """
+    api = ApiClient()
+    if not any(n in os.environ or n.upper() in os.environ for n in _ENV_NAMES):
+        api.rest_client.pool_manager._trust_env = False
+    return api
 
 
 def collection_path(api_version: str, kind: str, namespace: str | None) -> str:

@@ -48,8 +48,8 @@ def observe(rt: Runtime, obj: Mapping[str, Any]) -> None:
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     at = version_of(obj)
     before = rt.observed.get(key)
-    if before is not None and at < before[0]:
-        return  # older than our own write's answer: the watch is catching up
+    if before is not None and at <= before[0]:
+        return  # our own write's echo, or older: the watch is catching up
     seen = Kept.of(parse(obj.get("status")))
     ours = rt.written.get(key)
     if ours is not None and ours.text == seen.text:

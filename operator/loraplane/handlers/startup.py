@@ -74,7 +74,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
-    api, fleet = ApiClient(), Fleet()
+    api, fleet = kube.client(), Fleet()
     try:
         await _seed(fleet, api, cfg.namespaces, cfg.list_chunk_size)
     except ApiException as exc:
