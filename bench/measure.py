@@ -101,7 +101,8 @@ def events_between(
 # The operator's own counters worth a figure: reconciles by kind, its writes, its calls.
 _OPERATOR_SERIES = re.compile(
     r"^(?P<name>loraplane_reconcile_duration_seconds_count|loraplane_kube_api_writes_total|"
-    r"loraplane_agent_api_calls_total|loraplane_vllm_api_calls_total|loraplane_pod_syncs_total)"
+    r"loraplane_agent_api_calls_total|loraplane_vllm_api_calls_total|loraplane_pod_syncs_total|"
+    r"loraplane_status_computations_total)"
     r"\{(?P<labels>[^}]*)\} (?P<v>\S+)$",
     re.M,
 )
@@ -122,6 +123,8 @@ def operator_counters(port: int = 8080) -> Counter[str]:
             key = f"write {labels.get('resource')} {labels.get('verb')}"
         elif name.startswith("loraplane_pod_syncs"):
             key = f"pod sync {labels.get('result')}"
+        elif name.startswith("loraplane_status_computations"):
+            key = f"status {labels.get('kind')} {labels.get('outcome')}"
         else:
             key = f"{name.split('_')[1]} {labels.get('endpoint')}"
         out[key] += int(float(m["v"]))
@@ -131,12 +134,12 @@ def operator_counters(port: int = 8080) -> Counter[str]:
 def status_computations(d: Counter[str]) -> str:
     """What the operator's counters tell of its adapter status computations."""
     computed = d["reconcile LoRAAdapter"]
-    written = sum(v for k, v in d.items() if k.startswith("write loraadapters/status"))
-    return (
-        f"adapter status computations {computed}, of them written {written}, not written "
-        f"{computed - written} (unchanged and deferred are not told apart: the operator's "
-        "/metrics has no outcome label)"
-    )
+    outcomes = {o: d[f"status LoRAAdapter {o}"] for o in ("written", "unchanged", "deferred")}
+    if not any(outcomes.values()):  # an operator from before the counter
+        written = sum(v for k, v in d.items() if k.startswith("write loraadapters/status"))
+        return f"adapter status computations {computed}, of them written {written}"
+    told = ", ".join(f"{o} {n}" for o, n in outcomes.items())
+    return f"adapter status computations {computed}: {told}"
 
 
 class Profile:

@@ -232,6 +232,10 @@ class Fleet:
     # order they changed; `stale_event` is set when one is added
     stale: dict[Key, None] = field(default_factory=dict)
     stale_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # adapters woken since the gauges were last read: the rest read as they were
+    _unscraped: set[Key] = field(default_factory=set)
+    # adapter -> the judgement its central pre-flight last passed (it runs once per judgement)
+    _preflights: dict[Key, Judgement] = field(default_factory=dict)
     # indexes by base model (namespace, name), kept by the only writers of adapters and pods
     _adapters_by_base: dict[Key, dict[str, AdapterView]] = field(default_factory=dict)
     # base key -> served name -> names of the adapters that claim it
@@ -533,9 +537,22 @@ class Fleet:
         """The adapter's status may have changed: queue it for the status writer."""
         self.stale[key] = None
         self.stale_event.set()
+        self._unscraped.add(key)
         event = self._adapter_changed.get(key)
         if event is not None:
             event.set()
+
+    def preflight_passed(self, key: Key, judged: Judgement) -> bool:
+        return self._preflights.get(key) == judged
+
+    def record_preflight(self, key: Key, judged: Judgement) -> None:
+        """The operator's own look at the adapter's files judged them against `judged`."""
+        self._preflights[key] = judged
+
+    def take_unscraped(self) -> set[Key]:
+        """The adapters woken since the last call: those whose gauges may have moved."""
+        taken, self._unscraped = self._unscraped, set()
+        return taken
 
     def take_stale(self, busy: set[Key]) -> Key | None:
         """The adapter that changed first and is not `busy` (its status is being written)."""
@@ -675,6 +692,7 @@ class Fleet:
         self._adapter_changed.pop(key, None)
         self._versions.pop(key, None)
         self._failures.pop(key, None)
+        self._preflights.pop(key, None)
         for pod, states in self.pod_states.items():
             if pod[0] == key[0]:
                 states.pop(key[1], None)

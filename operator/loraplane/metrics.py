@@ -1,10 +1,9 @@
-"""Every Prometheus metric loraplane exports, defined in one place.
+"""Every Prometheus metric loraplane exports, defined in one place: a leaf vocabulary of series.
 
 Counters and histograms are observed where their event happens (one event, one counter). Gauges
-of current state are read from the fleet at scrape time by `FleetCollector` rather than kept by
-set/remove bookkeeping: the status module already computes each adapter's replicas and phase from
-the fleet, so reading them at scrape time cannot disagree with the status, and a series exists
-exactly while its adapter and pod do, with no remove that a code path could forget.
+of current state are read from the fleet at scrape time by `fleet_gauges` rather than kept by
+set/remove bookkeeping, so a series exists exactly while its adapter and pod do, with no remove
+that a code path could forget; the engine's by each pod's agent (`agent.engine`).
 
 Counters and histograms labelled by adapter are removed with their adapter (`forget_adapter`) or
 base model (`forget_base`); no counter carries a `pod` label, so a pod leaves nothing behind.
@@ -17,24 +16,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from loraplane.adapter_metrics import AdapterCounter, AdapterFamily, AdapterHistogram
-from loraplane.api import LoRAAdapterStatus
-from loraplane.api.adapter import MAX_STATUS_PODS
-from loraplane.plugin.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    from loraplane.fleet import AdapterView, Fleet
 
 M = TypeVar("M", bound=MetricWrapperBase)
 A = TypeVar("A", bound=AdapterFamily[Any])
@@ -208,6 +198,14 @@ RECONCILE_SECONDS = _metric(
     ("kind",),
     buckets=RECONCILE_BUCKETS,
 )
+STATUS_COMPUTATIONS = _metric(
+    Counter,
+    "loraplane_status_computations_total",
+    "Statuses computed after a change woke them, by kind and outcome: written (the API held "
+    "another), unchanged (it held this one), deferred (progress held back to be written within "
+    "statusProgressSeconds).",
+    ("kind", "outcome"),
+)
 POD_SYNC_SECONDS = _metric(
     Histogram,
     "loraplane_pod_sync_duration_seconds",
@@ -354,88 +352,6 @@ def count_watch_restarts() -> None:
     logger.setLevel(logging.DEBUG)
 
 
-# -- the fleet's gauges ----------------------------------------------------------------------
-
-
-def _family(spec: Family) -> GaugeMetricFamily:
-    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-
-
-class FleetCollector(Collector):
-    """Current-state gauges, read from the fleet at each scrape."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from loraplane.fleet import serves  # it imports these metrics
-        from loraplane.status import adapter as adapter_status
-
-        fleet = self.fleet
-        # A series per adapter per pod, the largest family by far: in parts, a base model each
-        # (metrics_http sends one before the next is built).
-        for (ns, base), _view in sorted(fleet.bases.items()):
-            registered = _family(REGISTERED)
-            pods = fleet.pods_of(ns, base)
-            for name in fleet.placement(ns, base).placed:
-                version = fleet.version((ns, name))
-                for pod in pods:
-                    value = 1.0 if serves(fleet.state(pod.key, name), version) else 0
-                    registered.add_metric([ns, base, name, pod.name], value)
-            yield registered
-        families = {
-            spec.name: _family(spec)
-            for spec in (DESIRED_REPLICAS, REGISTERED_REPLICAS, READY, INFO, SIZE_BYTES)
-        }
-        for _key, ad in sorted(fleet.adapters.items()):
-            labels = [ad.namespace, ad.base_model, ad.name]
-            status = adapter_status.compute(fleet, ad, LoRAAdapterStatus(), MAX_STATUS_PODS)
-            if not adapter_status.waiting_for_first_look(fleet, ad):
-                # Until every pod was looked at, the status is not published: neither are these.
-                replicas = status.replicas
-                families[DESIRED_REPLICAS.name].add_metric(
-                    labels, replicas.desired if replicas else 0
-                )
-                families[REGISTERED_REPLICAS.name].add_metric(
-                    labels, replicas.registered if replicas else 0
-                )
-                families[READY.name].add_metric(labels, 1.0 if status.phase == "Ready" else 0.0)
-            summary = status.adapter
-            info = [
-                ad.served_name,
-                _text(summary and summary.rank),
-                _text(summary and summary.digest),
-            ]
-            families[INFO.name].add_metric([*labels, *info, revision(ad)], 1.0)
-            if summary is not None and summary.size_bytes is not None:
-                families[SIZE_BYTES.name].add_metric(labels, summary.size_bytes)
-        yield from families.values()
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        return iter(())
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
-
-
-def revision(ad: AdapterView) -> str:
-    hf = ad.source.huggingface if ad.source is not None else None
-    return hf.revision if hf is not None else ""
-
-
-_collector: FleetCollector | None = None
-
-
-def watch_fleet(fleet: Fleet) -> None:
-    """Export `fleet`'s gauges from the default registry (one fleet per process)."""
-    global _collector
-    if _collector is not None:
-        REGISTRY.unregister(_collector)
-    _collector = FleetCollector(fleet)
-    REGISTRY.register(_collector)
-
-
 # -- the engine's residency, exported by each pod's agent -----------------------------------
 # Read from the snapshot of loraplane's vLLM plugin at each scrape (loraplane.plugin.snapshot):
 # counters since the adapter came into that engine, so a vLLM restart or an unload starts them
@@ -489,48 +405,6 @@ ENGINE_SLOTS = _engine(
     "Capacity of the pod's engine, by tier: gpu (--max-loras), cpu (--max-cpu-loras).",
     (*BASE, "pod", "tier"),
 )
-TIERS = ("gpu", "cpu")
-
-
-def engine_metrics(
-    snap: Snapshot,
-    namespace: str,
-    base_model: str,
-    pod: str,
-    adapter_of: Callable[[str], str | None],
-) -> Iterator[Metric]:
-    """The families of one engine's snapshot; `adapter_of` maps an adapter's path to its
-    LoRAAdapter's name (None: not one of ours, left out)."""
-    resident = GaugeMetricFamily(
-        ENGINE_RESIDENT.name, ENGINE_RESIDENT.help, labels=list(ENGINE_RESIDENT.labels)
-    )
-    counters = {
-        spec.name: CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-        for spec in (
-            ENGINE_ACTIVATIONS, ENGINE_EVICTIONS, ENGINE_DISK_LOADS, ENGINE_DISK_LOAD_SECONDS
-        )
-    }  # fmt: skip
-    for served in sorted(snap.adapters):
-        a = snap.adapters[served]
-        adapter = adapter_of(a.path)
-        if adapter is None:
-            continue
-        labels = [namespace, base_model, adapter, pod]
-        for tier in TIERS:
-            resident.add_metric([*labels, tier], 1.0 if a.tier == tier else 0.0)
-        counters[ENGINE_ACTIVATIONS.name].add_metric(labels, a.activations)
-        counters[ENGINE_EVICTIONS.name].add_metric([*labels, "gpu", "lru"], a.gpu_evictions)
-        counters[ENGINE_EVICTIONS.name].add_metric([*labels, "cpu", "lru"], a.cpu_evictions)
-        counters[ENGINE_DISK_LOADS.name].add_metric(labels, a.disk_loads)
-        counters[ENGINE_DISK_LOAD_SECONDS.name].add_metric(labels, a.disk_load_seconds)
-    slots = GaugeMetricFamily(
-        ENGINE_SLOTS.name, ENGINE_SLOTS.help, labels=list(ENGINE_SLOTS.labels)
-    )
-    slots.add_metric([namespace, base_model, pod, "gpu"], snap.gpu_slots)
-    slots.add_metric([namespace, base_model, pod, "cpu"], snap.cpu_slots)
-    yield resident
-    yield from counters.values()
-    yield slots
 
 
 # -- docs/metrics.md -------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The operator's process-wide runtime: fleet, API client, HTTP session, settings, pod workers.
 
-Built once at start-up and kept in kopf's memo; handlers and the per-pod sync take it whole.
+Built once at start-up by the composition root (`handlers.startup`) and kept in kopf's memo;
+handlers and the per-pod sync take it whole. What each part remembers lives with its owner:
+the fleet's picture in `Fleet`, what status writes are judged against in `StatusWriter`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,9 +21,8 @@ from kubernetes_asyncio.client import ApiClient
 from loraplane import kube
 from loraplane.api.common import StatusModel
 from loraplane.config import Settings
-from loraplane.fleet import Fleet, Judgement, Key
-from loraplane.status import Kept
-from loraplane.workers import Workers
+from loraplane.fleet import Fleet, Key
+from loraplane.workers import Converge, Workers
 
 S = TypeVar("S", bound=StatusModel)
 
@@ -60,13 +61,6 @@ class Runtime:
     # The status last published per (kind, object). The body a timer sees lags behind our own
     # patch; judging transitions against this instead announces each one once.
     published: dict[tuple[str, Key], StatusModel] = field(default_factory=dict)
-    # Each adapter's status as the API last showed it (the watch, or our own write's answer),
-    # with the resourceVersion it was seen at; and the one last written (the same object when
-    # the watch shows what we wrote).
-    observed: dict[Key, tuple[int, Kept]] = field(default_factory=dict)
-    written: dict[Key, Kept] = field(default_factory=dict)
-    # The judgement each adapter's central pre-flight last passed (it runs once per judgement).
-    preflights: dict[Key, Judgement] = field(default_factory=dict)
     # Base-model reconciles in flight. kopf abandons a running timer at shutdown instead of
     # waiting for it, so the cleanup waits for these before closing the client they write with.
     converging: int = 0
@@ -78,14 +72,11 @@ class Runtime:
         api: ApiClient,
         session: aiohttp.ClientSession,
         settings: Settings,
+        converge: Converge,
         fleet: Fleet | None = None,
     ) -> Runtime:
-        from loraplane.sync import sync_pod  # the sync takes the runtime whole
-
-        def converge(key: Key) -> Awaitable[bool]:
-            return sync_pod(runtime, key)
-
-        runtime = cls(
+        """`converge`: one pod's sync, run by its worker when kicked."""
+        return cls(
             fleet=fleet if fleet is not None else Fleet(),
             api=api,
             session=session,
@@ -93,7 +84,6 @@ class Runtime:
             secrets=SecretCache(api, settings.secret_cache_seconds),
             workers=Workers(converge, settings),
         )
-        return runtime
 
     @contextlib.contextmanager
     def reconciling(self) -> Iterator[None]:

@@ -6,6 +6,9 @@ its whole status and patches it only when it differs from what the API holds. Ch
 while a write is in flight coalesce into the next one, and an idle fleet costs nothing: no
 per-object timer wakes, no sweep, no write. Nothing in a status depends on the clock alone, so
 nothing needs recomputing that no change woke.
+
+The writer is the one owner of what it judges a write against: each adapter's status as the API
+last showed it, and the one it last wrote.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from math import inf
 from typing import Any, cast
 
@@ -31,32 +34,15 @@ from loraplane.status import adapter as adapter_status
 
 log = logging.getLogger(__name__)
 
+# Patch one adapter's status; the API's answer (None: the adapter is gone).
+Patch = Callable[[Key, dict[str, Any]], Awaitable[Mapping[str, Any] | None]]
+
 
 def parse(raw: Any) -> LoRAAdapterStatus:
     try:
         return LoRAAdapterStatus.from_k8s(raw or {})
     except ValidationError:  # a status edited by hand into nonsense: ours replaces it
         return LoRAAdapterStatus()
-
-
-def observe(rt: Runtime, obj: Mapping[str, Any]) -> None:
-    """An adapter as the watch shows it: its status there is what a write is judged against.
-
-    A status that is not the one we last wrote (edited by hand, or written before a restart)
-    queues the adapter, so it is put right.
-    """
-    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-    at = version_of(obj)
-    before = rt.observed.get(key)
-    if before is not None and at <= before[0]:
-        return  # our own write's echo, or older: the watch is catching up
-    seen = Kept.of(parse(obj.get("status")))
-    ours = rt.written.get(key)
-    if ours is not None and ours.text == seen.text:
-        seen = ours  # one copy of what we wrote, not two
-    rt.observed[key] = (at, seen)
-    if seen is not ours:
-        rt.fleet.wake(key)
 
 
 def _changed(wanted: Mapping[str, Any], there: Mapping[str, Any]) -> str:
@@ -73,24 +59,54 @@ def version_of(obj: Mapping[str, Any]) -> int:
         return 0
 
 
-def forget(rt: Runtime, key: Key) -> None:
-    rt.observed.pop(key, None)
-    rt.written.pop(key, None)
-    rt.preflights.pop(key, None)
-
-
 def reference(ad: AdapterView) -> dict[str, Any]:
     meta = {"name": ad.name, "namespace": ad.namespace, "uid": ad.uid}
     return {"apiVersion": API_VERSION, "kind": ADAPTER_KIND, "metadata": meta}
 
 
 class StatusWriter:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, patch: Patch | None = None) -> None:
         self.rt = rt
+        self._patch = patch or self._patch_api
         self.busy: set[Key] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.written_at: dict[Key, float] = {}  # monotonic time of each adapter's last write
         self.deferred: set[Key] = set()  # progress held back, queued again when due
+        # Each adapter's status as the API last showed it (the watch, or our own write's
+        # answer), with the resourceVersion it was seen at; and the one last written (the same
+        # object when the watch shows what we wrote).
+        self.observed: dict[Key, tuple[int, Kept]] = {}
+        self.written: dict[Key, Kept] = {}
+
+    async def _patch_api(self, key: Key, body: dict[str, Any]) -> Mapping[str, Any] | None:
+        return await kube.patch_status(
+            self.rt.api, API_VERSION, ADAPTER_KIND, *key, body, merge=True
+        )
+
+    def observe(self, obj: Mapping[str, Any]) -> None:
+        """An adapter as the watch shows it: its status there is what a write is judged against.
+
+        Our own write's echo is recognised by its resourceVersion, without a look at its body. A
+        status that is not the one we last wrote (edited by hand, or written before a restart)
+        queues the adapter, so it is put right.
+        """
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        at = version_of(obj)
+        before = self.observed.get(key)
+        if before is not None and at <= before[0]:
+            return  # our own write's echo, or older: the watch is catching up
+        seen = Kept.of(parse(obj.get("status")))
+        ours = self.written.get(key)
+        if ours is not None and ours.text == seen.text:
+            seen = ours  # one copy of what we wrote, not two
+        self.observed[key] = (at, seen)
+        if seen is not ours:
+            self.rt.fleet.wake(key)
+
+    def forget(self, key: Key) -> None:
+        self.observed.pop(key, None)
+        self.written.pop(key, None)
+        self.written_at.pop(key, None)
 
     async def write(self, key: Key) -> None:
         """Compute the adapter's status; patch it when the API holds another (progress within
@@ -100,11 +116,11 @@ class StatusWriter:
         if ad is None or ad.deleting or adapter_status.waiting_for_first_look(fleet, ad):
             self.written_at.pop(key, None)
             return
-        if key not in rt.observed:
+        if key not in self.observed:
             return  # not seen by the watch yet: its status there is what `since` and
             # lastTransitionTime carry over from (after a restart), and `observe` queues it
-        held = rt.observed[key][1]
-        follows = rt.written.get(key, held)
+        held = self.observed[key][1]
+        follows = self.written.get(key, held)
         old = follows.model(LoRAAdapterStatus)
         with metrics.RECONCILE_SECONDS.labels(ADAPTER_KIND).time():
             new = adapter_status.compute(fleet, ad, old, rt.settings.pod_status_cap)
@@ -115,22 +131,22 @@ class StatusWriter:
             due = self.written_at.get(key, -inf) + rt.settings.status_progress_seconds
             if time.monotonic() < due and not adapter_status.transition(there, new):
                 self._defer(key, due)
+                metrics.STATUS_COMPUTATIONS.labels(ADAPTER_KIND, "deferred").inc()
                 return
             changed = _changed(wanted, there.to_k8s()) if trace.enabled() else None
             with trace.span(
                 "status", adapter=ad.name, phase=new.phase, ready=new.ready, changed=changed
             ):
-                body = {"status": whole(new)}
-                written = await kube.patch_status(
-                    rt.api, API_VERSION, ADAPTER_KIND, *key, body, merge=True
-                )
+                written = await self._patch(key, {"status": whole(new)})
             if written is None:
                 return  # the adapter is gone
-            rt.observed[key] = (version_of(written), kept)
+            self.observed[key] = (version_of(written), kept)
             self.written_at[key] = time.monotonic()
+            metrics.STATUS_COMPUTATIONS.labels(ADAPTER_KIND, "written").inc()
         else:
             kept = held
-        rt.written[key] = kept
+            metrics.STATUS_COMPUTATIONS.labels(ADAPTER_KIND, "unchanged").inc()
+        self.written[key] = kept
         for ev in adapter_status.events(old, new):
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, reference(ad))),

@@ -441,7 +441,7 @@ async def preflight(
     that cannot be reached leaves the verdict to the agents."""
     assert ad.source is not None
     hf = ad.source.huggingface
-    if hf is None or rt.preflights.get(ad.key) == judged:
+    if hf is None or rt.fleet.preflight_passed(ad.key, judged):
         return True
     token = credentials if isinstance(credentials, HuggingFaceCredentials) else None
     try:
@@ -456,7 +456,7 @@ async def preflight(
     else:
         facts = BaseModelFacts(max_lora_rank=judged.max_lora_rank, deployment=ad.base_model)
         bad = errors(validate(summary, facts, pickled_adapters=rt.settings.pickled_adapters))
-        rt.preflights[ad.key] = judged
+        rt.fleet.record_preflight(ad.key, judged)
         if not bad:
             return True
         reason, message = str(bad[0].reason), "; ".join(f.message for f in bad)

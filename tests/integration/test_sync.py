@@ -19,10 +19,10 @@ from aiohttp import web
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient
 
+from loraplane import services
 from loraplane.agent.main import build_app
 from loraplane.builders import naming
 from loraplane.config import AgentSettings, Settings
-from loraplane.runtime import Runtime
 from loraplane.sync import sync_pod
 from tests.integration.cluster import Cluster
 from tests.support import VllmServer, ensure_adapters, start_vllm
@@ -108,7 +108,7 @@ async def test_a_converged_pod_costs_one_models_call(
     await k8s_config.load_kube_config(config_file=str(cluster.kubeconfig))
     settings = Settings(vllm_port=server.port, agent_port=agent)
     async with aiohttp.ClientSession(trace_configs=[trace]) as session, ApiClient() as api:
-        rt = Runtime.create(api, session, settings)
+        rt = services.compose(api, session, settings).runtime
         objs = objects(namespace, ensure_adapters())
         rt.fleet.observe_base(objs.bmd)
         for obj in objs.loras:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from loraplane.api import AdapterSummary, LoRAAdapterStatus
 from loraplane.config import Settings
 from loraplane.fleet import Fleet, Version, serves
-from loraplane.metrics import FleetCollector
+from loraplane.fleet_gauges import FleetCollector
 from loraplane.status import Kept, whole
 from loraplane.status import adapter as adapter_status
 from loraplane.sync import plan

@@ -26,7 +26,7 @@ from kopf._cogs.structs.references import Resource
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loraplane import metrics, metrics_http
+from loraplane import fleet_gauges, metrics, metrics_http
 from loraplane.agent import protocol
 from loraplane.agent.apply import apply
 from loraplane.agent.client import AgentClient, AgentError
@@ -381,7 +381,7 @@ def test_gauges_show_what_the_status_shows_and_the_version_in_info() -> None:
     fleet.observe_adapter(
         lora_obj(ns, "hf", source={"huggingface": {"repo": "o/r", "revision": "v2"}})
     )
-    metrics.watch_fleet(fleet)
+    fleet_gauges.watch_fleet(fleet)
     load_on(fleet, "p0", "a")
     for pod in ("p0", "p1"):
         fleet.record_registrations((ns, pod), {})  # both pods looked at
@@ -410,7 +410,7 @@ def test_info_is_one_series_per_adapter_whose_digest_follows_the_pinned_version(
     fleet.observe_base(base_obj(ns))
     fleet.observe_pod(pod_obj(ns, "p0"))
     fleet.observe_adapter(lora_obj(ns, "a", updatePolicy="Follow"))
-    metrics.watch_fleet(fleet)
+    fleet_gauges.watch_fleet(fleet)
     load_on(fleet, "p0", "a", fetched("a", "a"))
     load_on(fleet, "p0", "a", fetched("a", "b", rank=16), registered={"a": fetched("a", "a").path})
     infos = [
@@ -424,7 +424,7 @@ def test_info_is_one_series_per_adapter_whose_digest_follows_the_pinned_version(
 def test_waiting_for_the_first_look_after_a_restart_publishes_no_replica_counts() -> None:
     ns = "gauges-first-look"
     fleet = fleet_of(ns, "a")
-    metrics.watch_fleet(fleet)
+    fleet_gauges.watch_fleet(fleet)
     assert REGISTRY.get_sample_value("loraplane_adapter_desired_replicas", adapter(ns, "a")) is None
     fleet.record_registrations((ns, "p0"), {})
     fleet.record_registrations((ns, "p1"), {})
@@ -437,7 +437,7 @@ def test_waiting_for_the_first_look_after_a_restart_publishes_no_replica_counts(
 def test_no_series_of_a_deleted_adapter_or_a_gone_pod_remains() -> None:
     ns = "removal"
     fleet = fleet_of(ns, "a", "b")
-    metrics.watch_fleet(fleet)
+    fleet_gauges.watch_fleet(fleet)
     rejection = Rejected("CorruptWeights", "x")
     load_on(fleet, "p0", "a")
     load_on(fleet, "p1", "a")
@@ -686,7 +686,7 @@ def exported_name(family: metrics.Family) -> str:
 def test_every_family_is_exported_with_its_help_and_labels() -> None:
     ns = "families"
     fleet = fleet_of(ns, "a", pods=1)
-    metrics.watch_fleet(fleet)
+    fleet_gauges.watch_fleet(fleet)
     load_on(fleet, "p0", "a")
     fleet.record_registrations((ns, "p0"), {})
     exported = {n: f for n, f in exposition().items() if n.startswith("loraplane_")}
@@ -732,7 +732,7 @@ def test_the_endpoint_serves_the_registry_plain_or_gzipped_and_nothing_else() ->
     fleet.observe_base(base_obj(other))  # a second base model: families sent in two parts
     fleet.observe_pod(pod_obj(other, "p0"))
     fleet.observe_adapter(lora_obj(other, "c"))
-    metrics.watch_fleet(fleet)
+    fleet_gauges.watch_fleet(fleet)
     load_on(fleet, "p0", "a")
     metrics.ADAPTER_LOADS.labels(other, "base", "c", "error").inc()
     server = metrics_http.serve(0, "127.0.0.1")

@@ -8,12 +8,13 @@ import contextlib
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
+from loraplane import services
 from loraplane.config import Settings
 from loraplane.runtime import Runtime
 
 
 async def _runtime() -> Runtime:
-    return Runtime.create(ApiClient(), aiohttp.ClientSession(), Settings())
+    return services.compose(ApiClient(), aiohttp.ClientSession(), Settings()).runtime
 
 
 async def _close(rt: Runtime) -> None:

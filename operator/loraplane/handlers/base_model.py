@@ -7,18 +7,17 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from loraplane import children, metrics
+from loraplane import children, metrics, services
 from loraplane.api import BASE_MODEL_KIND, BASE_MODEL_PLURAL, GROUP, VERSION
 from loraplane.api import BaseModelDeploymentStatus as Status
 from loraplane.handlers.wake import changed_or_period
-from loraplane.runtime import Runtime
 from loraplane.status import base_model as base_model_status
 from loraplane.status import whole
 
 
 @kopf.on.event(GROUP, VERSION, BASE_MODEL_PLURAL)
 async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    rt: Runtime = memo.runtime
+    rt = services.of(memo).runtime
     obj = event["object"]
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     if event["type"] == "DELETED":
@@ -37,13 +36,15 @@ async def base_model_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "roles")
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings")
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.fleet.observe_child(event["object"], deleted=event["type"] == "DELETED")
+    services.of(memo).runtime.fleet.observe_child(
+        event["object"], deleted=event["type"] == "DELETED"
+    )
 
 
 @kopf.timer(GROUP, VERSION, BASE_MODEL_PLURAL, interval=0.05, sharp=False)
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     """Level-based, on any change of the base model's picture (or the slow resync)."""
-    rt: Runtime = memo.runtime
+    rt = services.of(memo).runtime
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     fleet, cfg = rt.fleet, rt.settings
     period, gap = cfg.base_model_resync_seconds, cfg.status_progress_seconds

@@ -6,10 +6,9 @@ from typing import Any
 
 import kopf
 
-from loraplane import trace
+from loraplane import services, trace
 from loraplane.builders import naming
 from loraplane.fleet import PodChange
-from loraplane.runtime import Runtime
 
 POD_LABELS = {
     "app.kubernetes.io/managed-by": naming.MANAGED_BY,
@@ -19,7 +18,7 @@ POD_LABELS = {
 
 @kopf.on.event("", "v1", "pods", labels=POD_LABELS)
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    rt: Runtime = memo.runtime
+    rt = services.of(memo).runtime
     obj = event["object"]
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     trace.mark("event", kind="Pod", name=key[1], type=event["type"])

@@ -1,4 +1,4 @@
-"""Operator start-up and shutdown: kopf settings, the runtime, and the first picture of it."""
+"""Operator start-up and shutdown: kopf settings, the services, and the first picture of it."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from loraplane import kube, metrics, metrics_http
+from loraplane import fleet_gauges, kube, metrics, metrics_http, services
 from loraplane.api import ADAPTER_KIND, API_VERSION, BASE_MODEL_KIND
 from loraplane.builders import naming
 from loraplane.children import CHILD_KINDS, UNWATCHED_CHILD_KINDS
 from loraplane.config import settings as load_settings
 from loraplane.fleet import Fleet
 from loraplane.handlers.pods import POD_LABELS
-from loraplane.runtime import Runtime
-from loraplane.status_writer import StatusWriter
 
 # A reconcile is a handful of API writes; well within the default 30 s grace period of the pod.
 SETTLE_SECONDS = 10.0
@@ -81,12 +79,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # A control plane still starting answers 429 or 5xx: soon again, without a Traceback.
         await api.close()
         raise kopf.TemporaryError(f"API server not ready: {exc.status} {exc.reason}", 2) from exc
-    rt = Runtime.create(api, aiohttp.ClientSession(), cfg, fleet)
-    rt.kick(rt.fleet.pods)
-    metrics.watch_fleet(rt.fleet)
+    wired = services.compose(api, aiohttp.ClientSession(), cfg, fleet)
+    wired.runtime.kick(fleet.pods)
+    fleet_gauges.watch_fleet(fleet)
     metrics.count_watch_restarts()
-    memo.runtime = rt
-    memo.status_writer = StatusWriter(rt)  # started by the first adapter event
+    services.keep(memo, wired)  # the status writer starts with the first adapter event
 
 
 async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...], chunk: int) -> None:
@@ -126,11 +123,10 @@ async def _seed(fleet: Fleet, api: ApiClient, namespaces: tuple[str, ...], chunk
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    rt: Runtime | None = getattr(memo, "runtime", None)
-    writer: StatusWriter | None = getattr(memo, "status_writer", None)
-    if writer is not None:
-        await writer.stop()
-    if rt is not None:
+    wired = services.kept(memo)
+    if wired is not None:
+        rt = wired.runtime
+        await wired.status_writer.stop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLE_SECONDS):
                 await rt.settle()
