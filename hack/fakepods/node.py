@@ -144,13 +144,22 @@ class FakeNode:
             token = await self._token(pod)
             if not token:
                 return  # as a kubelet holds the containers until the Secret exists: next probe
-            fake = FakePod(pod, self._free.popleft(), token, self._inspections)
+            fake = FakePod(pod, self._address(pod), token, self._inspections)
             self.pods[uid] = fake
             self.by_ip[fake.ip] = fake
             log.info("pod %s/%s at %s", fake.namespace, fake.name, fake.ip)
         else:
             self.pods[uid].pod = pod
         await self._report(uid)
+
+    def _address(self, pod: Obj) -> str:
+        """The address the pod has, if it has one of ours (a node's kubelet restarted keeps its
+        pods' sandboxes, and the API refuses to change a pod's IP), else the next free one."""
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip in self._free:
+            self._free.remove(ip)
+            return str(ip)
+        return self._free.popleft()
 
     async def _forget(self, uid: str) -> None:
         fake = self.pods.pop(uid, None)
