@@ -78,7 +78,7 @@ def container_id() -> str:
 class Verdict:
     """A source directory inspected once: what every pod's agent answers for it."""
 
-    summary: Any  # loraplane.adapters.inspect.AdapterSummary
+    summary: Any  # loraplane.adapters.inspect.Inspection
     error: tuple[str, str] | None  # (reason, message) of an inspection refusal
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -56,6 +56,8 @@ Kicks = frozenset[Key]  # pods whose sync should run now
 NO_KICKS: Kicks = frozenset()
 
 GATE = naming.ADAPTERS_READY_GATE
+# An adapter's state on one pod, as the pod's sync last found or made it.
+PodState = Literal["Pending", "Loading", "Registered", "Failed", "Evicted"]
 # A pod state's reason: the pod runs flags from before the spec changed, and waits to be replaced.
 WAITS_FOR_ROLLOUT = "WaitsForRollout"
 
@@ -157,7 +159,7 @@ class Failure:
 
 @dataclass(slots=True)  # one per adapter per pod: 100,000 in a large fleet
 class PodAdapterState:
-    state: str  # Pending, Loading, Registered, Failed, Evicted
+    state: PodState
     since: datetime = field(default_factory=now)
     last_error: str | None = None
     path: str | None = None  # what vLLM serves under the adapter's name on this pod
@@ -177,7 +179,9 @@ def serves(st: PodAdapterState | None, version: Version | None) -> bool:
     )
 
 
-def registered_in(current: PodAdapterState | None, state: str, container: str | None) -> str | None:
+def registered_in(
+    current: PodAdapterState | None, state: PodState, container: str | None
+) -> str | None:
     if state == "Registered":
         return container
     if state == "Evicted":
@@ -826,7 +830,7 @@ class Fleet:
         self,
         pod: Key,
         adapter: str,
-        state: str,
+        state: PodState,
         last_error: str | None = None,
         path: str | None = None,
         reason: str | None = None,

@@ -70,10 +70,3 @@ def pod_problems(pod: Mapping[str, Any]) -> list[PodProblem]:
                 PodProblem(name, "OOMKilled", f"container {cs['name']} was killed: out of memory")
             )
     return problems
-
-
-def is_ready(pod: Mapping[str, Any]) -> bool:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False

@@ -41,6 +41,7 @@ from loraplane.fleet import (
     Judgement,
     Key,
     PodAdapterState,
+    PodState,
     PodView,
     Version,
 )
@@ -265,7 +266,7 @@ async def asking(
     try:
         credentials = await read_credentials(rt.secrets.value, ad.namespace, ad.source)
     except MissingSecret as exc:
-        state = "Registered" if serving else "Loading"
+        state: PodState = "Registered" if serving else "Loading"
         error = f"SecretNotFound: {exc}"
         fleet.set_state(pc.pod.key, ad.name, state, error, current, "SecretNotFound")
         pc.errors.append(exc)
@@ -328,7 +329,7 @@ def answered(rt: Runtime, pc: PodContext, ask: Asked, result: protocol.Applied) 
         if not ask.serving:
             metrics.ADAPTER_LOADS.labels(*labels, "error").inc()
         reason, message = result.unavailable.reason, result.unavailable.message
-        state = "Registered" if ask.serving else "Loading"
+        state: PodState = "Registered" if ask.serving else "Loading"
         container = pc.pod.vllm_container_id
         fleet.set_state(pkey, ad.name, state, f"{reason}: {message}", current, reason, container)
         pc.errors.append(SourceNotReadable(f"{ad.name}: {reason}: {message}"))

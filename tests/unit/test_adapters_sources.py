@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.adapters.inspect import AdapterConfigMissing, AdapterSummary, CorruptSafetensors
+from loraplane.adapters.inspect import AdapterConfigMissing, CorruptSafetensors, Inspection
 from loraplane.adapters.sources import (
     SUMMARY_FILE,
     DigestMismatch,
@@ -115,7 +115,7 @@ def test_verify_refusal_leaves_nothing(adapters: dict[str, Path], tmp_path: Path
     class Refused(Exception):
         pass
 
-    def verify(summary: AdapterSummary) -> None:
+    def verify(summary: Inspection) -> None:
         if summary.max_rank > 16:
             raise Refused(summary.max_rank)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from loraplane.adapters.inspect import AdapterSummary, inspect_adapter
+from loraplane.adapters.inspect import Inspection, inspect_adapter
 from loraplane.adapters.validate import (
     LLAMA_LIKE_LORA_MODULES,
     BaseModelFacts,
@@ -216,8 +216,8 @@ def test_many_incomplete_modules_are_counted_not_listed() -> None:
     assert len(finding.details["modules"]) == 9
 
 
-def base_summary(**update: Any) -> AdapterSummary:
-    summary = AdapterSummary(path="/x", rank=8, alpha=16, size_bytes=0, digest="")
+def base_summary(**update: Any) -> Inspection:
+    summary = Inspection(path="/x", rank=8, alpha=16, size_bytes=0, digest="")
     return summary.model_copy(update=update)
 
 
@@ -299,15 +299,22 @@ def test_preflight_keeps_refused_adapters_out_of_the_store(
     adapters: dict[str, Path], facts: BaseModelFacts, tmp_path: Path
 ) -> None:
     from loraplane.adapters.sources import fetch_path
-    from loraplane.adapters.validate import PreflightFailed, preflight
 
-    with pytest.raises(PreflightFailed) as info:
-        fetch_path(adapters["dora"], tmp_path, "dora", verify=preflight(facts))
-    assert info.value.reason == Reason.DORA_NOT_SUPPORTED
-    assert [f.reason for f in info.value.findings] == [Reason.DORA_NOT_SUPPORTED]
+    class Refused(Exception):
+        pass
+
+    def verify(summary: Inspection) -> None:
+        """What the agent's store verifies a fetch with: an error refuses, a warning does not."""
+        found = validate(summary, facts)
+        if errors(found):
+            raise Refused([f.reason for f in found])
+
+    with pytest.raises(Refused) as info:
+        fetch_path(adapters["dora"], tmp_path, "dora", verify=verify)
+    assert info.value.args[0] == [Reason.DORA_NOT_SUPPORTED]
     assert list((tmp_path / "dora").iterdir()) == []
     # Warnings do not refuse.
-    result = fetch_path(adapters["other-base-name"], tmp_path, "ok", verify=preflight(facts))
+    result = fetch_path(adapters["other-base-name"], tmp_path, "ok", verify=verify)
     assert result.created
 
 

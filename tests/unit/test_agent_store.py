@@ -12,7 +12,7 @@ from aiohttp import web
 
 from loraplane.agent.main import build_app
 from loraplane.agent.protocol import FetchRequest
-from loraplane.agent.store import AdapterStore, Rejected, Unavailable
+from loraplane.agent.store import AdapterStore, Rejected, VersionUnavailable
 from loraplane.api import AdapterSource
 from loraplane.config import AgentSettings
 from tests.support import ensure_adapters
@@ -102,11 +102,11 @@ def test_a_pinned_version_missing_everywhere_is_unavailable_not_rejected(
     assert digest is not None
     empty = AdapterStore(tmp_path / "b", None)
     shutil.rmtree(source)
-    with pytest.raises(Unavailable) as gone:
+    with pytest.raises(VersionUnavailable) as gone:
         asyncio.run(empty.fetch(pinned(source, digest)))
     assert gone.value.reason == "SourceUnavailable"
     shutil.copytree(adapters["rank8-v2"], source)
-    with pytest.raises(Unavailable) as changed:
+    with pytest.raises(VersionUnavailable) as changed:
         asyncio.run(empty.fetch(pinned(source, digest)))
     assert changed.value.reason == "SourceChanged" and digest in changed.value.message
     # A first verification has no pin: a missing source is the adapter's own failure.
@@ -132,7 +132,7 @@ async def test_a_pod_without_the_pinned_version_gets_it_from_a_peer(
         shutil.rmtree(source)
         newcomer = AdapterStore(tmp_path / "new", None, token="t")
         peer = f"http://127.0.0.1:{port}"
-        with pytest.raises(Unavailable):  # a wrong token is refused by the peer
+        with pytest.raises(VersionUnavailable):  # a wrong token is refused by the peer
             await AdapterStore(tmp_path / "x", None, token="bad").fetch(
                 pinned(source, digest, [peer])
             )

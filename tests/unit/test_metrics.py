@@ -30,7 +30,7 @@ from loraplane import fleet_gauges, metrics, metrics_http
 from loraplane.agent import protocol
 from loraplane.agent.apply import apply
 from loraplane.agent.client import AgentClient, AgentError
-from loraplane.agent.store import Rejected, Unavailable
+from loraplane.agent.store import Rejected, VersionUnavailable
 from loraplane.api import AdapterSummary, LoRAAdapterStatus
 from loraplane.config import Settings
 from loraplane.fleet import Fleet
@@ -119,7 +119,7 @@ class FakeRuntime:
 class FakeStore:
     """The agent's store answering every fetch the same: the files, or its refusal."""
 
-    def __init__(self, answer: protocol.Fetched | Rejected | Unavailable) -> None:
+    def __init__(self, answer: protocol.Fetched | Rejected | VersionUnavailable) -> None:
         self.answer = answer
 
     async def fetch(self, request: protocol.FetchRequest) -> protocol.Fetched:

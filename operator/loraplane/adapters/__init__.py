@@ -3,8 +3,8 @@
 from loraplane.adapters.inspect import (
     AdapterConfigMissing,
     AdapterInspectionError,
-    AdapterSummary,
     CorruptSafetensors,
+    Inspection,
     InvalidAdapterConfig,
     ModuleWeights,
     NoTensors,
@@ -21,10 +21,10 @@ from loraplane.adapters.validate import (
 __all__ = [
     "AdapterConfigMissing",
     "AdapterInspectionError",
-    "AdapterSummary",
     "BaseModelFacts",
     "CorruptSafetensors",
     "Finding",
+    "Inspection",
     "InvalidAdapterConfig",
     "ModuleShape",
     "ModuleWeights",

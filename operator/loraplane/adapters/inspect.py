@@ -32,8 +32,8 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "AdapterConfigMissing",
     "AdapterInspectionError",
-    "AdapterSummary",
     "CorruptSafetensors",
+    "Inspection",
     "InvalidAdapterConfig",
     "ModuleWeights",
     "NoTensors",
@@ -169,7 +169,7 @@ class ModuleWeights(BaseModel):
         return self.lora_b[0] if self.lora_b else None
 
 
-class AdapterSummary(BaseModel):
+class Inspection(BaseModel):
     """What an adapter is, read from its config and its safetensors header."""
 
     model_config = ConfigDict(frozen=True)
@@ -511,12 +511,12 @@ def summarize(
     digest: str = "",
     files: list[str] | None = None,
     weights_inspected: bool = True,
-) -> AdapterSummary:
-    """An AdapterSummary from a parsed adapter_config.json and safetensors header (pure), for
+) -> Inspection:
+    """An Inspection from a parsed adapter_config.json and safetensors header (pure), for
     sources that are not a local directory (a hub's metadata API)."""
     fields = _summary_fields(dict(config))
     modules, unparsed = _group_modules(dict(tensors))
-    return AdapterSummary(
+    return Inspection(
         path=path,
         weights_file=weights_file,
         weights_inspected=weights_inspected,
@@ -540,7 +540,7 @@ def read_pickled_weights(path: Path) -> dict[str, TensorInfo]:
     return {name: TensorInfo(dtype=t.dtype, shape=t.shape) for name, t in tensors.items()}
 
 
-def inspect_adapter(directory: Path | str, *, digest: bool = True) -> AdapterSummary:
+def inspect_adapter(directory: Path | str, *, digest: bool = True) -> Inspection:
     """Summarize the PEFT LoRA adapter in ``directory`` without loading its weights.
 
     Raises ``AdapterConfigMissing``, ``InvalidAdapterConfig``, ``CorruptSafetensors``,

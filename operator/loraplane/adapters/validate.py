@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraplane.adapters.inspect import (
     PICKLE_FILES,
-    AdapterInspectionError,
-    AdapterSummary,
+    Inspection,
     layer_index,
 )
 from loraplane.adapters.pickled import PickledAdapters
@@ -29,10 +28,8 @@ __all__ = [
     "BaseModelFacts",
     "Finding",
     "ModuleShape",
-    "PreflightFailed",
     "errors",
     "llama_base_facts",
-    "preflight",
     "validate",
     "warnings",
 ]
@@ -106,30 +103,6 @@ def warnings(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity == "warning"]
 
 
-class PreflightFailed(AdapterInspectionError):
-    """Pre-flight found errors; ``reason`` and ``message`` are the first error's."""
-
-    def __init__(self, findings: list[Finding]) -> None:
-        first = errors(findings)[0]
-        super().__init__(first.message)
-        self.reason = first.reason
-        self.findings = findings
-
-
-def preflight(
-    base: BaseModelFacts, *, pickled_adapters: PickledAdapters = "verify"
-) -> Callable[[AdapterSummary], None]:
-    """A ``verify`` callback for the sources: raise ``PreflightFailed`` when ``validate`` finds
-    an error, so a refused adapter never reaches the store."""
-
-    def verify(summary: AdapterSummary) -> None:
-        findings = validate(summary, base, pickled_adapters=pickled_adapters)
-        if errors(findings):
-            raise PreflightFailed(findings)
-
-    return verify
-
-
 def _of(base: BaseModelFacts) -> str:
     return f" of BaseModelDeployment {base.deployment}" if base.deployment else ""
 
@@ -149,7 +122,7 @@ def _fmt(items: Iterable[str]) -> str:
 
 
 def validate(
-    summary: AdapterSummary,
+    summary: Inspection,
     base: BaseModelFacts,
     *,
     pickled_adapters: PickledAdapters = "verify",
@@ -174,7 +147,7 @@ def validate(
     return sorted(findings, key=lambda f: f.severity != "error")
 
 
-def _check_weights_format(summary: AdapterSummary, pickled: PickledAdapters) -> list[Finding]:
+def _check_weights_format(summary: Inspection, pickled: PickledAdapters) -> list[Finding]:
     if pickled != "refuse" or summary.weights_file not in PICKLE_FILES:
         return []
     return [
@@ -193,7 +166,7 @@ def _check_weights_format(summary: AdapterSummary, pickled: PickledAdapters) -> 
     ]
 
 
-def _check_pairs(summary: AdapterSummary) -> list[Finding]:
+def _check_pairs(summary: Inspection) -> list[Finding]:
     """Every LoRA module needs both matrices of one rank: vLLM fails on a missing lora_B with a
     bare Python error (measured on 0.32: "unsupported operand type(s) for *=: 'NoneType' and
     'float'")."""
@@ -225,7 +198,7 @@ def _check_pairs(summary: AdapterSummary) -> list[Finding]:
     ]
 
 
-def _check_peft_type(summary: AdapterSummary) -> list[Finding]:
+def _check_peft_type(summary: Inspection) -> list[Finding]:
     if summary.peft_type is None or summary.peft_type.upper() == "LORA":
         return []
     return [
@@ -241,7 +214,7 @@ def _check_peft_type(summary: AdapterSummary) -> list[Finding]:
     ]
 
 
-def _check_rank(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
+def _check_rank(summary: Inspection, base: BaseModelFacts) -> list[Finding]:
     sources: list[tuple[int, str]] = [(summary.rank, f"rank {summary.rank} (r)")]
     sources += [
         (rank, f"rank {rank} (rank_pattern {pattern!r})")
@@ -275,7 +248,7 @@ def _check_rank(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
     ]
 
 
-def _check_features(summary: AdapterSummary) -> list[Finding]:
+def _check_features(summary: Inspection) -> list[Finding]:
     findings: list[Finding] = []
     dora_tensors = any(
         k.startswith("lora_magnitude_vector") for m in summary.modules.values() for k in m.other
@@ -348,7 +321,7 @@ def _check_features(summary: AdapterSummary) -> list[Finding]:
     return findings
 
 
-def _check_modules(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
+def _check_modules(summary: Inspection, base: BaseModelFacts) -> list[Finding]:
     supported = base.lora_target_modules
     if supported is None:
         return []
@@ -414,7 +387,7 @@ def _check_modules(summary: AdapterSummary, base: BaseModelFacts) -> list[Findin
     return findings
 
 
-def _check_shapes(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
+def _check_shapes(summary: Inspection, base: BaseModelFacts) -> list[Finding]:
     # One line per module kind (q_proj, ...), not per layer: every layer of a Llama-like model
     # has the same shapes, and a wrong base shows up in all of them.
     by_suffix: dict[str, str] = {}
@@ -469,7 +442,7 @@ def _model_key(name: str) -> str:
     return re.sub(r"[/\\]+$", "", name).rsplit("/", 1)[-1].lower()
 
 
-def _check_base_name(summary: AdapterSummary, base: BaseModelFacts) -> list[Finding]:
+def _check_base_name(summary: Inspection, base: BaseModelFacts) -> list[Finding]:
     trained = summary.base_model_name_or_path
     if not trained or not base.model_name:
         return []

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 from loraplane.agent import protocol
-from loraplane.agent.store import AdapterStore, Rejected, Unavailable
+from loraplane.agent.store import AdapterStore, Rejected, VersionUnavailable
 from loraplane.vllm.client import VLLMClient, same_path
 from loraplane.vllm.errors import VLLMError, error_class
 
@@ -50,7 +50,7 @@ async def _one(store: AdapterStore, vllm: VLLMClient, item: protocol.ApplyItem) 
             reason=exc.reason, message=exc.message, findings=exc.findings
         )
         return protocol.Applied(name=item.name, rejected=rejection)
-    except Unavailable as exc:
+    except VersionUnavailable as exc:
         unavailable = protocol.Unavailable(reason=exc.reason, message=exc.message)
         return protocol.Applied(name=item.name, unavailable=unavailable)
     out = protocol.Applied(

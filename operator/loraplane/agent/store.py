@@ -13,8 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from loraplane.adapters.inspect import AdapterInspectionError
-from loraplane.adapters.inspect import AdapterSummary as Inspected
+from loraplane.adapters.inspect import AdapterInspectionError, Inspection
 from loraplane.adapters.sources import (
     FetchResult,
     SourceContext,
@@ -47,7 +46,7 @@ class Rejected(Exception):
         self.findings = findings or []
 
 
-class Unavailable(Exception):
+class VersionUnavailable(Exception):
     """The source cannot be read now (and no peer has the pinned version): worth a retry."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -56,7 +55,7 @@ class Unavailable(Exception):
         self.message = message
 
 
-def status_summary(summary: Inspected) -> AdapterSummary:
+def status_summary(summary: Inspection) -> AdapterSummary:
     """What status shows of an inspected adapter."""
     targets = summary.target_modules
     return AdapterSummary(
@@ -111,13 +110,13 @@ class AdapterStore:
         facts = self.base_facts(req)
         found: list[Finding] = []
 
-        def verify(summary: Inspected) -> None:
+        def verify(summary: Inspection) -> None:
             found[:] = validate(summary, facts, pickled_adapters=req.pickled_adapters)
             bad = errors(found)
             if bad:
                 raise Rejected(bad[0].reason, "; ".join(f.message for f in bad), found)
 
-        def answer(path: str, summary: Inspected) -> Fetched:
+        def answer(path: str, summary: Inspection) -> Fetched:
             return Fetched(path=path, summary=status_summary(summary), findings=found)
 
         pinned = req.expected_digest
@@ -143,7 +142,7 @@ class AdapterStore:
             missing = exc.reason == "AdapterNotFound"
             reason = protocol.SOURCE_UNAVAILABLE if missing else protocol.SOURCE_CHANGED
             problem = f"the source no longer holds version {pinned}: {exc.message}"
-        except Unavailable as exc:
+        except VersionUnavailable as exc:
             if pinned is None:
                 raise
             reason, problem = exc.reason, f"the source cannot be read now: {exc.message}"
@@ -165,7 +164,7 @@ class AdapterStore:
             log.info("got %s %s from peer %s", req.name, pinned, peer)
             return answer(result.path, result.summary)
         tried = f"; no peer had it ({len(req.peers)} asked)" if req.peers else "; no peer holds it"
-        raise Unavailable(reason, problem + tried)
+        raise VersionUnavailable(reason, problem + tried)
 
     def size_limit(self, req: FetchRequest) -> int:
         """What one adapter may take: the store's size limit, and no more than is free."""
@@ -173,7 +172,7 @@ class AdapterStore:
         free = shutil.disk_usage(self.root).free
         return min(free, req.size_limit_bytes) if req.size_limit_bytes else free
 
-    def _from_source(self, req: FetchRequest, verify: Callable[[Inspected], None]) -> FetchResult:
+    def _from_source(self, req: FetchRequest, verify: Callable[[Inspection], None]) -> FetchResult:
         source = req.source
         try:
             return fetch_source(
@@ -188,12 +187,12 @@ class AdapterStore:
         except AdapterInspectionError as exc:
             raise Rejected(str(exc.reason), str(exc)) from exc
         except SourceUnavailable as exc:
-            raise Unavailable(str(exc.reason), exc.message) from exc
+            raise VersionUnavailable(str(exc.reason), exc.message) from exc
         except FileNotFoundError as exc:
             raise Rejected("AdapterNotFound", f"no adapter at {source.path}: {exc}") from exc
 
     def _from_peer(
-        self, peer: str, name: str, digest: str, verify: Callable[[Inspected], None]
+        self, peer: str, name: str, digest: str, verify: Callable[[Inspection], None]
     ) -> FetchResult:
         url = peer.rstrip("/") + protocol.version_path(name, digest)
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self._token}"})

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from loraplane.adapters.sources.credentials import MissingSecret, SecretReader, read_credentials
 from loraplane.agent.protocol import FetchRequest
-from loraplane.agent.store import AdapterStore, Rejected, Unavailable
+from loraplane.agent.store import AdapterStore, Rejected, VersionUnavailable
 from loraplane.config import AgentSettings
 from loraplane.merge.inputs import (
     CREDENTIALS_PATH,
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def failure(exc: BaseException) -> tuple[str, str]:
     """(reason, message) of what stopped the merge."""
-    if isinstance(exc, MergeError | Rejected | Unavailable):
+    if isinstance(exc, MergeError | Rejected | VersionUnavailable):
         return exc.reason, exc.message
     if isinstance(exc, MissingSecret):
         return "SecretNotFound", str(exc)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraplane.adapters.inspect import AdapterSummary, inspect_adapter, parse_tensor_name
+from loraplane.adapters.inspect import Inspection, inspect_adapter, parse_tensor_name
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,7 @@ def _pattern_value(patterns: dict[str, Any], module: str) -> Any:
     return None
 
 
-def scaling(summary: AdapterSummary, module: str) -> float:
+def scaling(summary: Inspection, module: str) -> float:
     """alpha / r (alpha / sqrt(r) with rsLoRA), with rank_pattern and alpha_pattern applied."""
     rank = _pattern_value(summary.rank_pattern, module) or summary.rank
     alpha = _pattern_value(summary.alpha_pattern, module) or summary.alpha
@@ -98,7 +98,7 @@ def base_weight_name(module: str) -> str:
     return f"{module}.weight"
 
 
-def load_pairs(adapter_dir: Path) -> tuple[AdapterSummary, dict[str, LoRAPair]]:
+def load_pairs(adapter_dir: Path) -> tuple[Inspection, dict[str, LoRAPair]]:
     """The adapter's LoRA pairs by the base weight they change (adapters are small: read whole)."""
     from safetensors import safe_open
 

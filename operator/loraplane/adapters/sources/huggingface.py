@@ -30,8 +30,8 @@ from loraplane.adapters.inspect import (
     MAX_HEADER_BYTES,
     SAFETENSORS_FILE,
     AdapterConfigMissing,
-    AdapterSummary,
     CorruptSafetensors,
+    Inspection,
     NoTensors,
     TensorInfo,
     parse_config,
@@ -247,7 +247,7 @@ def inspect_huggingface(
     source: HuggingFaceSource,
     credentials: HuggingFaceCredentials | None,
     context: SourceContext,
-) -> AdapterSummary:
+) -> Inspection:
     """Summarize an adapter on the hub from its adapter_config.json and the safetensors header,
     for the operator's pre-flight before any pod downloads it.
 

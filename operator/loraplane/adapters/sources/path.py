@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from loraplane.adapters.inspect import AdapterSummary, inspect_adapter
+from loraplane.adapters.inspect import Inspection, inspect_adapter
 from loraplane.adapters.sources.protocol import SizeBudget, Verify, fetch_into_store
 from loraplane.adapters.sources.versions import FetchResult
 
@@ -18,7 +18,7 @@ class PathFetcher:
     def __init__(self, source: Path | str) -> None:
         self.source = Path(source)
         self.description = str(source)
-        self._summary: AdapterSummary | None = None
+        self._summary: Inspection | None = None
 
     def resolve(self) -> str:
         self._summary = inspect_adapter(self.source)

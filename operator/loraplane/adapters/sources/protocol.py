@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from loraplane.adapters.inspect import AdapterInspectionError, AdapterSummary
+from loraplane.adapters.inspect import AdapterInspectionError, Inspection
 from loraplane.adapters.sources.versions import (
     FetchResult,
     existing_version,
@@ -53,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Verify = Callable[[AdapterSummary], None]
+Verify = Callable[[Inspection], None]
 # Which version each resolved source identity was stored as: <store>/.sources/<name>/<key>.
 # Hidden, so neither a version nor an adapter; the agent's prune drops those of removed versions.
 MARKERS = ".sources"

@@ -34,7 +34,6 @@ from loraplane.adapters.sources.versions import DigestMismatch
 from loraplane.api.sources import S3Source
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # S3 error codes by outcome (besides 404 and 401/403); anything else is worth a retry.
 NOT_FOUND = {"NoSuchBucket", "NoSuchKey"}

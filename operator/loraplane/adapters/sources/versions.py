@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from loraplane.adapters.inspect import AdapterInspectionError, AdapterSummary, inspect_adapter
+from loraplane.adapters.inspect import AdapterInspectionError, Inspection, inspect_adapter
 from loraplane.vllm.errors import Reason
 
 __all__ = [
@@ -58,7 +58,7 @@ class FetchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     path: str
-    summary: AdapterSummary
+    summary: Inspection
     created: bool
 
 
@@ -77,14 +77,14 @@ def version_dir(store: Path | str, name: str, digest: str) -> Path:
     return Path(store) / validate_name(name) / hex_digest
 
 
-def _read_summary(directory: Path) -> AdapterSummary | None:
+def _read_summary(directory: Path) -> Inspection | None:
     try:
-        return AdapterSummary.model_validate_json((directory / SUMMARY_FILE).read_text())
+        return Inspection.model_validate_json((directory / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return None
 
 
-def _write_summary(directory: Path, summary: AdapterSummary) -> None:
+def _write_summary(directory: Path, summary: Inspection) -> None:
     (directory / SUMMARY_FILE).write_text(summary.model_dump_json())
 
 
@@ -94,7 +94,7 @@ def install_directory(
     name: str,
     *,
     expected_digest: str | None = None,
-    verify: Callable[[AdapterSummary], None] | None = None,
+    verify: Callable[[Inspection], None] | None = None,
 ) -> FetchResult:
     """Move the adapter ``staged`` (a directory under ``<store>/<name>/``, owned by the caller)
     into its version directory, after inspecting it and checking its digest.
@@ -131,12 +131,12 @@ def install_directory(
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def stored_version(store: Path | str, name: str, digest: str) -> AdapterSummary | None:
+def stored_version(store: Path | str, name: str, digest: str) -> Inspection | None:
     """The summary of a version already in the store, or None."""
     return existing_version(version_dir(store, name, digest))
 
 
-def existing_version(target: Path) -> AdapterSummary | None:
+def existing_version(target: Path) -> Inspection | None:
     """The summary of the version directory `target`, or None when it is not there."""
     if not target.is_dir():
         return None
