@@ -65,7 +65,7 @@ class Settings(_FromEnv):
         False,
         description=(
             "Log one JSON line per step of adapter work (logger loraplane.trace: watch events, "
-            "pod syncs, agent fetches, vLLM loads, status writes) whatever logLevel is: a "
+            "pod syncs, agent applies, status writes) whatever logLevel is: a "
             "timeline of where time goes."
         ),
     )

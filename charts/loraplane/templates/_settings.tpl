@@ -44,8 +44,6 @@
   value: {{ (toString .Values.settings.backoffMaxSeconds) | quote }}
 - name: LORAPLANE_STARTING_POLL_SECONDS
   value: {{ (toString .Values.settings.startingPollSeconds) | quote }}
-- name: LORAPLANE_STATUS_PERIOD_SECONDS
-  value: {{ (toString .Values.settings.statusPeriodSeconds) | quote }}
 - name: LORAPLANE_STATUS_PROGRESS_SECONDS
   value: {{ (toString .Values.settings.statusProgressSeconds) | quote }}
 - name: LORAPLANE_STATUS_WRITE_CONCURRENCY
