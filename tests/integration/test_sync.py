@@ -121,8 +121,10 @@ async def test_a_converged_pod_costs_one_models_call(
         assert set(listed) == {"sql", "chat"}
         assert all(path.startswith(str(naming.ADAPTER_MOUNT_PATH)) for path in listed.values())
         first = dict(calls)
-        assert first[("POST", "/v1/load_lora_adapter")] == 2
-        assert first[("POST", "/v1/adapters/fetch")] == 2
+        # One apply for both adapters to fetch and pin their versions, one more to load them;
+        # the agent loads them into its vLLM itself, so the operator sends no load of its own.
+        assert first[("POST", "/v1/adapters/apply")] == 2
+        assert ("POST", "/v1/load_lora_adapter") not in first
 
         calls.clear()
         assert await sync_pod(rt, key)
