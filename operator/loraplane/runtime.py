@@ -20,6 +20,7 @@ from loraplane import kube
 from loraplane.api.common import StatusModel
 from loraplane.config import Settings
 from loraplane.fleet import Fleet, Judgement, Key
+from loraplane.merge.book import MergeBook
 from loraplane.status import Kept
 from loraplane.workers import Workers
 
@@ -72,6 +73,8 @@ class Runtime:
     # waiting for it, so the cleanup waits for these before closing the client they write with.
     converging: int = 0
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Merged base models' pods and failed merges (spec.model.merge)
+    merges: MergeBook = field(default_factory=MergeBook)
 
     @classmethod
     def create(
