@@ -91,7 +91,7 @@ def _fly_answers(cluster: Cluster, digest: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(operator: OperatorProcess, tiny_model: Path) -> Iterator[Cluster]:
+def models(operator: OperatorProcess, tiny_model: Path) -> Iterator[Cluster]:
     from tests.support.adapters import ensure_adapter
 
     for fixture in ("rank8", "rank8-v2", "rank16"):
@@ -107,45 +107,46 @@ def cluster(operator: OperatorProcess, tiny_model: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def first(cluster: Cluster) -> dict[str, Any]:
+def first(models: Cluster) -> dict[str, Any]:
     """Both serving version 1 of the adapter: its digest, and the answers on the fly."""
-    digest = wait_for("the adapter Ready on the fly", lambda: _digest(cluster), timeout=START)
-    wait_for("the merged pods", lambda: _merged_on(cluster, digest), timeout=START)
-    return {"digest": digest, "answers": _fly_answers(cluster, digest)}
+    models = models
+    digest = wait_for("the adapter Ready on the fly", lambda: _digest(models), timeout=START)
+    wait_for("the merged pods", lambda: _merged_on(models, digest), timeout=START)
+    return {"digest": digest, "answers": _fly_answers(models, digest)}
 
 
 def test_merged_answers_equal_on_the_fly_token_for_token(
-    cluster: Cluster, first: dict[str, Any]
+    models: Cluster, first: dict[str, Any]
 ) -> None:
-    (pod,) = _ready_pods(cluster, MERGED)
+    (pod,) = _ready_pods(models, MERGED)
     ip = pod["status"]["podIP"]
     assert _answers(ip) == first["answers"]
-    (fly,) = _ready_pods(cluster, FLY)
+    (fly,) = _ready_pods(models, FLY)
     base = [completion(fly["status"]["podIP"], FLY, p, TOKENS) for p in PROMPTS]
     assert base != first["answers"], "the adapter should change the base model's answers"
     models = http_json(f"http://{ip}:8000/v1/models")["data"]
     assert [(m["id"], m["parent"]) for m in models] == [(ADAPTER, None)]
     args = pod["spec"]["containers"][0]["args"]
     assert "--enable-lora" not in args
-    bmd = cluster.get("bmd", MERGED, NS) or {}
+    bmd = models.get("bmd", MERGED, NS) or {}
     merge = bmd["status"]["merge"]
     assert merge["digest"] == first["digest"] and merge["servedName"] == ADAPTER
     assert [(p["state"], p["digest"]) for p in merge["pods"]] == [("Serving", first["digest"])]
     assert bmd["status"]["servedName"] == ADAPTER
 
 
-def test_an_adapter_bound_to_the_merged_deployment_is_refused(cluster: Cluster) -> None:
-    cluster.apply(lora_adapter("onmerged", MERGED, f"{ADAPTER_SOURCES}/rank16"), NS)
+def test_an_adapter_bound_to_the_merged_deployment_is_refused(models: Cluster) -> None:
+    models.apply(lora_adapter("onmerged", MERGED, f"{ADAPTER_SOURCES}/rank16"), NS)
 
     def refused() -> dict[str, Any] | None:
-        ad = cluster.get("lora", "onmerged", NS)
+        ad = models.get("lora", "onmerged", NS)
         validated = condition(ad, "Validated")
         return ad if validated and validated["reason"] == "BaseModelMerged" else None
 
     ad = wait_for("onmerged refused", refused, timeout=120)
     assert ad["status"]["phase"] == "Failed"
     assert "must not run on merged weights" in condition(ad, "Validated")["message"]
-    cluster.kubectl("delete", "lora", "onmerged", "-n", NS)
+    models.kubectl("delete", "lora", "onmerged", "-n", NS)
 
 
 def _watch_answers(cluster: Cluster, stop: threading.Event, seen: list[list[str]]) -> None:
@@ -187,26 +188,26 @@ def _roll_to(cluster: Cluster, fixture: str, before: list[str]) -> tuple[str, li
 
 
 def test_a_new_version_rolls_the_merged_pods_and_rolling_back_works(
-    cluster: Cluster, first: dict[str, Any]
+    models: Cluster, first: dict[str, Any]
 ) -> None:
-    (old_pod,) = _ready_pods(cluster, MERGED)
-    _, v2 = _roll_to(cluster, "rank8-v2", first["answers"])
-    (new_pod,) = _ready_pods(cluster, MERGED)
+    (old_pod,) = _ready_pods(models, MERGED)
+    _, v2 = _roll_to(models, "rank8-v2", first["answers"])
+    (new_pod,) = _ready_pods(models, MERGED)
     assert new_pod["metadata"]["name"] != old_pod["metadata"]["name"]
-    digest, back = _roll_to(cluster, "rank8", v2)
+    digest, back = _roll_to(models, "rank8", v2)
     assert digest == first["digest"] and back == first["answers"]
 
 
 def test_a_failed_merge_keeps_the_last_version_serving(
-    cluster: Cluster, first: dict[str, Any]
+    models: Cluster, first: dict[str, Any]
 ) -> None:
-    (pod,) = _ready_pods(cluster, MERGED)
+    (pod,) = _ready_pods(models, MERGED)
     # A version the source does not hold: the merge init container fails (SourceChanged).
     bogus = {"source": {"path": f"{ADAPTER_SOURCES}/rank8"}, "digest": "sha256:" + "0" * 64}
-    cluster.apply(_base(MERGED, cluster.home, bogus), NS)
+    models.apply(_base(MERGED, models.home, bogus), NS)
 
     def failed() -> dict[str, Any] | None:
-        bmd = cluster.get("bmd", MERGED, NS)
+        bmd = models.get("bmd", MERGED, NS)
         merged = condition(bmd, "Merged")
         return bmd if merged and merged["reason"] == "MergeFailed" else None
 
@@ -214,32 +215,32 @@ def test_a_failed_merge_keeps_the_last_version_serving(
     message = condition(bmd, "Merged")["message"]
     assert "SourceChanged" in message and "keeps serving" in message, message
     assert bmd["status"]["merge"]["failed"]["reason"] == "SourceChanged"
-    events = [e for e in cluster.events(NS, MERGED) if e["reason"] == "MergeFailed"]
+    events = [e for e in models.events(NS, MERGED) if e["reason"] == "MergeFailed"]
     assert events and events[0]["type"] == "Warning"
     # The last version serves on, from the same pod, and the failed one's pod goes.
     wait_for(
         "only the serving pod left",
-        lambda: len(cluster.list("pods", NS, f"loraplane.dev/base-model={MERGED}")) == 1,
+        lambda: len(models.list("pods", NS, f"loraplane.dev/base-model={MERGED}")) == 1,
         timeout=120,
     )
-    (still,) = _ready_pods(cluster, MERGED)
+    (still,) = _ready_pods(models, MERGED)
     assert still["metadata"]["name"] == pod["metadata"]["name"]
     assert _answers(still["status"]["podIP"]) == first["answers"]
     # Back to the adapter: the version that serves is the one asked for; nothing rolls.
-    cluster.apply(_base(MERGED, cluster.home, {"adapter": ADAPTER}), NS)
-    wait_for("Merged again", lambda: _merged_on(cluster, first["digest"]), timeout=120)
-    (same,) = _ready_pods(cluster, MERGED)
+    models.apply(_base(MERGED, models.home, {"adapter": ADAPTER}), NS)
+    wait_for("Merged again", lambda: _merged_on(models, first["digest"]), timeout=120)
+    (same,) = _ready_pods(models, MERGED)
     assert same["metadata"]["name"] == pod["metadata"]["name"]
 
 
 def test_deleting_the_adapter_keeps_the_last_version_serving(
-    cluster: Cluster, first: dict[str, Any]
+    models: Cluster, first: dict[str, Any]
 ) -> None:
-    (pod,) = _ready_pods(cluster, MERGED)
-    cluster.kubectl("delete", "lora", ADAPTER, "-n", NS)
+    (pod,) = _ready_pods(models, MERGED)
+    models.kubectl("delete", "lora", ADAPTER, "-n", NS)
 
     def said() -> dict[str, Any] | None:
-        bmd = cluster.get("bmd", MERGED, NS)
+        bmd = models.get("bmd", MERGED, NS)
         merged = condition(bmd, "Merged")
         return bmd if merged and merged["reason"] == "AdapterDeleted" else None
 
@@ -247,6 +248,6 @@ def test_deleting_the_adapter_keeps_the_last_version_serving(
     assert "keeps serving" in condition(bmd, "Merged")["message"]
     assert bmd["status"]["merge"]["digest"] == first["digest"]
     time.sleep(5)  # a roll, had one been started, would show by now
-    (still,) = _ready_pods(cluster, MERGED)
+    (still,) = _ready_pods(models, MERGED)
     assert still["metadata"]["name"] == pod["metadata"]["name"]
     assert _answers(still["status"]["podIP"]) == first["answers"]
