@@ -124,8 +124,8 @@ def test_merged_answers_equal_on_the_fly_token_for_token(
     (fly,) = _ready_pods(models, FLY)
     base = [completion(fly["status"]["podIP"], FLY, p, TOKENS) for p in PROMPTS]
     assert base != first["answers"], "the adapter should change the base model's answers"
-    models = http_json(f"http://{ip}:8000/v1/models")["data"]
-    assert [(m["id"], m["parent"]) for m in models] == [(ADAPTER, None)]
+    cards = http_json(f"http://{ip}:8000/v1/models")["data"]
+    assert [(m["id"], m["parent"]) for m in cards] == [(ADAPTER, None)]
     args = pod["spec"]["containers"][0]["args"]
     assert "--enable-lora" not in args
     bmd = models.get("bmd", MERGED, NS) or {}
