@@ -1,7 +1,8 @@
 """`make bench`: adapter benchmarks on the real local cluster with CPU vLLM pods.
 
-`python -m bench [single] [fifty] [recovery]` runs only those (all by default). The operator runs
-with its trace on: each burst's timeline is printed from it (bench/timeline.py).
+`python -m bench [single] [fifty] [recovery] [merge]` runs only those (all by default; merge
+first, with no cluster: bench/merge.py). The operator runs with its trace on: each burst's
+timeline is printed from it (bench/timeline.py).
 
 Prints, for each benchmark, the measured times and the ratio that matters, all from one run (the
 machine is shared and noisy, so only same-run comparisons mean anything).
@@ -21,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import timeline
+from bench import merge, timeline
 from tests.integration.cluster import (
     VLLM_PROCESS,
     Cluster,
@@ -348,6 +349,11 @@ def bench_recovery(c: Cluster) -> None:
 
 
 def main() -> int:
+    asked = set(sys.argv[1:]) or {"single", "fifty", "recovery", "merge"}
+    if "merge" in asked:
+        merge.main()  # two vLLM servers of its own: before the cluster's pods take the cores
+    if not asked - {"merge"}:
+        return 0
     home = loraplane_home()
     ensure_tiny_model(home)
     ensure_adapters(home)
@@ -365,7 +371,7 @@ def main() -> int:
             name, value = pair.split("=", 1)
             base["spec"]["engine"]["env"].append({"name": name, "value": value})
         c.apply(base, NS)
-        chosen = set(sys.argv[1:]) or {"single", "fifty", "recovery"}
+        chosen = asked
         if "single" in chosen:
             bench_single_adapter(c, op)
         if "fifty" in chosen:

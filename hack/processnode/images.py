@@ -10,7 +10,9 @@
   PYTHONPATH=<checkout>/hack prepended
 - image contains `vllm` (e.g. vllm/vllm-openai:v0.32.0):
   $VENV/bin/python -m vllm.entrypoints.openai.api_server <args> (the container command is ignored,
-  like the real image's entrypoint; a leading `serve` or positional model is accepted)
+  like the real image's entrypoint; a leading `serve` or positional model is accepted), except a
+  command naming `python` or `python3`: $VENV/bin/python <rest of command> <args>, with
+  PYTHONPATH=<checkout>/operator prepended (the image's own Python, as in loraplane's vLLM image)
 - image contains `gateway-api-inference-extension/epp` (e.g.
   registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0): the Endpoint Picker built by
   `hack/build-tools.sh --epp`, HOME/bin/epp-<GIE_VERSION>/epp (GIE_VERSION from
@@ -46,6 +48,9 @@ EPP_IMAGE = "gateway-api-inference-extension/epp"
 ENVOY_IMAGE = "envoyproxy/envoy"
 # The CMD of envoyproxy/envoy's images (plain and distroless), run when a pod gives no args.
 ENVOY_DEFAULT_ARGS = ["-c", "/etc/envoy/envoy.yaml"]
+
+# A vLLM image's container whose command names one of these runs the image's Python, not vLLM.
+PYTHON_COMMANDS = ("python", "python3")
 
 # Unbuffered Python output, so a container's log file is current when tests and the demo read it.
 COMMON_ENV_DEFAULTS = {"PYTHONUNBUFFERED": "1"}
@@ -201,6 +206,14 @@ def resolve(
             )
         )
     if "vllm" in image:
+        if command and os.path.basename(command[0]) in PYTHON_COMMANDS:
+            # The image's Python with the pod's own module (loraplane's vLLM image runs the merge
+            # init container so): the venv's, which has vLLM's torch and this checkout's package.
+            return LocalCommand(
+                [f"{venv}/bin/python", *command[1:], *args],
+                env_defaults=dict(COMMON_ENV_DEFAULTS),
+                env_prepend={"PYTHONPATH": f"{checkout}/operator"},
+            )
         vargs = _vllm_args(args)
         argv = [f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server", *vargs]
         defaults = {**VLLM_ENV_DEFAULTS, "VLLM_CPU_OMP_THREADS_BIND": str(cpu_for(pod_ip))}

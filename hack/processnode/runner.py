@@ -19,7 +19,7 @@ from . import images
 from .envs import ConfigError, expand, resolve_env
 from .probes import ProbeLoop, run_probe
 from .util import now
-from .volumes import VolumeError
+from .volumes import Mount, VolumeError
 
 if TYPE_CHECKING:
     from .pod import PodWorker
@@ -31,6 +31,12 @@ CGROUP_ROOT = "/sys/fs/cgroup/unified/loraplane"
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BACKOFF_CAP_SECONDS = 10.0
+# Where a container writes its termination message when it does not say (the API's default).
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# What the kubelet keeps of a termination message file, and of the log with
+# FallbackToLogsOnError (its last 80 lines, at most 2048 bytes).
+MESSAGE_BYTES = 4096
+FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
 # A run this long resets the crash-loop back-off, like the kubelet's (longer) reset window.
 BACKOFF_RESET_SECONDS = 60.0
 
@@ -78,6 +84,8 @@ class ContainerRunner(threading.Thread):
         self._run_stop = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.cgroup: str | None = None
+        self.message_file = f"{worker.pod_dir}/containers/{self.cname}.termination-log"
+        self._log_start = 0  # where this run's output begins in the log file
 
     # --- status -----------------------------------------------------------------------
 
@@ -153,6 +161,9 @@ class ContainerRunner(threading.Thread):
                 "finishedAt": now(),
                 "containerID": self.container_id,
             }
+            message = self._termination_message(code)
+            if message:
+                terminated["message"] = message
             log.info("container %s/%s exited with %d", self.worker.name, self.cname, code)
             restart = self.policy == "Always" or (self.policy == "OnFailure" and code != 0)
             if self._stopping.is_set() or not restart:
@@ -175,6 +186,26 @@ class ContainerRunner(threading.Thread):
             )
             self._stopping.wait(delay)
 
+    def _termination_message(self, code: int) -> str:
+        """What the container left in its termination message file; with
+        FallbackToLogsOnError and a failure that left none, the end of its log."""
+        try:
+            with open(self.message_file, "rb") as f:
+                message = f.read(MESSAGE_BYTES).decode(errors="replace")
+        except OSError:
+            message = ""
+        policy = self.container.get("terminationMessagePolicy") or "File"
+        if message or code == 0 or policy != "FallbackToLogsOnError":
+            return message
+        try:
+            with open(f"{self.worker.log_dir}/{self.cname}.log", "rb") as f:
+                f.seek(self._log_start)
+                tail = f.read()
+        except OSError:
+            return ""
+        lines = tail.decode(errors="replace").splitlines()[-FALLBACK_LINES:]
+        return "\n".join(lines)[-FALLBACK_BYTES:]
+
     def _prepare(self) -> Prepared:
         w = self.worker
         c = self.container
@@ -194,7 +225,13 @@ class ContainerRunner(threading.Thread):
         for key, value in local.env_prepend.items():
             env[key] = f"{value}:{env[key]}" if env.get(key) else value
         assert w.volumes is not None
-        mounts = sorted(w.volumes.mounts_for(c), key=lambda m: m.target.count("/"))
+        mounts = w.volumes.mounts_for(c)
+        # Like the kubelet: a fresh file per run, bound at terminationMessagePath.
+        os.makedirs(os.path.dirname(self.message_file), exist_ok=True)
+        open(self.message_file, "w").close()
+        target = c.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
+        mounts.append(Mount(self.message_file, target, False))
+        mounts.sort(key=lambda m: m.target.count("/"))
         spec = {
             "argv": local.argv,
             "env": env,
@@ -230,6 +267,7 @@ class ContainerRunner(threading.Thread):
                     f"(restartCount={restart_count}, containerID={container_id}) =====\n".encode()
                 )
                 logf.flush()
+            self._log_start = logf.tell()
             self._exited.clear()
             self._run_stop = threading.Event()
             self.proc = subprocess.Popen(

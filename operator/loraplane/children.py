@@ -23,6 +23,8 @@ from loraplane.builders.deployment import PodContext, ResourceError, deployment
 from loraplane.builders.network_policy import network_policy, network_policy_name
 from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError
+from loraplane.merge import plan as merging
+from loraplane.merge.book import inputs_of
 from loraplane.runtime import Runtime
 
 _REWRITE_TYPE = ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite")
@@ -89,6 +91,7 @@ class Outcome:
     desired: int
     served_name: str
     router: RouterOutcome | None = None
+    merge: merging.MergePlan | None = None  # spec.model.merge: the version the pods serve
 
 
 async def _ensure_agent_secret(rt: Runtime, owner: dict[str, Any]) -> None:
@@ -220,8 +223,22 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
     live_svc = await kube.converge(rt.api, svc, rt.fleet.child(key, "Service"), SERVICE_KEYS)
     rt.fleet.observe_child(live_svc)
     await _converge_network_policy(rt, owner, spec.router is not None)
+    merge = None
+    inputs = None
+    if spec.model.merge is not None:
+        generation = int(meta.get("generation") or 0)
+        merging.restore(rt.merges, key, owner, generation)
+        live_inputs = inputs_of(((live or {}).get("spec") or {}).get("template") or {})
+        merge = merging.plan(rt.fleet, rt.merges, key, generation, spec, live_inputs)
+        inputs = merge.inputs
+        if inputs is None:
+            # Nothing merged to serve: no pods, rather than pods crash-looping on the merge.
+            if live_inputs is None:
+                return Outcome(live, None, 0, served, None, merge)
+            inputs, spec = live_inputs, spec.model_copy(update={"replicas": 0})
+        served = inputs.served_name
     try:
-        desired = deployment(owner, spec, served, PodContext.of(rt.settings))
+        desired = deployment(owner, spec, served, PodContext.of(rt.settings), inputs)
     except ArgsError as exc:
         return Outcome(live, ("InvalidEngineArgs", str(exc)), spec.replicas, served)
     except ResourceError as exc:
@@ -229,4 +246,4 @@ async def converge(rt: Runtime, body: Any) -> Outcome:
     live = await kube.converge(rt.api, desired, live, DEPLOYMENT_KEYS)
     rt.fleet.observe_child(live)
     routed = await _converge_router(rt, owner, spec.router)
-    return Outcome(live, None, spec.replicas, served, routed)
+    return Outcome(live, None, spec.replicas, served, routed, merge)

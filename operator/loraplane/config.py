@@ -107,6 +107,14 @@ class Settings(_FromEnv):
             "other images serve as before, without residency."
         ),
     )
+    merge_image: str = Field(
+        "",
+        description=(
+            "Image of the merge init container of merged base models (spec.model.merge); empty: "
+            "the base model's own vLLM image, which then needs the loraplane package (as "
+            "images/vllm has) beside its torch and safetensors."
+        ),
+    )
     resync_seconds: float = Field(
         60.0, gt=0, description="Slow periodic per-pod check of /v1/models that catches drift."
     )

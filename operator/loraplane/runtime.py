@@ -22,6 +22,7 @@ from loraplane import kube
 from loraplane.api.common import StatusModel
 from loraplane.config import Settings
 from loraplane.fleet import Fleet, Key
+from loraplane.merge.book import MergeBook
 from loraplane.workers import Converge, Workers
 
 S = TypeVar("S", bound=StatusModel)
@@ -65,6 +66,8 @@ class Runtime:
     # waiting for it, so the cleanup waits for these before closing the client they write with.
     converging: int = 0
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Merged base models' pods and failed merges (spec.model.merge)
+    merges: MergeBook = field(default_factory=MergeBook)
 
     @classmethod
     def create(

@@ -74,6 +74,22 @@ LONG_NAME = "a" * 60 + "." + "b" * 60 + "." + "c" * 10  # 132 chars, a valid obj
 
 BAD_OBJECTS: list[Bad] = [
     # --- CEL rules, BaseModelDeployment ---------------------------------------------------
+    _cel(
+        "bmd-merge-adapter-and-source",
+        bmd({"model": {"merge": {"adapter": "a", "source": {"path": "/a"}, "digest": "0" * 64}}}),
+        base_model.MERGE_EXACTLY_ONE,
+    ),
+    _cel("bmd-merge-nothing", bmd({"model": {"merge": {}}}), base_model.MERGE_EXACTLY_ONE),
+    _cel(
+        "bmd-merge-source-unpinned",
+        bmd({"model": {"merge": {"source": {"path": "/a"}}}}),
+        base_model.MERGE_SOURCE_PINNED,
+    ),
+    _cel(
+        "bmd-merge-quantized",
+        bmd({"model": {"quantization": "awq", "merge": {"adapter": "a"}}}),
+        base_model.MERGE_NOT_QUANTIZED,
+    ),
     _cel("bmd-two-sources", bmd(_source({"path": "/m", **HF})), common.SOURCE_EXACTLY_ONE),
     _cel("bmd-no-source", bmd({"model": {"source": {}}}), common.SOURCE_EXACTLY_ONE),
     _cel("bmd-relative-path", bmd(_source({"path": "models/tiny"})), common.PATH_ABSOLUTE),

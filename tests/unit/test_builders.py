@@ -5,6 +5,7 @@ Regenerate the golden files with UPDATE_GOLDEN=1 after a deliberate change.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from pathlib import Path
@@ -17,11 +18,13 @@ from pydantic import ValidationError
 from loraplane.api import BaseModelDeploymentSpec, RouterSpec
 from loraplane.builders import naming, router, router_config
 from loraplane.builders.deployment import PodContext, ResourceError, deployment
+from loraplane.builders.merge import MERGE_COMMAND
 from loraplane.builders.network_policy import OPERATOR_POD_LABELS, network_policy
 from loraplane.builders.router import RouterContext
 from loraplane.builders.service import agent_token_secret, service
 from loraplane.builders.vllm_args import ArgsError, check_extra_args, vllm_args
 from loraplane.config import Settings
+from loraplane.merge.inputs import ANNOTATION, MergeInputs
 from tests.conftest import REPO
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -331,3 +334,59 @@ def test_a_routed_base_models_policy_lets_its_router_in() -> None:
     added = routed["spec"]["ingress"][0]["from"][len(plain["spec"]["ingress"][0]["from"]) :]
     assert added == [{"podSelector": {"matchLabels": {"loraplane.dev/router": "tiny-cpu"}}}]
     assert routed["spec"]["ingress"][1] == plain["spec"]["ingress"][1]  # the agent: unchanged
+
+
+def _merged(name: str) -> tuple[BaseModelDeploymentSpec, MergeInputs]:
+    spec = BaseModelDeploymentSpec.from_k8s(
+        {**SPECS[name], "model": {**SPECS[name]["model"], "merge": {"adapter": "sql-expert"}}}
+    )
+    source = {
+        "huggingface": {
+            "repo": "acme/sql-lora",
+            "tokenSecretRef": {"name": "hf-token", "key": "token"},
+        }
+    }
+    inputs = MergeInputs.from_k8s(
+        {
+            "adapter": "sql-expert",
+            "source": source,
+            "digest": "sha256:" + "ab" * 32,
+            "servedName": "sql-expert",
+        }
+    )
+    return spec, inputs
+
+
+@pytest.mark.parametrize("name", ["llama-8b-gpu", "tiny-cpu"])
+def test_merged_deployment_golden(name: str) -> None:
+    spec, inputs = _merged(name)
+    check_golden(f"deployment-{name}-merged", deployment(owner(name), spec, name, CTX, inputs))
+
+
+def test_merged_pods_serve_the_version_without_lora() -> None:
+    spec, inputs = _merged("llama-8b-gpu")
+    pod = deployment(owner("l"), spec, "l", CTX, inputs)["spec"]["template"]
+    vllm = pod["spec"]["containers"][0]
+    args = vllm["args"]
+    assert args[:4] == ["--model", f"/merged/{'ab' * 32}", "--served-model-name", "sql-expert"]
+    assert not [a for a in args if "lora" in a]
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in {e["name"] for e in vllm["env"]}
+    (init,) = pod["spec"]["initContainers"]
+    assert init["image"] == spec.engine.image and init["command"][:3] == MERGE_COMMAND
+    assert MergeInputs.model_validate_json(init["args"][1]) == inputs
+    assert init["args"][-2:] == ["--dtype", "BF16"]  # the dtype vLLM runs: rounded once
+    assert pod["metadata"]["annotations"][ANNOTATION] == inputs.canonical()
+    # A new version is one template change; the same version is none.
+    newer = inputs.model_copy(update={"digest": "sha256:" + "cd" * 32})
+    assert deployment(owner("l"), spec, "l", CTX, newer) != deployment(
+        owner("l"), spec, "l", CTX, inputs
+    )
+    again = deployment(owner("l"), spec, "l", CTX, inputs.model_copy())
+    assert again == deployment(owner("l"), spec, "l", CTX, inputs)
+
+
+def test_merge_image_setting_runs_the_merge_elsewhere() -> None:
+    spec, inputs = _merged("tiny-cpu")
+    ctx = dataclasses.replace(CTX, merge_image="registry.example/merge:1")
+    pod = deployment(owner("t"), spec, "t", ctx, inputs)["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "registry.example/merge:1"

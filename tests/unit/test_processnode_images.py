@@ -164,3 +164,15 @@ def test_router_image_says_what_builds_a_missing_binary(tmp_path: Path) -> None:
         resolve(ROUTER_IMAGE, ["epp"], [], venv, str(REPO))
     with pytest.raises(BinaryMissing, match="make venv"):
         resolve(ROUTER_IMAGE, ["envoy"], [], venv, str(REPO))
+
+
+@pytest.mark.parametrize("python", ["python3", "python", "/usr/bin/python3"])
+def test_vllm_image_runs_its_python_when_the_command_names_it(python: str) -> None:
+    """The merge init container of a merged base model runs the vLLM image's Python."""
+    args = ["--inputs", "{}", "--model", "/models/m"]
+    local = resolve(
+        "vllm/vllm-openai:v0.32.0", [python, "-m", "loraplane.merge"], args, VENV, CHECKOUT
+    )
+    assert local.argv == [f"{VENV}/bin/python", "-m", "loraplane.merge", *args]
+    assert local.env_prepend == {"PYTHONPATH": f"{CHECKOUT}/operator"}
+    assert local.env_defaults == {"PYTHONUNBUFFERED": "1"}

@@ -22,6 +22,8 @@
   value: {{ (toString .Values.settings.agentMetricsPort) | quote }}
 - name: LORAPLANE_ENGINE_PLUGIN
   value: {{ (toString .Values.settings.enginePlugin) | quote }}
+- name: LORAPLANE_MERGE_IMAGE
+  value: {{ (toString .Values.settings.mergeImage) | quote }}
 - name: LORAPLANE_RESYNC_SECONDS
   value: {{ (toString .Values.settings.resyncSeconds) | quote }}
 - name: LORAPLANE_RESIDENCY_INTERVAL_SECONDS

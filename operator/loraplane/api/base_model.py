@@ -34,6 +34,7 @@ from loraplane.api.common import (
     conditions_field,
     is_positive_quantity,
 )
+from loraplane.api.sources import SHA256_HEX, AdapterSource
 
 KIND: Final = "BaseModelDeployment"
 PLURAL = "basemodeldeployments"
@@ -62,7 +63,8 @@ Quantization = Literal[
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LoRADType = Literal["auto", "float16", "bfloat16", "float32"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
-BaseModelConditionType = Literal["Available", "Progressing", "Degraded", "Routed"]
+BaseModelConditionType = Literal["Available", "Progressing", "Degraded", "Routed", "Merged"]
+MergedPodState = Literal["Merging", "Starting", "Serving", "Failed"]
 RouterMode = Literal["Envoy", "InferencePool"]
 LoRASignal = Literal["Residency", "vLLM"]
 # The scorers of the router's Endpoint Picker, by the name the spec and the chart use.
@@ -117,6 +119,29 @@ ADAPTER_STORE_EXACTLY_ONE = CelRule(
     rule="has(self.emptyDir) != has(self.persistentVolumeClaim)",
     message="set exactly one of adapterStore.emptyDir or adapterStore.persistentVolumeClaim",
 )
+MERGE_EXACTLY_ONE = CelRule(
+    name="merge-adapter-or-source",
+    rule="has(self.adapter) != has(self.source)",
+    message="set exactly one of merge.adapter or merge.source",
+)
+MERGE_SOURCE_PINNED = CelRule(
+    name="merge-source-pinned",
+    rule="!has(self.source) || has(self.digest)",
+    message=(
+        "merge.source needs merge.digest, the version to merge (status.adapter.digest of the "
+        "same files served by any LoRAAdapter): a merged model is built from one pinned version"
+    ),
+    field_path=".digest",
+)
+MERGE_NOT_QUANTIZED = CelRule(
+    name="merge-not-quantized",
+    rule="!has(self.merge) || !has(self.quantization)",
+    message=(
+        "merge needs an unquantized base model: a LoRA delta cannot be added to quantized "
+        "weights; drop quantization or serve the adapter on the fly"
+    ),
+    field_path=".merge",
+)
 NAME_IS_DNS_LABEL = CelRule(
     name="bmd-name-dns-label",
     # Declared on metadata.name itself (the one metadata field a CRD may constrain).
@@ -128,8 +153,60 @@ NAME_IS_DNS_LABEL = CelRule(
 )
 
 
+class MergeSpec(K8sModel):
+    """One adapter merged into the base model's weights (W = W0 + alpha/r B A): the pods serve
+    the merged model as a plain model, at the base model's speed, under the adapter's name."""
+
+    model_config = ConfigDict(json_schema_extra=validations(MERGE_EXACTLY_ONE, MERGE_SOURCE_PINNED))
+
+    adapter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description=(
+            "A LoRAAdapter in this namespace, bound to another BaseModelDeployment of the same "
+            "model: the version it pins (its status.adapter.digest) is merged, and each new "
+            "version rolls the pods. The pods answer to its servedName. If it is deleted, the "
+            "last merged version keeps serving."
+        ),
+    )
+    source: AdapterSource | None = Field(
+        default=None, description="The adapter's files, given directly (with digest)."
+    )
+    digest: str | None = Field(
+        default=None,
+        pattern=SHA256_HEX,
+        max_length=71,
+        description="With source: the version to merge, sha256:<hex> of the adapter's files.",
+    )
+    served_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description=(
+            "With source: the name the pods answer to. Default: model.servedName, else "
+            "metadata.name."
+        ),
+        json_schema_extra=validations(SERVED_NAME_FORMAT),
+    )
+
+    @field_validator("served_name")
+    @classmethod
+    def _served_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            SERVED_NAME_FORMAT.require(is_model_name(v))
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        MERGE_EXACTLY_ONE.require((self.adapter is None) != (self.source is None))
+        MERGE_SOURCE_PINNED.require(self.source is None or self.digest is not None)
+        return self
+
+
 class ModelSpec(K8sModel):
     """The base model and how vLLM loads it."""
+
+    model_config = ConfigDict(json_schema_extra=validations(MERGE_NOT_QUANTIZED))
 
     source: ModelSource = Field(description="Where the base model's files come from.")
     served_name: str | None = Field(
@@ -153,6 +230,14 @@ class ModelSpec(K8sModel):
         ge=16,
         description="Context length in tokens (--max-model-len). Default: the model's own.",
     )
+    merge: MergeSpec | None = Field(
+        default=None,
+        description=(
+            "Serve the base model with one adapter merged into it, instead of adapters on the "
+            "fly: no per-token LoRA cost, one adapter only. The pods run without --enable-lora; "
+            "LoRAAdapters bound to this deployment are refused. See docs/merge.md."
+        ),
+    )
 
     @field_validator("served_name")
     @classmethod
@@ -160,6 +245,11 @@ class ModelSpec(K8sModel):
         if v is not None:
             SERVED_NAME_FORMAT.require(is_model_name(v))
         return v
+
+    @model_validator(mode="after")
+    def _merge(self) -> Self:
+        MERGE_NOT_QUANTIZED.require(self.merge is None or self.quantization is None)
+        return self
 
 
 class LoRASpec(K8sModel):
@@ -576,6 +666,47 @@ class RouterStatus(StatusModel):
     ready: str | None = Field(default=None, description="Ready router pods over desired.")
 
 
+class MergedPod(StatusModel):
+    """The merged model on one pod."""
+
+    name: str = Field(description="Pod name.")
+    digest: str | None = Field(default=None, description="The version this pod merges or serves.")
+    state: MergedPodState = Field(
+        description=(
+            "Merging (its merge init container runs), Starting (merged, vLLM starting), "
+            "Serving (ready), Failed (its merge failed: see message)."
+        )
+    )
+    message: str | None = Field(default=None, description="Why the merge failed.")
+
+
+class MergeFailure(StatusModel):
+    """A version whose merge failed, remembered for the generation it was tried at."""
+
+    digest: str = Field(description="The version that failed.")
+    reason: str = Field(description="Why, in one word.")
+    message: str = Field(description="What the merge said.")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation it failed at: a new one retries."
+    )
+
+
+class MergeStatus(StatusModel):
+    """The adapter merged into the base model (spec.model.merge)."""
+
+    adapter: str | None = Field(default=None, description="The LoRAAdapter merged.")
+    served_name: str | None = Field(default=None, description="The name the pods answer to.")
+    digest: str | None = Field(
+        default=None, description="The version the pods are rolled to (new pods merge it)."
+    )
+    pods: list[MergedPod] | None = Field(
+        default=None, max_length=32, description="Each pod's merged version (at most 32)."
+    )
+    failed: MergeFailure | None = Field(
+        default=None, description="The last version whose merge failed, if any."
+    )
+
+
 class BaseModelDeploymentStatus(StatusModel):
     """Observed state of a BaseModelDeployment, written by the operator."""
 
@@ -598,10 +729,15 @@ class BaseModelDeploymentStatus(StatusModel):
     served_name: str | None = Field(
         default=None, description="Model name of the base model in the OpenAI API."
     )
-    conditions: list[Condition] = conditions_field("Available, Progressing, Degraded, Routed")
+    conditions: list[Condition] = conditions_field(
+        "Available, Progressing, Degraded, Routed, Merged"
+    )
     adapters: AdapterCounts | None = Field(default=None, description="LoRAAdapter counts.")
     router: RouterStatus | None = Field(
         default=None, description="The router (spec.router); absent without one."
+    )
+    merge: MergeStatus | None = Field(
+        default=None, description="The merged adapter (spec.model.merge); absent without one."
     )
 
 

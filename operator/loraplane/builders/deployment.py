@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplane.api import BaseModelDeploymentSpec
+from loraplane.builders import merge as merged
 from loraplane.builders import naming
 from loraplane.builders.vllm_args import MODEL_MOUNT_CACHE, vllm_args
 from loraplane.config import Settings, env_name
+from loraplane.merge.inputs import MergeInputs
 from loraplane.plugin import snapshot
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -30,6 +32,7 @@ class PodContext:
     agent_resources: Mapping[str, Any] = field(default_factory=lambda: Settings().agent_resources())
     # How the agent reaches adapter sources: the operator's own source settings, passed on.
     source_env: Mapping[str, str] = field(default_factory=lambda: Settings().agent_source_env())
+    merge_image: str = ""  # of the merge init container; empty: the vLLM image
 
     @classmethod
     def of(cls, settings: Settings) -> PodContext:
@@ -41,6 +44,7 @@ class PodContext:
             engine_plugin=settings.engine_plugin,
             agent_resources=settings.agent_resources(),
             source_env=settings.agent_source_env(),
+            merge_image=settings.merge_image,
         )
 
 
@@ -110,12 +114,15 @@ def _residency_mount(read_only: bool) -> dict[str, Any]:
 
 
 def vllm_container(
-    spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
+    spec: BaseModelDeploymentSpec,
+    served_name: str,
+    ctx: PodContext,
+    merge: MergeInputs | None = None,
 ) -> dict[str, Any]:
-    env: list[dict[str, Any]] = [
+    env: list[dict[str, Any]] = []
+    if merge is None:
         # Runtime load/unload routes exist only with this set (DESIGN.md §4).
-        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"},
-    ]
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"})
     user_env = [dict(e) for e in spec.engine.env]
     plugin_env = _plugin_env(user_env) if ctx.engine_plugin else []
     if plugin_env:
@@ -131,6 +138,8 @@ def vllm_container(
     mounts: list[dict[str, Any]] = [
         {"name": naming.ADAPTER_VOLUME, "mountPath": naming.ADAPTER_MOUNT_PATH, "readOnly": True}
     ]
+    if merge is not None:
+        mounts.append(merged.vllm_mount())
     if ctx.engine_plugin:
         mounts.append(_residency_mount(read_only=False))
     if hf is not None:
@@ -148,7 +157,11 @@ def vllm_container(
         "imagePullPolicy": str(
             getattr(spec.engine.image_pull_policy, "value", None) or spec.engine.image_pull_policy
         ),
-        "args": vllm_args(spec, served_name, ctx.vllm_port),
+        "args": (
+            vllm_args(spec, served_name, ctx.vllm_port)
+            if merge is None
+            else merged.vllm_args(spec, merge, ctx.vllm_port)
+        ),
         "env": env,
         "ports": [{"name": "http", "containerPort": ctx.vllm_port, "protocol": "TCP"}],
         "volumeMounts": mounts,
@@ -241,8 +254,25 @@ def agent_container(
     }
 
 
+def merge_env(spec: BaseModelDeploymentSpec, ctx: PodContext) -> list[dict[str, Any]]:
+    """The merge init container's: the agent's source settings, the hub's cache and token."""
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(ctx.source_env.items())]
+    hf = spec.model.source.huggingface
+    if hf is not None:
+        env.append({"name": "HF_HOME", "value": MODEL_MOUNT_CACHE})
+        if hf.token_secret_ref is not None:
+            env.append(_secret_env("HF_TOKEN", hf.token_secret_ref))
+    if spec.model.source.path is not None:
+        env.append({"name": env_name("model_path"), "value": spec.model.source.path})
+    return env + [dict(e) for e in spec.engine.env if e.get("name") != "VLLM_PLUGINS"]
+
+
 def pod_template(
-    owner: Mapping[str, Any], spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
+    owner: Mapping[str, Any],
+    spec: BaseModelDeploymentSpec,
+    served_name: str,
+    ctx: PodContext,
+    merge: MergeInputs | None = None,
 ) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     tmpl = spec.template
@@ -259,10 +289,12 @@ def pod_template(
     if spec.engine.tensor_parallel_size > 1:
         # NCCL needs far more shared memory than the runtime's 64 MiB default.
         volumes.append({"name": "loraplane-dshm", "emptyDir": {"medium": "Memory"}})
+    if merge is not None:
+        volumes += merged.volumes(merge)
     volumes += [dict(v) for v in tmpl.volumes]
     pod_spec: dict[str, Any] = {
         "containers": [
-            vllm_container(spec, served_name, ctx),
+            vllm_container(spec, served_name, ctx, merge),
             agent_container(spec, name, ctx),
         ],
         "volumes": volumes,
@@ -271,6 +303,11 @@ def pod_template(
         "readinessGates": [{"conditionType": naming.ADAPTERS_READY_GATE}],
         "terminationGracePeriodSeconds": 30,
     }
+    if merge is not None:
+        image = ctx.merge_image or spec.engine.image
+        pod_spec["initContainers"] = [
+            merged.init_container(spec, merge, image, merge_env(spec, ctx))
+        ]
     if tmpl.node_selector:
         pod_spec["nodeSelector"] = dict(tmpl.node_selector)
     if tmpl.tolerations:
@@ -283,18 +320,26 @@ def pod_template(
         pod_spec["priorityClassName"] = tmpl.priority_class_name
     labels = {**(tmpl.labels or {}), **naming.common_labels(name, "model-server")}
     metadata: dict[str, Any] = {"labels": labels}
-    if tmpl.annotations:
-        metadata["annotations"] = dict(tmpl.annotations)
+    annotations = dict(tmpl.annotations or {})
+    if merge is not None:
+        annotations.update(merged.pod_annotations(merge))
+    if annotations:
+        metadata["annotations"] = annotations
     return {"metadata": metadata, "spec": pod_spec}
 
 
 def deployment(
-    owner: Mapping[str, Any], spec: BaseModelDeploymentSpec, served_name: str, ctx: PodContext
+    owner: Mapping[str, Any],
+    spec: BaseModelDeploymentSpec,
+    served_name: str,
+    ctx: PodContext,
+    merge: MergeInputs | None = None,
 ) -> dict[str, Any]:
-    """The Deployment of a BaseModelDeployment. Raises ArgsError / ResourceError on a bad spec."""
+    """The Deployment of a BaseModelDeployment; with `merge`, its pods serve that merged
+    version. Raises ArgsError / ResourceError on a bad spec."""
     meta = owner["metadata"]
     name = meta["name"]
-    template = pod_template(owner, spec, served_name, ctx)
+    template = pod_template(owner, spec, served_name, ctx, merge)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -384,7 +384,7 @@ class Fleet:
         candidates = [
             Candidate(a.name, a.priority, a.created)
             for a in holders.values()
-            if self.failure(a.key) is None
+            if self.failure(a.key) is None and not (base and base.merged)
         ]
         placement = self._placements[(namespace, base_model)] = place(
             candidates, base.cap if base else None

@@ -23,6 +23,7 @@ from loraplane.api import (
 )
 from loraplane.api.common import quantity_bytes
 from loraplane.builders import naming
+from loraplane.merge.inputs import model_key
 from loraplane.pod_health import PodProblem, pod_problems
 from loraplane.status.conditions import now
 
@@ -55,6 +56,8 @@ class BaseView:
     cap: int | None
     api_key_ref: SecretKeyRef | None
     store_size_limit: int | None = None  # bytes; None: a PersistentVolumeClaim of its own size
+    merged: bool = False  # spec.model.merge: its pods serve a merged model, no adapters
+    model: str = ""  # what it serves (merge.inputs.model_key): merges need the same model
 
 
 @dataclass(frozen=True)
@@ -292,4 +295,6 @@ def base_view(obj: Mapping[str, Any]) -> BaseView | None:
             if spec.adapter_store.empty_dir is not None
             else None
         ),
+        merged=spec.model.merge is not None,
+        model=model_key(spec),
     )

@@ -62,7 +62,8 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: A
         rt.fleet.base_changed(key).set()
         raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
     old = Status.from_k8s(body.get("status") or {})
-    new = base_model_status.of(rt.fleet, body, outcome, old, rt.settings.vllm_port)
+    merged = rt.merges.pods_of(*key)
+    new = base_model_status.of(rt.fleet, body, outcome, old, rt.settings.vllm_port, merged)
     if new.to_k8s() != old.to_k8s():
         patch.status.update(whole(new))
     for ev in base_model_status.events(

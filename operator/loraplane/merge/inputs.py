@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from loraplane.api import BaseModelDeploymentSpec
 from loraplane.api.common import K8sModel
 from loraplane.api.sources import AdapterSource
+from loraplane.builders.vllm_args import model_reference
 
 ANNOTATION = "loraplane.dev/merge"
 # Where the merged model is written in each pod (an emptyDir of its own), and the adapter files
@@ -47,3 +49,9 @@ def secret_name(source: AdapterSource) -> str | None:
     if source.oci is not None and source.oci.pull_secret_ref is not None:
         return source.oci.pull_secret_ref.name
     return None
+
+
+def model_key(spec: BaseModelDeploymentSpec) -> str:
+    """What makes two base models the same model: the files vLLM loads."""
+    hf = spec.model.source.huggingface
+    return model_reference(spec) + (f"@{hf.revision}" if hf is not None else "")

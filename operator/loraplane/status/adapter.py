@@ -137,6 +137,13 @@ def _refusal(fleet: Fleet, ad: AdapterView) -> tuple[str, str] | None:
         return "InvalidSpec", ad.spec_error
     if failure is not None:
         return failure.reason, failure.message
+    base = fleet.bases.get((ad.namespace, ad.base_model))
+    if base is not None and base.merged:
+        return "BaseModelMerged", (
+            f"{ad.base_model} serves an adapter merged into its weights (spec.model.merge) and "
+            "runs without LoRA: an adapter made for the base model must not run on merged "
+            "weights; bind it to a BaseModelDeployment that serves adapters on the fly"
+        )
     holder = fleet.served_name_holder(ad.key)
     if holder is not None:
         return "ServedNameConflict", (

@@ -7,13 +7,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplane.agent.protocol import SOURCE_CHANGED, SOURCE_UNAVAILABLE
-from loraplane.api import AdapterCounts, BaseModelDeploymentStatus, Condition, RouterStatus
+from loraplane.api import (
+    AdapterCounts,
+    BaseModelDeploymentStatus,
+    Condition,
+    MergeStatus,
+    RouterStatus,
+)
 from loraplane.builders import naming, router
 from loraplane.builders.service import service_endpoint
 from loraplane.children import Outcome, RouterOutcome
 from loraplane.fleet import Fleet
+from loraplane.merge.book import MergedPodView
 from loraplane.pod_health import PodProblem
 from loraplane.status import Event
+from loraplane.status import merge as merged
 from loraplane.status.conditions import Cond, merge
 from loraplane.vllm.errors import Reason
 
@@ -145,9 +153,11 @@ def compute(
     old: BaseModelDeploymentStatus,
     routed: Cond | None = None,
     router_now: RouterStatus | None = None,
+    merge_part: tuple[Cond | None, MergeStatus | None] = (None, None),
 ) -> BaseModelDeploymentStatus:
     c = counts(observed)
-    conds = conditions(observed) + ([routed] if routed is not None else [])
+    extra = [routed, merge_part[0]]
+    conds = conditions(observed) + [x for x in extra if x is not None]
     return BaseModelDeploymentStatus(
         observed_generation=who.generation,
         replicas=c["replicas"],
@@ -160,6 +170,7 @@ def compute(
         conditions=merge(old.conditions, conds, who.generation),
         adapters=adapters,
         router=router_now,
+        merge=merge_part[1],
     )
 
 
@@ -181,6 +192,10 @@ def events(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
         elif cond.type == "Routed" and cond.status == "True":
             out.append(Event("Normal", "Routed", message))
         elif cond.type == "Routed" and prev is not None and cond.reason != "RouterCreating":
+            out.append(Event("Warning", str(cond.reason), message))
+        elif cond.type == "Merged" and cond.status == "True":
+            out.append(Event("Normal", "Merged", message))
+        elif cond.type == "Merged" and cond.reason not in merged.PROGRESS:
             out.append(Event("Warning", str(cond.reason), message))
     return out
 
@@ -221,6 +236,7 @@ def of(
     outcome: Outcome,
     old: BaseModelDeploymentStatus,
     port: int,
+    merged_pods: list[MergedPodView] | None = None,
 ) -> BaseModelDeploymentStatus:
     """The whole status of a base model after its children were converged."""
     meta = body["metadata"]
@@ -241,4 +257,8 @@ def of(
         old,
         routed_condition(outcome.router),
         router_status(outcome.router, body),
+        (
+            merged.condition(outcome.merge, merged_pods or [], outcome.desired),
+            merged.status(outcome.merge, merged_pods or []),
+        ),
     )
