@@ -64,8 +64,14 @@ proc_start() {
   printf '==== %s starting %s: %s\n' "$(date -u +%FT%TZ)" "$name" "$*" >>"$log"
   # A non-interactive shell's background child is not a process-group leader, so setsid execs
   # in place and $! is the component's own pid.
-  # 9>&-: the daemon must not inherit the cluster lock, or it would hold it for its lifetime.
-  setsid "$@" >>"$log" 2>&1 </dev/null 9>&- &
+  # Every descriptor above 2 closed: the daemon must not inherit a lock, neither ours (fd 9)
+  # nor one its caller took with flock(1), or it would hold it for its lifetime.
+  local fd closes=""
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2)); then closes+=" $fd>&-"; fi
+  done
+  eval "setsid \"\$@\" >>\"\$log\" 2>&1 </dev/null $closes &"
   local pid=$! i
   # Until setsid has exec'd the command, /proc/PID/cmdline still shows this shell: wait for it,
   # so the pid file's argv[0] check holds from the start.
