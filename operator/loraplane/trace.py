@@ -1,7 +1,7 @@
 """Spans of the operator's adapter work as structured debug lines, for a timeline of a burst.
 
 One JSON object per line on logger `loraplane.trace`, at DEBUG: `step` (event, sync, list,
-fetch, load, publish, gate, status, ...), `start` (Unix time), `seconds`, `outcome` (ok, or the
+apply, publish, gate, status, ...), `start` (Unix time), `seconds`, `outcome` (ok, or the
 exception's name) and the step's own fields (pod, adapter). `Settings.trace` turns the logger on
 whatever the log level; off, a span costs one level check. `bench/timeline.py` reads them.
 """
