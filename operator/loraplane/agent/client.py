@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -55,19 +56,24 @@ class AgentClient:
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
-                status, data = resp.status, await resp.json(content_type=None)
+                status, raw = resp.status, await resp.read()
         except TimeoutError as exc:
             errors.labels(ENDPOINTS[path], "timeout").inc()
             raise AgentError(f"agent at {self.base_url} timed out: {exc!r}") from exc
         except aiohttp.ClientError as exc:
             errors.labels(ENDPOINTS[path], "unreachable").inc()
             raise AgentError(f"agent at {self.base_url} unreachable: {exc!r}") from exc
-        except ValueError as exc:  # an answer that is not JSON: not our agent answering
-            errors.labels(ENDPOINTS[path], "server_error").inc()
-            raise AgentError(f"agent at {self.base_url} answered no JSON: {exc!r}") from exc
         if status != 200:
             errors.labels(ENDPOINTS[path], error_class(status)).inc()
-        return status, data
+        try:
+            return status, json.loads(raw)
+        except ValueError as exc:  # aiohttp's own refusals (401, 400) are text
+            if status == 200:
+                errors.labels(ENDPOINTS[path], "server_error").inc()
+            text = raw[:200].decode(errors="replace")
+            raise AgentError(
+                f"agent at {self.base_url} answered {status}, not JSON: {text!r}"
+            ) from exc
 
     @staticmethod
     def _parse(model: type[M], what: str, status: int, data: Any) -> M:
