@@ -186,6 +186,15 @@ class Settings(_FromEnv):
     status_write_concurrency: int = Field(
         8, ge=1, description="Adapter status writes in flight at once."
     )
+    agent_apply_batch: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Adapters in one apply call to a pod's agent (fetched, pinned, then loaded, before "
+            "the next batch): a pod of a thousand adapters costs ten calls a round, and each "
+            "batch's adapters turn Ready while the next is fetched."
+        ),
+    )
     load_concurrency_per_pod: int = Field(
         4,
         ge=1,

@@ -232,9 +232,16 @@ ROUNDS = 3
 
 
 async def register(rt: Runtime, pc: PodContext, adapters: Iterable[AdapterView]) -> None:
-    """Bring each adapter's current version onto the pod through its agent: one apply per round
-    for all of them. Trouble worth a retry lands in `pc.errors`, the others go on."""
-    todo, fetched = list(adapters), False
+    """Bring each adapter's current version onto the pod through its agent, a batch at a time:
+    one apply per round for each batch. Trouble worth a retry lands in `pc.errors`, the others
+    go on."""
+    wanted, size = list(adapters), rt.settings.agent_apply_batch
+    for start in range(0, len(wanted), size):
+        await register_batch(rt, pc, wanted[start : start + size])
+
+
+async def register_batch(rt: Runtime, pc: PodContext, adapters: list[AdapterView]) -> None:
+    todo, fetched = adapters, False
     for _ in range(ROUNDS):
         asked: dict[str, Asked] = {}
         items: list[protocol.ApplyItem] = []

@@ -265,6 +265,24 @@ def test_vllms_refusal_counts_its_classified_reason_and_a_retryable_error_counts
     assert value("loraplane_adapter_loads_total", **adapter(ns, "b"), result="error") == 2
 
 
+def test_a_pods_adapters_go_to_its_agent_a_batch_at_a_time_fetched_then_loaded() -> None:
+    ns = "load-batches"
+    fleet = fleet_of(ns, "a", "b", "c", pods=1)
+    agent = FakeAgent(fetched("a"))
+    pc = context(fleet, "p0", agent=agent)
+    rt = FakeRuntime(fleet, settings=Settings(agent_apply_batch=2))
+    asyncio.run(register(rt, pc, [fleet.adapters[(ns, n)] for n in ("a", "b", "c")]))  # type: ignore[arg-type]
+    asked = [[(i.name, i.load) for i in r.adapters] for r in agent.requests]
+    # Each batch fetched (nothing pinned yet), then loaded once pinned, before the next batch.
+    assert asked == [
+        [("a", False), ("b", False)],
+        [("a", True), ("b", True)],
+        [("c", False)],
+        [("c", True)],
+    ]
+    assert set(pc.changed) == {"a", "b", "c"} and not pc.errors
+
+
 # -- unloads and evictions -------------------------------------------------------------------
 
 

@@ -50,6 +50,8 @@
   value: {{ (toString .Values.settings.statusProgressSeconds) | quote }}
 - name: LORAPLANE_STATUS_WRITE_CONCURRENCY
   value: {{ (toString .Values.settings.statusWriteConcurrency) | quote }}
+- name: LORAPLANE_AGENT_APPLY_BATCH
+  value: {{ (toString .Values.settings.agentApplyBatch) | quote }}
 - name: LORAPLANE_LOAD_CONCURRENCY_PER_POD
   value: {{ (toString .Values.settings.loadConcurrencyPerPod) | quote }}
 - name: LORAPLANE_LIST_CHUNK_SIZE
