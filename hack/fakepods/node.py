@@ -168,6 +168,16 @@ class FakeNode:
         if fake is not None:
             self.by_ip.pop(fake.ip, None)
             self._free.append(fake.ip)
+            # The token is read again for the next pod: a base model deleted and made again
+            # (its namespace too) has a new Secret, which a kubelet reads at each container start.
+            key = self._token_key(fake.pod)
+            if not any(self._token_key(p.pod) == key for p in self.pods.values()):
+                self._tokens.pop(key, None)
+
+    @staticmethod
+    def _token_key(pod: Obj) -> tuple[str, str]:
+        base = (pod["metadata"].get("labels") or {}).get(naming.LABEL_BASE_MODEL, "")
+        return (pod["metadata"]["namespace"], naming.agent_secret_name(base))
 
     def _delete(self, pod: Obj) -> None:
         meta = pod["metadata"]
@@ -182,8 +192,7 @@ class FakeNode:
 
     async def _token(self, pod: Obj) -> str:
         """The agent's token, as the kubelet resolves the container's secretKeyRef."""
-        base = (pod["metadata"].get("labels") or {}).get(naming.LABEL_BASE_MODEL, "")
-        key = (pod["metadata"]["namespace"], naming.agent_secret_name(base))
+        key = self._token_key(pod)
         if key not in self._tokens:
             try:
                 secret = await asyncio.to_thread(self.kube.get, ns_path(key[0], "secrets", key[1]))
