@@ -50,6 +50,10 @@ class SecretCache:
         self._values[(namespace, name, key)] = (now, value)
         return value
 
+    def forget(self, namespace: str, name: str, key: str) -> None:
+        """The value was refused where it is used: read it again next time."""
+        self._values.pop((namespace, name, key), None)
+
 
 @dataclass
 class Runtime:

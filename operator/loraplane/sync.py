@@ -30,7 +30,7 @@ from loraplane.adapters.sources.credentials import (
 )
 from loraplane.adapters.validate import BaseModelFacts, errors, validate
 from loraplane.agent import protocol
-from loraplane.agent.client import AgentClient, AgentError
+from loraplane.agent.client import AgentClient, AgentError, AgentUnauthorized
 from loraplane.builders import naming
 from loraplane.fleet import (
     GATE,
@@ -152,6 +152,12 @@ async def agent_client(rt: Runtime, pod: PodView, base: BaseView) -> AgentClient
         raise PodNotReachable(f"the agent token Secret of {base.name} is missing")
     url = f"http://{pod.ip}:{rt.settings.agent_port}"
     return AgentClient(url, token, rt.session, timeout=rt.settings.agent_timeout_seconds)
+
+
+def forget_agent_token(rt: Runtime, pod: PodView, base: BaseView) -> None:
+    """The pod's agent refused the token as cached: the next run reads the Secret again."""
+    secret = naming.agent_secret_name(base.name)
+    rt.secrets.forget(pod.namespace, secret, naming.AGENT_TOKEN_KEY)
 
 
 def peers(rt: Runtime, pod: PodView, ad: AdapterView, version: Version) -> list[str]:
@@ -306,6 +312,8 @@ async def apply(
                 if ask is not None and answered(rt, pc, ask, result):
                     again.append(ask.ad)
     except AgentError as exc:
+        if isinstance(exc, AgentUnauthorized):
+            forget_agent_token(rt, pc.pod, pc.base)
         for ask in asked.values():  # those it did not answer before it failed
             unanswered(rt, pc, ask, f"agent: {exc}")
         pc.errors.append(exc)
@@ -601,7 +609,11 @@ async def sync_pod(rt: Runtime, key: Key) -> bool:
         # moment it answers.
         raise ServerStarting(pod.name)
     with metrics.pod_sync(pod.namespace, base.name), trace.span("sync", pod=pod.name):
-        await converge(rt, pod, base, vllm)
+        try:
+            await converge(rt, pod, base, vllm)
+        except AgentUnauthorized:
+            forget_agent_token(rt, pod, base)
+            raise
     return True
 
 

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loraplane import fleet_gauges, metrics, metrics_http
 from loraplane.agent import protocol
 from loraplane.agent.apply import apply
-from loraplane.agent.client import AgentClient, AgentError
+from loraplane.agent.client import AgentClient, AgentError, AgentUnauthorized
 from loraplane.agent.store import Rejected, VersionUnavailable
 from loraplane.api import AdapterSummary, LoRAAdapterStatus
 from loraplane.config import Settings
@@ -98,8 +98,13 @@ def fetched(name: str, c: str = "a", rank: int = 8) -> protocol.Fetched:
 
 @dataclass
 class NoSecrets:
+    forgotten: list[tuple[str, str, str]] = field(default_factory=list)
+
     async def value(self, namespace: str, name: str, key: str) -> str | None:
         return None
+
+    def forget(self, namespace: str, name: str, key: str) -> None:
+        self.forgotten.append((namespace, name, key))
 
 
 @dataclass
@@ -281,6 +286,17 @@ def test_a_pods_adapters_go_to_its_agent_a_batch_at_a_time_fetched_then_loaded()
         [("c", True)],
     ]
     assert set(pc.changed) == {"a", "b", "c"} and not pc.errors
+
+
+def test_a_refused_agent_token_is_read_again_at_the_next_run() -> None:
+    ns = "load-token"
+    fleet = fleet_of(ns, "a", pods=1)
+    rt = FakeRuntime(fleet)
+    with pytest.raises(AgentUnauthorized):
+        run_register(rt, context(fleet, "p0", agent=FakeAgent(AgentUnauthorized("refused"))), "a")
+    assert rt.secrets.forgotten == [(ns, "base-agent-token", "token")]
+    state = fleet.state((ns, "p0"), "a")
+    assert state is not None and state.state == "Loading" and "refused" in (state.last_error or "")
 
 
 # -- unloads and evictions -------------------------------------------------------------------

@@ -21,6 +21,7 @@ ENDPOINTS = {
     protocol.PRUNE: "prune",
     protocol.RESIDENCY: "residency",
 }
+UNAUTHORIZED = 401
 
 
 def error_class(status: int) -> str:
@@ -29,6 +30,11 @@ def error_class(status: int) -> str:
 
 class AgentError(Exception):
     """The agent could not be reached or answered something unexpected: worth a retry."""
+
+
+class AgentUnauthorized(AgentError):
+    """The agent refused the token: the Secret was made again since it was read (a base model
+    deleted and created again), or the pod started before it changed."""
 
 
 class AgentClient:
@@ -65,6 +71,8 @@ class AgentClient:
             raise AgentError(f"agent at {self.base_url} unreachable: {exc!r}") from exc
         if status != 200:
             errors.labels(ENDPOINTS[path], error_class(status)).inc()
+        if status == UNAUTHORIZED:
+            raise AgentUnauthorized(f"agent at {self.base_url} refused the token")
         try:
             return status, json.loads(raw)
         except ValueError as exc:  # aiohttp's own refusals (401, 400) are text
@@ -98,6 +106,9 @@ class AgentClient:
             async with self._session.request(
                 "POST", url, json=body, headers=self._headers, timeout=timeout
             ) as resp:
+                if resp.status == UNAUTHORIZED:
+                    errors.labels(endpoint, error_class(resp.status)).inc()
+                    raise AgentUnauthorized(f"agent at {self.base_url} refused the token")
                 if resp.status != 200:
                     errors.labels(endpoint, error_class(resp.status)).inc()
                     text = (await resp.read()).decode(errors="replace")[:1024]
