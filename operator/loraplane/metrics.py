@@ -100,15 +100,16 @@ ADAPTER_LOADS = _per_adapter(
 FETCH_SECONDS = _per_adapter(
     AdapterHistogram,
     "loraplane_adapter_fetch_duration_seconds",
-    "Duration of the agent's fetch and verify call in a load attempt, when the agent answered "
-    "with a path (from its store, the source or a peer).",
+    "Duration of the agent's fetch and verify of the adapter's files (from its store, the "
+    "source or a peer), when it found them, as the agent timed it in its apply.",
     ADAPTER,
     LOAD_BUCKETS,
 )
 VLLM_LOAD_SECONDS = _per_adapter(
     AdapterHistogram,
     "loraplane_adapter_vllm_load_duration_seconds",
-    "Duration of a successful vLLM load call (POST /v1/load_lora_adapter).",
+    "Duration of a successful vLLM load call (POST /v1/load_lora_adapter, the agent's on "
+    "loopback, as it timed it).",
     ADAPTER,
     LOAD_BUCKETS,
 )
