@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,19 +336,36 @@ class Watches:
 
 
 class Sampler:
-    """Peak RSS and CPU of one process, sampled every second in a thread."""
+    """Peak RSS and CPU of one process, sampled every second in a thread; with `progress`
+    (adapters Ready so far), the RSS beside it, to tell memory held per adapter from a backlog."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, progress: Callable[[], int] | None = None) -> None:
         self.pid = pid
         self.peak_rss = 0
         self.cpu0 = cpu_seconds(pid)
+        self.progress = progress
+        self.samples: list[tuple[float, int, int]] = []  # (seconds, RSS, Ready)
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            self.peak_rss = max(self.peak_rss, rss(self.pid))
+            now = rss(self.pid)
+            self.peak_rss = max(self.peak_rss, now)
+            if self.progress is not None:
+                self.samples.append((time.monotonic() - self._started, now, self.progress()))
+
+    def course(self) -> str:
+        """RSS and adapters Ready at each fifth of the run."""
+        if not self.samples:
+            return "no samples"
+        picks = [
+            self.samples[min(len(self.samples) - 1, len(self.samples) * k // 5)]
+            for k in range(1, 6)
+        ]
+        return ", ".join(f"{t:.0f}s {r / 2**20:.0f} MB ({n} Ready)" for t, r, n in picks)
 
     def stop(self) -> tuple[float, int]:
         """(CPU seconds since the start, peak RSS in bytes)."""
@@ -577,7 +594,7 @@ class Bench:
         start = time.monotonic()
         self.op.start()
         profile = self.profile(f"cold-start-{total}")
-        sampler = Sampler(self.pid())
+        sampler = Sampler(self.pid(), self.watches.count)
         try:
             self.watches.wait(total, timeout=COLD_START_TIMEOUT)
         except Timeout:
@@ -639,7 +656,8 @@ class Bench:
             f"  {measure.status_computations(counters)}\n"
             f"  calls per pod: {_per_pod(calls, pods)}\n"
             f"  RSS above the operator with no adapter: {(peak - self.empty_rss) / 2**20:.0f} MB "
-            f"peak = {(peak - self.empty_rss) / 2**20 / (total / 1000):.1f} MB per 1,000 adapters"
+            f"peak = {(peak - self.empty_rss) / 2**20 / (total / 1000):.1f} MB per 1,000 adapters; "
+            f"over the cold start: {sampler.course()}"
         )
         if top:
             print(top)
