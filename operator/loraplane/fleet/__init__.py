@@ -530,6 +530,7 @@ class Fleet:
         return self._kicks(*key)
 
     def observe_adapter(self, obj: Mapping[str, Any]) -> Kicks:
+        self._merged_look_again(obj["metadata"]["namespace"])
         new = adapter_view(obj)
         old = self.adapters.get(new.key)
         if old == new:
@@ -566,6 +567,14 @@ class Fleet:
         self._versions[ad.key] = Version(judged, summary.path, summary)
         self._served_changed(ad.key, ad.base_model)
 
+    def _merged_look_again(self, namespace: str) -> None:
+        """An adapter's new version (its status) or deletion: merged base models of the
+        namespace judge their merge again. They are few, and a reconcile that finds nothing
+        changed writes nothing."""
+        for key, base in self.bases.items():
+            if key[0] == namespace and base.merged:
+                self.base_changed(key).set()
+
     def mark_deleting(self, key: Key) -> Kicks:
         ad = self.adapters.get(key)
         if ad is None:
@@ -575,6 +584,7 @@ class Fleet:
         return self._adapter_kicks(ad)
 
     def forget_adapter(self, key: Key) -> Kicks:
+        self._merged_look_again(key[0])
         ad = self._drop_adapter(key)
         self._adapter_changed.pop(key, None)
         self._versions.pop(key, None)

@@ -1,4 +1,5 @@
-"""Merged base models (spec.model.merge): their pods' merges, and the adapters they merge."""
+"""Merged base models (spec.model.merge): their pods' merges (their adapters' events reach them
+through `Fleet.observe_adapter`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 import kopf
 
 from loraplane import services
-from loraplane.api import ADAPTER_PLURAL, GROUP, VERSION
 from loraplane.handlers.pods import POD_LABELS
 from loraplane.merge.inputs import ANNOTATION
 
@@ -19,14 +19,3 @@ async def merged_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     base = rt.merges.observe(event["object"], deleted=event["type"] == "DELETED")
     if base is not None:
         rt.fleet.base_changed(base).set()
-
-
-@kopf.on.event(GROUP, VERSION, ADAPTER_PLURAL)
-async def merged_adapter_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """An adapter's new version (its status) or deletion: merged base models look again.
-    They are few, and a base model's reconcile that finds nothing changed writes nothing."""
-    rt = services.of(memo).runtime
-    namespace = event["object"]["metadata"]["namespace"]
-    for key, base in list(rt.fleet.bases.items()):
-        if key[0] == namespace and base.merged:
-            rt.fleet.base_changed(key).set()
