@@ -232,6 +232,9 @@ class Asked:
     fetched: bool = False  # fetched by an earlier round of this run: its time was counted
 
 
+# Empty lines the agent sends within agent_timeout_seconds while it works: a few, so one late
+# by scheduling is no hang.
+HEARTBEATS = 4
 # Rounds of one run: the first fetches what is not pinned yet, the second loads what it pinned;
 # a third only when a following adapter's source moved in between. More waits for the next run.
 ROUNDS = 3
@@ -299,6 +302,9 @@ async def apply(
         adapters=items,
         concurrency=cfg.load_concurrency_per_pod,
         load_timeout_seconds=cfg.load_timeout_seconds,
+        # Lines (or the agent's empty ones) at least this often, or it hangs: given up on
+        # after agent_timeout_seconds, as a fetch was.
+        heartbeat_seconds=cfg.agent_timeout_seconds / HEARTBEATS,
     )
     again: list[AdapterView] = []
     try:
@@ -306,8 +312,7 @@ async def apply(
             metrics.WORK_IN_FLIGHT.labels("agent_apply").track_inprogress(),
             trace.span("apply", pod=pc.pod.name, adapters=len(items)),
         ):
-            line_timeout = cfg.agent_timeout_seconds + cfg.load_timeout_seconds
-            async for result in pc.agent.apply(request, line_timeout):
+            async for result in pc.agent.apply(request, cfg.agent_timeout_seconds):
                 ask = asked.pop(result.name, None)
                 if ask is not None and answered(rt, pc, ask, result):
                     again.append(ask.ad)

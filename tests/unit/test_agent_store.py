@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import aiohttp
@@ -173,3 +174,49 @@ async def test_a_bad_apply_request_is_answered_without_its_credentials(tmp_path:
         await runner.cleanup()
     assert status == 400 and "credentials" in text
     assert "s3-secret-key" not in text and "AKIAEXAMPLE" not in text
+
+
+async def test_a_slow_apply_says_it_is_at_work_and_a_silent_agent_is_given_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While its adapters take longer than a heartbeat, the agent sends empty lines, so the
+    operator's wait for the next line tells a slow fetch from an agent that hangs."""
+    from loraplane.agent import main, protocol
+    from loraplane.agent.client import AgentClient, AgentError
+
+    async def slow(*_: object) -> AsyncGenerator[protocol.Applied, None]:
+        await asyncio.sleep(0.5)
+        yield protocol.Applied(name="a", error="done late")
+
+    monkeypatch.setattr(main, "apply", slow)
+    cfg = AgentSettings(adapter_root=tmp_path / "store", agent_token="t")
+    runner = web.AppRunner(build_app(cfg))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    item = protocol.ApplyItem(
+        name="a", source=AdapterSource(path="/x"), max_lora_rank=8, served_name="a", load=False
+    )
+    request = protocol.ApplyRequest(
+        adapters=[item], concurrency=1, load_timeout_seconds=1, heartbeat_seconds=0.1
+    )
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    silent_port = silent.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"http://127.0.0.1:{port}{protocol.APPLY}",
+                json=request.model_dump(mode="json", by_alias=True),
+                headers={"Authorization": "Bearer t"},
+            ) as resp:
+                lines = (await resp.read()).decode().split("\n")
+            assert lines[0] == "" and lines.count("") >= 3  # heartbeats, then the answer
+            agent = AgentClient(f"http://127.0.0.1:{port}", "t", session, timeout=5)
+            (late,) = [a async for a in agent.apply(request, line_timeout=0.3)]
+            assert late.error == "done late"
+            hung = AgentClient(f"http://127.0.0.1:{silent_port}", "t", session, timeout=5)
+            with pytest.raises(AgentError, match="timed out"):
+                _ = [a async for a in hung.apply(request, line_timeout=0.3)]
+    finally:
+        silent.close()
+        await runner.cleanup()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from loraplane.agent import protocol
 from loraplane.agent.store import AdapterStore, Rejected, VersionUnavailable
@@ -19,7 +19,7 @@ from loraplane.vllm.errors import VLLMError, error_class
 
 async def apply(
     store: AdapterStore, vllm: VLLMClient, req: protocol.ApplyRequest
-) -> AsyncIterator[protocol.Applied]:
+) -> AsyncGenerator[protocol.Applied, None]:
     """Each adapter's outcome as soon as it is known, `req.concurrency` at a time."""
     done: asyncio.Queue[protocol.Applied] = asyncio.Queue()
     slots = asyncio.Semaphore(req.concurrency)

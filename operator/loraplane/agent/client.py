@@ -96,7 +96,8 @@ class AgentClient:
         self, request: protocol.ApplyRequest, line_timeout: float
     ) -> AsyncIterator[protocol.Applied]:
         """Each adapter's outcome as the agent tells it; `line_timeout` bounds the wait for the
-        next one (the agent bounds each fetch and load, so a silent agent is a stuck one)."""
+        next line (the agent sends an empty one every `heartbeat_seconds` while it works, so a
+        silent agent is a stuck one)."""
         endpoint, url = ENDPOINTS[protocol.APPLY], f"{self.base_url}{protocol.APPLY}"
         errors = metrics.AGENT_API_ERRORS
         metrics.AGENT_API_CALLS.labels(endpoint).inc()

@@ -129,9 +129,24 @@ def build_app(cfg: AgentSettings) -> web.Application:
         )
         response = web.StreamResponse(headers={"Content-Type": protocol.APPLY_CONTENT_TYPE})
         await response.prepare(request)
-        async for applied in apply(adapters, vllm, req):
-            line = applied.model_dump_json(by_alias=True, exclude_none=True) + "\n"
-            await response.write(line.encode())
+        results = apply(adapters, vllm, req)
+        following = asyncio.ensure_future(anext(results))
+        try:
+            while True:
+                done, _ = await asyncio.wait({following}, timeout=req.heartbeat_seconds)
+                if not done:
+                    await response.write(b"\n")  # still at work
+                    continue
+                try:
+                    applied = following.result()
+                except StopAsyncIteration:
+                    break
+                line = applied.model_dump_json(by_alias=True, exclude_none=True) + "\n"
+                await response.write(line.encode())
+                following = asyncio.ensure_future(anext(results))
+        finally:  # the operator went away: the fetches and loads it asked for stop
+            following.cancel()
+            await results.aclose()
         await response.write_eof()
         return response
 

@@ -6,7 +6,8 @@ into its store and, where the operator pinned the version, registers it with the
 answers 200 at once and then one `Applied` per adapter, a JSON line each, as each is done: a
 fetch that gives a `Fetched`, a `Rejection` when the adapter itself is bad (the same answer on
 every pod), an `Unavailable` when the source cannot be read now and no peer has the pinned
-version (transient), or an `error` worth a retry; then the load's outcome. One call per pod for
+version (transient), or an `error` worth a retry; then the load's outcome. An empty line now
+and then says it is still at work. One call per pod for
 a thousand adapters, where a call per adapter and another per load bounded a cold fleet.
 """
 
@@ -105,6 +106,14 @@ class ApplyRequest(K8sModel):
     adapters: list[ApplyItem]
     concurrency: int = Field(ge=1, description="Adapters fetched and loaded at once.")
     load_timeout_seconds: float = Field(gt=0, description="Of one load call to vLLM.")
+    heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "An empty line after this long without an answer: a slow fetch or load is told "
+            "apart from an agent that hangs, which the operator gives up on."
+        ),
+    )
 
 
 class LoadFailure(StatusModel):
