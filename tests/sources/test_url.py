@@ -21,7 +21,7 @@ from loraplane.adapters.sources import (
     fetch_source,
 )
 from loraplane.agent.protocol import FetchRequest
-from loraplane.agent.store import AdapterStore, Rejected, Unavailable
+from loraplane.agent.store import AdapterStore, Rejected, VersionUnavailable
 from loraplane.api import AdapterSource
 from loraplane.vllm.errors import Reason
 from tests.sources.conftest import leftovers, same_files, versions
@@ -198,8 +198,8 @@ def test_a_new_pin_is_a_new_version(
 async def test_the_agent_answers_each_failure_with_its_reason(
     site: tuple[Server, Path, dict[str, str]], context: SourceContext, tmp_path: Path
 ) -> None:
-    """What the operator sees: 422 (Rejected) for a bad adapter, 409 (Unavailable) for a
-    source that may come back."""
+    """What the operator sees in the agent's answer: a refusal (Rejected) for a bad adapter, the
+    version unavailable (VersionUnavailable) for a source that may come back."""
     server, _, sums = site
     store = AdapterStore(tmp_path, None, sources=context)
 
@@ -219,7 +219,7 @@ async def test_the_agent_answers_each_failure_with_its_reason(
         (request(f"{server.url}/rank8.tgz", sums["rank8.tgz"], 100), Rejected, "AdapterTooLarge"),
         (
             request(f"https://127.0.0.1:{tools.free_port()}/a.tgz", "0" * 64),
-            Unavailable,
+            VersionUnavailable,
             "SourceUnreachable",
         ),
     ]
