@@ -16,6 +16,7 @@ from loraplane.builders.vllm_args import (
     ArgsError,
     _value,
     check_extra_args,
+    model_flags,
     model_reference,
 )
 from loraplane.merge.inputs import (
@@ -48,13 +49,7 @@ def vllm_args(spec: BaseModelDeploymentSpec, inputs: MergeInputs, port: int) -> 
         "--port",
         str(port),
     ]
-    if _value(spec.model.dtype) != "auto":
-        args += ["--dtype", _value(spec.model.dtype)]
-    if spec.model.max_model_len is not None:
-        args += ["--max-model-len", str(spec.model.max_model_len)]
-    if spec.engine.tensor_parallel_size > 1:
-        args += ["--tensor-parallel-size", str(spec.engine.tensor_parallel_size)]
-    return args + list(spec.engine.extra_args)
+    return args + model_flags(spec) + list(spec.engine.extra_args)
 
 
 def init_container(

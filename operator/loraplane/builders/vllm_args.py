@@ -108,6 +108,18 @@ def model_reference(spec: BaseModelDeploymentSpec) -> str:
     return source.huggingface.repo
 
 
+def model_flags(spec: BaseModelDeploymentSpec) -> list[str]:
+    """How vLLM holds the model (dtype, context, tensor parallelism), merged or not."""
+    args: list[str] = []
+    if _value(spec.model.dtype) != "auto":
+        args += ["--dtype", _value(spec.model.dtype)]
+    if spec.model.max_model_len is not None:
+        args += ["--max-model-len", str(spec.model.max_model_len)]
+    if spec.engine.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(spec.engine.tensor_parallel_size)]
+    return args
+
+
 def vllm_args(spec: BaseModelDeploymentSpec, served_name: str, port: int) -> list[str]:
     """The full argument list of the vLLM container. Raises ArgsError for refused extraArgs."""
     problems = check_extra_args(spec.engine.extra_args)
@@ -140,12 +152,7 @@ def vllm_args(spec: BaseModelDeploymentSpec, served_name: str, port: int) -> lis
         args.append("--fully-sharded-loras")
     if spec.model.quantization is not None:
         args += ["--quantization", _value(spec.model.quantization)]
-    if _value(spec.model.dtype) != "auto":
-        args += ["--dtype", _value(spec.model.dtype)]
-    if spec.model.max_model_len is not None:
-        args += ["--max-model-len", str(spec.model.max_model_len)]
-    if spec.engine.tensor_parallel_size > 1:
-        args += ["--tensor-parallel-size", str(spec.engine.tensor_parallel_size)]
+    args += model_flags(spec)
     extra = list(spec.engine.extra_args)
     # With data parallelism vLLM defaults to one API server per rank, which runtime LoRA forbids.
     if _has_flag(extra, "--data-parallel-size", "-dp") and not _has_flag(
