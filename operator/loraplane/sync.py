@@ -173,7 +173,7 @@ def peers(rt: Runtime, pod: PodView, ad: AdapterView, version: Version) -> list[
     ]
 
 
-async def apply_item(
+def apply_item(
     rt: Runtime,
     pc: PodContext,
     ad: AdapterView,
@@ -182,12 +182,11 @@ async def apply_item(
     credentials: SourceCredentials | None,
 ) -> protocol.ApplyItem:
     assert ad.source is not None  # placement leaves out adapters whose spec did not parse
-    base = rt.fleet.bases.get((ad.namespace, ad.base_model))
     return protocol.ApplyItem(
         name=ad.name,
         source=ad.source,
         credentials=credentials,
-        size_limit_bytes=base.store_size_limit if base is not None else None,
+        size_limit_bytes=pc.base.store_size_limit,
         max_lora_rank=judged.max_lora_rank,
         base_model=ad.base_model,
         expected_digest=pinned.summary.digest if pinned else None,
@@ -289,7 +288,7 @@ async def asking(
         return None
     if pinned is None and not await preflight(rt, pc, ad, judged, credentials):
         return None
-    item = await apply_item(rt, pc, ad, judged, pinned, credentials)
+    item = apply_item(rt, pc, ad, judged, pinned, credentials)
     return Asked(ad, judged, pinned, serving), item
 
 
@@ -359,9 +358,10 @@ def answered(rt: Runtime, pc: PodContext, ask: Asked, result: protocol.Applied) 
         pc.errors.append(AgentError(f"{ad.name}: {result.error}"))
         return False
     fetched = result.fetched
-    counted = ask.fetched or result.fetch_seconds is None
-    if not counted and (not ask.serving or fetched.path != current):
-        metrics.FETCH_SECONDS.labels(*labels).observe(result.fetch_seconds or 0.0)
+    # Timed once per version a pod takes in: not again in the round that loads what it pinned.
+    took = result.fetch_seconds
+    if took is not None and not ask.fetched and (not ask.serving or fetched.path != current):
+        metrics.FETCH_SECONDS.labels(*labels).observe(took)
     version = Version(ask.judged, fetched.path, fetched.summary, tuple(fetched.warnings))
     kicks = fleet.record_version(ad.key, ask.judged, version)
     if kicks is None:

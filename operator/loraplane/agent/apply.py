@@ -29,7 +29,7 @@ async def apply(
             try:
                 result = await _one(store, vllm, item)
             except Exception as exc:  # a bug on one adapter must not lose the others' answers
-                result = protocol.Applied(name=item.name, error=f"agent: {exc!r}")
+                result = protocol.Applied(name=item.name, error=f"{type(exc).__name__}: {exc}")
             await done.put(result)
 
     tasks = [asyncio.create_task(one(item)) for item in req.adapters]
